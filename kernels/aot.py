@@ -1,0 +1,91 @@
+"""Cross-compile a launch for a CUDA target without a GPU, and read the cubin's resources.
+
+``triton.compile`` with a ``GPUTarget`` yields PTX and a cubin for any sm_XX on a machine
+with no driver; triton's bundled ``cuobjdump`` reports registers, shared memory and spills,
+and the SASS shows which tensor-core instructions were used. Must run in a process where
+``TRITON_INTERPRET`` is unset (under the interpreter ``@triton.jit`` yields functions that
+cannot be compiled).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+from triton.runtime.jit import create_function_from_signature
+
+from ._launch import Launch
+
+# Tensor-core matrix instructions by generation: mma.sync (HMMA) from sm_80, warpgroup
+# wgmma (HGMMA) on sm_90, tcgen05 (UTCHMMA and friends) on sm_100.
+_TENSOR_CORE_OPS = re.compile(r"\b(HMMA|HGMMA|UTC\w*MMA|IMMA|DMMA)\b")
+
+
+@dataclass(frozen=True)
+class Resources:
+    arch: int
+    registers: int
+    shared_bytes: int
+    stack_bytes: int
+    local_bytes: int
+    tensor_core_ops: int
+    num_warps: int
+
+    @property
+    def spills(self) -> bool:
+        # ptxas reports spills as a stack frame; LOCAL stays 0 for them.
+        return self.stack_bytes > 0 or self.local_bytes > 0
+
+
+def compile_launch(launch: Launch, arch: int):
+    """Compile ``launch`` (built from meta tensors) for ``sm_<arch>``; returns triton's
+    compiled kernel (``.asm['cubin']``, ``.asm['ptx']``, ``.metadata``).
+
+    Specializes the arguments as a real launch would (integers equal to 1 become
+    constants, pointers and integers divisible by 16 get the divisibility hint that
+    enables vectorized loads), so the code is what the GPU would run.
+    """
+    fn = launch.kernel
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    kwargs = dict(launch.constexprs, num_warps=launch.config.num_warps,
+                  num_stages=launch.config.num_stages)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args,
+                                                          specialization, options)
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+
+
+def _cuobjdump() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+
+
+def resources(launch: Launch, arch: int) -> Resources:
+    compiled = compile_launch(launch, arch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name],
+                               check=True, capture_output=True, text=True).stdout
+        sass = subprocess.run([_cuobjdump(), "--dump-sass", f.name],
+                              check=True, capture_output=True, text=True).stdout
+
+    def field(name: str) -> int:
+        m = re.search(rf"\b{name}:(\d+)", usage)
+        return int(m.group(1)) if m else 0
+
+    return Resources(arch=arch, registers=field("REG"),
+                     shared_bytes=field("SHARED") + compiled.metadata.shared,
+                     stack_bytes=field("STACK"), local_bytes=field("LOCAL"),
+                     tensor_core_ops=len(_TENSOR_CORE_OPS.findall(sass)),
+                     num_warps=launch.config.num_warps)

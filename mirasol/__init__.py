@@ -1,0 +1,12 @@
+"""mirasol: fused Triton kernels for long audio-video models, and Mirasol3B.
+
+Importing mirasol does not import triton: the kernels load on the first call that uses
+the triton backend.
+"""
+
+from mirasol.layers import ChunkedCausalSelfAttention
+from mirasol.ops import BackendUnavailable, chunked_causal_attention
+
+__version__ = "0.1.0"
+__all__ = ["BackendUnavailable", "ChunkedCausalSelfAttention", "chunked_causal_attention",
+           "__version__"]

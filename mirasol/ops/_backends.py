@@ -1,0 +1,107 @@
+"""Backends and dispatch.
+
+Every op takes ``backend="auto" | "triton" | "torch" | "reference"``. Each backend
+declares what it supports (devices, dtypes, head dims); :func:`choose_backend` serves an
+explicit request or raises :class:`BackendUnavailable` saying why — it never falls back
+silently. ``auto`` picks triton on CUDA when it can serve the call, else torch;
+``MIRASOL_BACKEND`` overrides ``auto`` (and is then held to the same rule as an explicit
+request).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+_HALF = frozenset({torch.float16, torch.bfloat16})
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot serve this call; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one backend of one op can run."""
+
+    name: str
+    dtypes: frozenset[torch.dtype]
+    max_head_dim: int | None = None
+
+    def why_not(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+        """None if this backend can run the call, else the reason it cannot."""
+        if dtype not in self.dtypes:
+            names = ", ".join(sorted(str(d).removeprefix("torch.") for d in self.dtypes))
+            return f"dtype {dtype} is not supported (supported: {names})"
+        if self.max_head_dim is not None and head_dim > self.max_head_dim:
+            return f"head dim {head_dim} exceeds the maximum of {self.max_head_dim}"
+        if self.name == "triton":
+            return _triton_why_not(device, dtype)
+        return None
+
+
+@functools.cache
+def _triton_interpreted() -> bool | None:
+    """None if triton is not installed, else whether its kernels run interpreted."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from mirasol.kernels import interpreted
+
+    return interpreted()
+
+
+def _triton_why_not(device: torch.device, dtype: torch.dtype) -> str | None:
+    interpreted = _triton_interpreted()
+    if interpreted is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        if interpreted:
+            return ("the kernels were defined under TRITON_INTERPRET=1, which runs them on "
+                    "CPU tensors only")
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"compute capability {major}.{minor} is below the required 8.0 (Ampere)"
+        return None
+    if device.type == "cpu":
+        if not interpreted:
+            return ("CPU tensors run only through Triton's interpreter: set TRITON_INTERPRET=1 "
+                    "before mirasol.kernels is first imported")
+        if dtype == torch.bfloat16:
+            return ("the Triton interpreter computes bf16 tl.dot incorrectly; bf16 runs on "
+                    "CUDA only")
+        return None
+    return f"device type {device.type!r} is not supported (CUDA, or CPU under the interpreter)"
+
+
+def attention_backends(max_head_dim: int = 256) -> dict[str, BackendSpec]:
+    """The backend declarations shared by the attention ops."""
+    return {
+        "triton": BackendSpec("triton", _HALF | {torch.float32}, max_head_dim),
+        "torch": BackendSpec("torch", _HALF | {torch.float32, torch.float64}),
+        "reference": BackendSpec("reference", _HALF | {torch.float32, torch.float64}),
+    }
+
+
+def choose_backend(op: str, requested: str, specs: dict[str, BackendSpec],
+                   device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The backend that runs this call (see the module docstring for the rule)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "auto":
+        override = os.environ.get("MIRASOL_BACKEND", "auto")
+        if override not in BACKENDS:
+            raise ValueError(f"MIRASOL_BACKEND must be one of {BACKENDS}, got {override!r}")
+        requested = override
+    if requested == "auto":
+        if device.type == "cuda" and specs["triton"].why_not(device, dtype, head_dim) is None:
+            return "triton"
+        requested = "torch"
+    why = specs[requested].why_not(device, dtype, head_dim)
+    if why is not None:
+        raise BackendUnavailable(f"{op}: backend={requested!r} cannot run this call: {why}")
+    return requested

@@ -1,0 +1,68 @@
+"""Argument checks shared by the ops. Each raises before any kernel launches, with a
+message naming the argument and what was expected."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_attention_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, *,
+                           lengths: Tensor | None = None, self_attention: bool) -> None:
+    """q (B, H, Nq, D), k and v (B, H_kv, Nk, D): same dtype (floating) and device,
+    H % H_kv == 0; with ``self_attention`` also Nq == Nk. lengths: (B,) integer."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (batch, heads, seq, head_dim), "
+                             f"got shape {_shape(t)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name}.dtype ({t.dtype}) must match q.dtype ({q.dtype})")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {_shape(k)} and "
+                         f"{_shape(v)}")
+    B, H, Nq, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"{op}: k has batch size {k.shape[0]} but q has {B}")
+    if k.shape[3] != D:
+        raise ValueError(f"{op}: k has head dim {k.shape[3]} but q has {D}")
+    if D == 0:
+        raise ValueError(f"{op}: head dim must be positive, got q of shape {_shape(q)}")
+    if k.shape[1] == 0 or H % k.shape[1]:
+        raise ValueError(f"{op}: the number of query heads ({H}) must be a multiple of the "
+                         f"number of key/value heads ({k.shape[1]})")
+    if self_attention and k.shape[2] != Nq:
+        raise ValueError(f"{op}: self-attention needs k and q of the same length, got "
+                         f"{k.shape[2]} and {Nq}")
+    if lengths is not None:
+        if not isinstance(lengths, Tensor):
+            raise TypeError(f"{op}: lengths must be a torch.Tensor or None, "
+                            f"got {type(lengths).__name__}")
+        if lengths.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{op}: lengths must be int32 or int64, got {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"{op}: lengths must have shape ({B},) (one per sample), got "
+                             f"{_shape(lengths)}")
+        if lengths.device != q.device:
+            raise ValueError(f"{op}: lengths is on {lengths.device} but q is on {q.device}")
+
+
+def check_lengths_values(lengths: Tensor, n: int) -> None:
+    """0 <= lengths <= n. Reads the values (a device sync on CUDA), so it runs inside the
+    op's eager implementation, out of torch.compile's graph; skipped while a CUDA graph is
+    being captured."""
+    if lengths.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > n):
+        raise ValueError(f"lengths must lie in [0, {n}] (the sequence length), got "
+                         f"{lengths.tolist()}")

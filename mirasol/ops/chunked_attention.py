@@ -1,0 +1,172 @@
+"""Chunked causal attention: argument checks, backend choice, autograd, custom op.
+
+Token i attends to token j iff ``j // chunk_size <= i // chunk_size``: every token sees
+all tokens of its own chunk and of every earlier chunk (Mirasol3B's A/V autoregressive
+model, with one chunk per time span). Chain of names::
+
+    _chunked_attn_fwd_kernel / _chunked_attn_bwd_*_kernel   (mirasol.kernels)
+    chunked_attn_fwd / chunked_attn_bwd                      (launchers)
+    torch.ops.mirasol.chunked_attention_fwd / _bwd           (custom ops: torch.compile)
+    ChunkedAttentionFunction                                 (autograd)
+    chunked_causal_attention                                 (functional, here)
+    ChunkedCausalSelfAttention                               (nn.Module, mirasol.layers)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mirasol import reference
+from mirasol.ops._backends import attention_backends, choose_backend
+from mirasol.ops._checks import check_attention_inputs, check_lengths_values
+from mirasol.ops._dense import attention_lse, attention_lse_backward
+
+BACKENDS = attention_backends(max_head_dim=256)
+
+
+# ----------------------------------------------------------------- the torch backend
+
+
+def _pieces(lengths: Tensor | None, batch: int, n: int, chunk_size: int):
+    """(batch slice, query start, query end) of each unmasked piece: one chunk of one
+    sample (of all samples when there are no lengths) against its visible key prefix
+    [0, query end)."""
+    samples = ([(slice(None), n)] if lengths is None
+               else [(slice(b, b + 1), int(length)) for b, length in enumerate(lengths.tolist())])
+    for rows, length in samples:
+        for start in range(0, length, chunk_size):
+            yield rows, start, min(start + chunk_size, length)
+
+
+def _torch_fwd(q, k, v, lengths, chunk_size, scale):
+    out = torch.zeros_like(q, memory_format=torch.contiguous_format)
+    lse_dtype = torch.promote_types(q.dtype, torch.float32)
+    lse = torch.full(q.shape[:3], -math.inf, dtype=lse_dtype, device=q.device)
+    for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
+        out[b, :, start:end], lse[b, :, start:end] = attention_lse(
+            q[b, :, start:end], k[b, :, :end], v[b, :, :end], scale)
+    return out, lse
+
+
+def _torch_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
+    dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
+        rows = slice(start, end)
+        gq, gk, gv = attention_lse_backward(do[b, :, rows], q[b, :, rows], k[b, :, :end],
+                                            v[b, :, :end], out[b, :, rows], lse[b, :, rows],
+                                            scale)
+        dq[b, :, rows] = gq
+        dk[b, :, :end] += gk
+        dv[b, :, :end] += gv
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------- the triton backend
+
+
+def _triton_fwd(q, k, v, lengths, chunk_size, scale):
+    from mirasol.kernels import chunked_attn_fwd
+
+    return chunked_attn_fwd(q, k, v, chunk_size, scale, lengths)
+
+
+def _triton_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
+    from mirasol.kernels import chunked_attn_bwd
+
+    return chunked_attn_bwd(do, q, k, v, out, lse, chunk_size, scale, lengths)
+
+
+_FWD = {"triton": _triton_fwd, "torch": _torch_fwd}
+_BWD = {"triton": _triton_bwd, "torch": _torch_bwd}
+
+
+# ------------------------------------------------------------ custom ops and autograd
+
+
+@torch.library.custom_op("mirasol::chunked_attention_fwd", mutates_args=())
+def _chunked_attention_fwd(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None,
+                           chunk_size: int, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    if lengths is not None:
+        check_lengths_values(lengths, q.shape[2])
+    return _FWD[backend](q, k, v, lengths, chunk_size, scale)
+
+
+@_chunked_attention_fwd.register_fake
+def _(q, k, v, lengths, chunk_size, scale, backend):
+    lse_dtype = torch.promote_types(q.dtype, torch.float32)
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            q.new_empty(q.shape[:3], dtype=lse_dtype))
+
+
+@torch.library.custom_op("mirasol::chunked_attention_bwd", mutates_args=())
+def _chunked_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                           lse: Tensor, lengths: Tensor | None, chunk_size: int, scale: float,
+                           backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _BWD[backend](do, q, k, v, out, lse, lengths, chunk_size, scale)
+
+
+@_chunked_attention_bwd.register_fake
+def _(do, q, k, v, out, lse, lengths, chunk_size, scale, backend):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+
+
+class ChunkedAttentionFunction(torch.autograd.Function):
+    """Autograd for the triton and torch backends: the forward saves (out, lse), the
+    backward recomputes probabilities from them (nothing of size N x N is kept)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, chunk_size: int, scale: float, backend: str):
+        out, lse = torch.ops.mirasol.chunked_attention_fwd(q, k, v, lengths, chunk_size,
+                                                           scale, backend)
+        ctx.save_for_backward(q, k, v, out, lse, lengths)
+        ctx.chunk_size, ctx.scale, ctx.backend = chunk_size, scale, backend
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, lengths = ctx.saved_tensors
+        dq, dk, dv = torch.ops.mirasol.chunked_attention_bwd(
+            do, q, k, v, out, lse, lengths, ctx.chunk_size, ctx.scale, ctx.backend)
+        return dq, dk, dv, None, None, None, None
+
+
+def chunked_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *,
+                             scale: float | None = None, lengths: Tensor | None = None,
+                             backend: str = "auto") -> Tensor:
+    """Chunked (block-) causal attention in SDPA's layout.
+
+    ``out[b, h, i] = softmax_j(q[b,h,i] · k[b,h',j] · scale, j visible) @ v[b,h',j]`` where
+    ``j`` is visible from ``i`` iff ``j // chunk_size <= i // chunk_size`` and
+    ``i, j < lengths[b]``; ``h' = h // (H / H_kv)``.
+
+    Args:
+        q: (B, H, N, D) queries; fp16, bf16, fp32 (fp64 on the torch and reference backends).
+        k, v: (B, H_kv, N, D) keys and values, ``H % H_kv == 0`` (grouped-query attention).
+        chunk_size: tokens per chunk, any positive int (need not divide N or the tile size).
+        scale: score scale, default ``D ** -0.5``.
+        lengths: optional (B,) int tensor, ``0 <= lengths[b] <= N``, on q's device: sample b
+            occupies positions [0, lengths[b]); rows past it are 0 and get zero gradients.
+        backend: "auto" | "triton" | "torch" | "reference" (see ``mirasol.ops``).
+
+    Returns:
+        (B, H, N, D) in q's dtype. Accumulation is fp32 (fp64 for fp64 inputs); the error
+        against a float64 oracle is at most twice that of the reference computed in q's
+        dtype (``mirasol.testing``).
+    """
+    check_attention_inputs("chunked_causal_attention", q, k, v, lengths=lengths,
+                           self_attention=True)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunked_causal_attention: chunk_size must be a positive int, "
+                         f"got {chunk_size!r}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    name = choose_backend("chunked_causal_attention", backend, BACKENDS, q.device, q.dtype,
+                          q.shape[-1])
+    if name == "reference":
+        if lengths is not None:
+            check_lengths_values(lengths, q.shape[2])
+        return reference.chunked_causal_attention(q, k, v, chunk_size, scale=scale,
+                                                  lengths=lengths)
+    return ChunkedAttentionFunction.apply(q, k, v, lengths, chunk_size, scale, name)

@@ -1,0 +1,26 @@
+"""Test set-up: the triton backend runs through Triton's interpreter on CPU, so
+TRITON_INTERPRET must be set before mirasol.kernels is first imported. Tests that compile
+kernels for real GPUs run in a subprocess without it (see test_cross_compile.py)."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+# "ci" is deterministic (the same examples every run, so CI never flakes on a new draw);
+# HYPOTHESIS_PROFILE=dev explores with fresh randomness and more examples.
+_common = dict(deadline=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", derandomize=True, max_examples=25, **_common)
+settings.register_profile("dev", max_examples=200, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
