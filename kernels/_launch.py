@@ -7,11 +7,14 @@ tensors with an explicit ``capability`` cross-compile it for another GPU (see ``
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import triton
+
+from ._configs import TABLE as _TUNED
 
 # "interpreter" stands for TRITON_INTERPRET=1 on CPU tensors.
 Capability = "tuple[int, int] | str"
@@ -24,43 +27,6 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
 
-
-# Configs by kernel, then by bytes per head row (head_dim padded to a power of two,
-# times the element size): the tile's register and shared-memory footprint scales with
-# that, not with the head dim alone. Chosen so that every config compiles with no
-# register spills within the arch's shared memory (checked in tests/test_cross_compile.py):
-# sm_86/sm_89 have 100 KB of shared memory per SM against sm_80's 164 KB and sm_90's 228 KB.
-_ROW_BYTES = (128, 256, 512, 1024)
-_TABLE: dict[str, dict[str, tuple[KernelConfig, ...]]] = {
-    "chunked_attn_fwd": {
-        "sm80": (KernelConfig(128, 64, 4, 3), KernelConfig(128, 64, 8, 3),
-                 KernelConfig(64, 64, 4, 2), KernelConfig(64, 32, 4, 2)),
-        "sm86": (KernelConfig(128, 64, 4, 3), KernelConfig(128, 32, 8, 2),
-                 KernelConfig(64, 32, 4, 2), KernelConfig(64, 16, 4, 1)),
-        "sm90": (KernelConfig(128, 128, 8, 3), KernelConfig(128, 64, 8, 3),
-                 KernelConfig(128, 64, 8, 2), KernelConfig(64, 32, 4, 2)),
-    },
-    "chunked_attn_bwd_dkdv": {  # block_n: keys per program, block_m: queries per step
-        "sm80": (KernelConfig(32, 128, 4, 3), KernelConfig(32, 64, 4, 2),
-                 KernelConfig(32, 64, 8, 2), KernelConfig(16, 32, 4, 1)),
-        "sm86": (KernelConfig(32, 64, 4, 2), KernelConfig(32, 64, 4, 2),
-                 KernelConfig(16, 64, 8, 1), KernelConfig(16, 32, 4, 1)),
-        "sm90": (KernelConfig(64, 128, 8, 3), KernelConfig(64, 128, 8, 2),
-                 KernelConfig(32, 64, 8, 2), KernelConfig(16, 32, 4, 1)),
-    },
-    "chunked_attn_bwd_dq": {
-        "sm80": (KernelConfig(128, 32, 4, 3), KernelConfig(64, 32, 4, 2),
-                 KernelConfig(64, 32, 8, 2), KernelConfig(32, 16, 4, 1)),
-        "sm86": (KernelConfig(64, 32, 4, 2), KernelConfig(64, 32, 4, 2),
-                 KernelConfig(64, 16, 8, 1), KernelConfig(32, 16, 4, 1)),
-        "sm90": (KernelConfig(128, 64, 8, 3), KernelConfig(128, 64, 8, 2),
-                 KernelConfig(64, 32, 8, 2), KernelConfig(32, 16, 4, 1)),
-    },
-    "attn_bwd_delta": {
-        arch: tuple(KernelConfig(64, 0, 4, 1) for _ in _ROW_BYTES)
-        for arch in ("sm80", "sm86", "sm90")
-    },
-}
 
 # The interpreter runs each program serially on numpy: small tiles keep tests fast and
 # exercise several blocks per sequence.
@@ -90,13 +56,35 @@ def device_capability(device: torch.device) -> Capability:
     return "interpreter"
 
 
+_OVERRIDES: dict[str, KernelConfig] = {}
+
+
 def kernel_config(name: str, head_dim: int, dtype: torch.dtype,
                   capability: Capability) -> KernelConfig:
+    """The tile config of kernel ``name`` for this head dim, dtype and GPU (see _configs)."""
+    if name in _OVERRIDES:
+        return _OVERRIDES[name]
     if capability == "interpreter":
         return _INTERPRETER_CONFIG
-    row_bytes = head_block(head_dim) * dtype.itemsize
-    bucket = next(i for i, limit in enumerate(_ROW_BYTES) if row_bytes <= limit)
-    return _TABLE[name][arch_family(capability)][bucket]
+    dtype_class = "fp32" if dtype == torch.float32 else "half"
+    by_head_dim = _TUNED[name][arch_family(capability)][dtype_class]
+    bucket = min(h for h in by_head_dim if h >= head_block(head_dim))
+    return KernelConfig(*by_head_dim[bucket])
+
+
+@contextlib.contextmanager
+def override_config(name: str, config: KernelConfig) -> Iterator[None]:
+    """Use ``config`` for kernel ``name`` on every device (tests try other tile shapes in
+    the interpreter; bench/tune_configs.py tries candidates)."""
+    previous = _OVERRIDES.get(name)
+    _OVERRIDES[name] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _OVERRIDES[name]
+        else:
+            _OVERRIDES[name] = previous
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -89,3 +89,32 @@ def resources(launch: Launch, arch: int) -> Resources:
                      stack_bytes=field("STACK"), local_bytes=field("LOCAL"),
                      tensor_core_ops=len(_TENSOR_CORE_OPS.findall(sass)),
                      num_warps=launch.config.num_warps)
+
+
+def chunked_attention_launches(capability: tuple[int, int], dtype: torch.dtype,
+                               head_dim: int, *, batch: int = 2, heads: int = 8,
+                               kv_heads: int = 2, seqlen: int = 4096,
+                               chunk_size: int = 256) -> dict[str, Launch]:
+    """Every kernel launch of one chunked-attention forward + backward, on meta tensors,
+    with the configs ``capability`` selects (lengths given, grouped-query heads)."""
+    from .chunked_attention import (attn_bwd_delta_launch, chunked_attn_bwd_dkdv_launch,
+                                    chunked_attn_bwd_dq_launch, chunked_attn_fwd_launch)
+
+    def meta(*shape, dt=dtype):
+        return torch.empty(shape, dtype=dt, device="meta")
+
+    q, do, o, dq = (meta(batch, heads, seqlen, head_dim) for _ in range(4))
+    k, v, dk, dv = (meta(batch, kv_heads, seqlen, head_dim) for _ in range(4))
+    lse, delta = meta(batch, heads, seqlen, dt=torch.float32), meta(batch, heads, seqlen,
+                                                                    dt=torch.float32)
+    lengths = meta(batch, dt=torch.int32)
+    scale = head_dim ** -0.5
+    return {
+        "chunked_attn_fwd": chunked_attn_fwd_launch(q, k, v, o, lse, lengths, chunk_size, scale,
+                                                    capability=capability),
+        "attn_bwd_delta": attn_bwd_delta_launch(o, do, delta, capability=capability),
+        "chunked_attn_bwd_dkdv": chunked_attn_bwd_dkdv_launch(
+            q, k, v, do, lse, delta, dk, dv, lengths, chunk_size, scale, capability=capability),
+        "chunked_attn_bwd_dq": chunked_attn_bwd_dq_launch(
+            q, k, v, do, lse, delta, dq, lengths, chunk_size, scale, capability=capability),
+    }

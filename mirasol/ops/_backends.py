@@ -10,7 +10,6 @@ request).
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -45,14 +44,20 @@ class BackendSpec:
         return None
 
 
-@functools.cache
-def _triton_interpreted() -> bool | None:
-    """None if triton is not installed, else whether its kernels run interpreted."""
-    if importlib.util.find_spec("triton") is None:
-        return None
-    from mirasol.kernels import interpreted
+_TRITON_STATE: dict[str, bool | None] = {}
 
-    return interpreted()
+
+def _triton_interpreted() -> bool | None:
+    """None if triton is not installed, else whether its kernels run interpreted (fixed
+    for the process once the kernels are imported)."""
+    if "interpreted" not in _TRITON_STATE:
+        if importlib.util.find_spec("triton") is None:
+            _TRITON_STATE["interpreted"] = None
+        else:
+            from mirasol.kernels import interpreted
+
+            _TRITON_STATE["interpreted"] = interpreted()
+    return _TRITON_STATE["interpreted"]
 
 
 def _triton_why_not(device: torch.device, dtype: torch.dtype) -> str | None:

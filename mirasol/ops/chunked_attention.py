@@ -41,18 +41,28 @@ def _pieces(lengths: Tensor | None, batch: int, n: int, chunk_size: int):
             yield rows, start, min(start + chunk_size, length)
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _torch_fwd(q, k, v, lengths, chunk_size, scale):
-    out = torch.zeros_like(q, memory_format=torch.contiguous_format)
-    lse_dtype = torch.promote_types(q.dtype, torch.float32)
-    lse = torch.full(q.shape[:3], -math.inf, dtype=lse_dtype, device=q.device)
+    # Half-precision inputs are computed in fp32 (the CPU kernel accumulates in fp32
+    # anyway), so the only rounding to the input dtype is the output's.
+    dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
+    q, k, v = (t.to(acc) for t in (q, k, v))
+    out = torch.zeros(q.shape, dtype=acc, device=q.device)
+    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
     for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
         out[b, :, start:end], lse[b, :, start:end] = attention_lse(
             q[b, :, start:end], k[b, :, :end], v[b, :, :end], scale)
-    return out, lse
+    return out.to(dtype), lse
 
 
 def _torch_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
-    dq, dk, dv = (torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    # dK/dV sum one partial per chunk: accumulate in fp32, round once at the end.
+    dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
+    do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
+    dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
     for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
         rows = slice(start, end)
         gq, gk, gv = attention_lse_backward(do[b, :, rows], q[b, :, rows], k[b, :, :end],
@@ -61,7 +71,7 @@ def _torch_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
         dq[b, :, rows] = gq
         dk[b, :, :end] += gk
         dv[b, :, :end] += gv
-    return dq, dk, dv
+    return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
 # ---------------------------------------------------------------- the triton backend

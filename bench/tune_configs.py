@@ -1,0 +1,112 @@
+"""Choose each kernel's tile config per GPU generation by cross-compiling (no GPU needed).
+
+For every kernel, arch family, dtype class and head-dim bucket, walks candidate tiles from
+largest to smallest (then more warps, more pipeline stages first) and keeps the first that
+compiles with no register spills and within shared memory on every arch of the family,
+for a representative problem (grouped-query heads, per-sample lengths). Writes the table
+to kernels/_configs.py. A proxy for speed, not a timing: retune on the GPU when one is at
+hand.
+
+    python bench/tune_configs.py            # all kernels (tens of minutes on 2 cores)
+    python bench/tune_configs.py --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import pprint
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+FAMILIES = {"sm80": (80,), "sm86": (86, 89), "sm90": (90, 100)}
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+DTYPES = {"half": torch.float16, "fp32": torch.float32}
+HEAD_DIMS = (64, 128, 256)
+KERNELS = ("chunked_attn_fwd", "attn_bwd_delta", "chunked_attn_bwd_dkdv", "chunked_attn_bwd_dq")
+TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
+         (64, 16), (32, 16), (16, 32), (16, 16)]
+
+
+def _estimate(kernel, m, n, warps, stages, head_dim, itemsize):
+    """Registers per thread and shared bytes, roughly: prunes hopeless candidates before
+    spending a compile on them."""
+    threads = 32 * warps
+    row = head_dim * itemsize
+    if kernel == "chunked_attn_bwd_dkdv":  # n keys held, m queries streamed
+        regs = (2 * n * head_dim * (1 + itemsize / 4) + 3 * m * n) / threads
+        smem = stages * 2 * m * row + 2 * n * row
+    elif kernel == "chunked_attn_bwd_dq":
+        regs = (m * head_dim * (1 + itemsize / 2) + 3 * m * n) / threads
+        smem = stages * 2 * n * row + 2 * m * row
+    else:
+        regs = (m * head_dim * (1 + itemsize / 4) + 2 * m * n) / threads
+        smem = stages * 2 * n * row + m * row
+    return regs, smem
+
+
+def _candidates(kernel, head_dim, itemsize, limit):
+    from mirasol.kernels import KernelConfig
+
+    if kernel == "attn_bwd_delta":
+        yield from (KernelConfig(m, 0, 4, 1) for m in (64, 32, 16))
+        return
+    for (a, b), warps, stages in itertools.product(TILES, (8, 4), (3, 2, 1)):
+        m, n = (b, a) if kernel == "chunked_attn_bwd_dkdv" else (a, b)
+        regs, smem = _estimate(kernel, m, n, warps, stages, head_dim, itemsize)
+        if regs <= 200 and smem <= 1.05 * limit and not (warps == 8 and m * n < 64 * 32):
+            yield KernelConfig(m, n, warps, stages)
+
+
+def _fits(kernel, family, dtype, head_dim, config) -> bool:
+    from mirasol.kernels import aot
+    from mirasol.kernels._launch import override_config
+
+    for arch in FAMILIES[family]:
+        with override_config(kernel, config):
+            launch = aot.chunked_attention_launches((arch // 10, arch % 10), dtype,
+                                                    head_dim)[kernel]
+        res = aot.resources(launch, arch)
+        if res.spills or res.shared_bytes > SHARED_LIMIT[arch]:
+            return False
+    return True
+
+
+def tune(job):
+    kernel, family, dclass, head_dim = job
+    dtype = DTYPES[dclass]
+    limit = min(SHARED_LIMIT[a] for a in FAMILIES[family])
+    for config in _candidates(kernel, head_dim, dtype.itemsize, limit):
+        if _fits(kernel, family, dtype, head_dim, config):
+            print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
+            return job, (config.block_m, config.block_n, config.num_warps, config.num_stages)
+    raise RuntimeError(f"no spill-free config for {job}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--out", default=Path(__file__).parents[1] / "kernels" / "_configs.py")
+    args = parser.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)
+    jobs = list(itertools.product(KERNELS, FAMILIES, DTYPES, HEAD_DIMS))
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = dict(pool.map(tune, jobs))
+    table = {k: {f: {d: {h: results[(k, f, d, h)] for h in HEAD_DIMS} for d in DTYPES}
+                 for f in FAMILIES} for k in KERNELS}
+    text = pprint.pformat(table, width=100, sort_dicts=False)
+    Path(args.out).write_text(
+        '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
+        'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
+        'by bench/tune_configs.py: each is the largest tile that cross-compiles with no register\n'
+        'spills within shared memory on every arch of its family. Do not edit by hand; rerun\n'
+        'the tool."""\n\n'
+        f"TABLE = {text}\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from mirasol.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""Invariants of chunked causal attention (DESIGN.md §5), on both fast backends."""
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from mirasol.ops import chunked_causal_attention
+from mirasol.testing import assert_parity, compare_with_oracle, poison_allocations
+from mirasol.testing.strategies import AttentionCase, attention_cases
+
+BACKENDS = pytest.mark.parametrize("backend", ["triton", "torch"])
+
+
+def _sdpa(q, k, v, **kw):
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1], **kw)
+
+
+@BACKENDS
+@given(case=attention_cases(allow_lengths=False, max_chunk=1))
+def test_chunk_size_one_is_causal_attention(backend, case):
+    # Oracle: PyTorch's own causal SDPA in float64, an outside definition of the mask.
+    q, k, v, _ = case.tensors()
+    assert_parity(compare_with_oracle(
+        partial(chunked_causal_attention, chunk_size=1, backend=backend),
+        partial(chunked_causal_attention, chunk_size=1, backend="reference"),
+        (q, k, v), names="qkv", oracle=partial(_sdpa, is_causal=True)))
+
+
+@BACKENDS
+@given(case=attention_cases(allow_lengths=False), extra=st.integers(0, 50))
+def test_chunk_size_at_least_n_is_full_attention(backend, case, extra):
+    q, k, v, _ = case.tensors()
+    chunk = case.seqlen + extra
+    assert_parity(compare_with_oracle(
+        partial(chunked_causal_attention, chunk_size=chunk, backend=backend),
+        partial(chunked_causal_attention, chunk_size=chunk, backend="reference"),
+        (q, k, v), names="qkv", oracle=_sdpa))
+
+
+def _grads(backend, case, q, k, v, lengths, do):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = chunked_causal_attention(q, k, v, case.chunk_size, lengths=lengths, backend=backend)
+    out.backward(do)
+    return out, q.grad, k.grad, v.grad
+
+
+@BACKENDS
+@given(case=attention_cases(max_batch=4).filter(lambda c: c.lengths is not None))
+@example(case=AttentionCase(3, 2, 1, 37, 40, 5, (37, 0, 16), torch.float32, "contiguous", 7))
+def test_varlen_equals_per_sample_loop(backend, case):
+    q, k, v, lengths = case.tensors()
+    do = torch.randn_like(q)
+    batched = _grads(backend, case, q, k, v, lengths, do)
+    for b, n in enumerate(case.lengths):
+        single = _grads(backend, case, q[b:b + 1, :, :n], k[b:b + 1, :, :n],
+                        v[b:b + 1, :, :n], None, do[b:b + 1, :, :n])
+        for got, want in zip(batched, single):
+            torch.testing.assert_close(got[b:b + 1, :, :n], want, rtol=0, atol=0)
+            # Past the length: zero output, zero gradients.
+            assert not got[b, :, n:].any()
+
+
+@BACKENDS
+@given(case=attention_cases(max_batch=3), data=st.data())
+def test_result_does_not_depend_on_batch_position(backend, case, data):
+    q, k, v, lengths = case.tensors()
+    perm = torch.tensor(data.draw(st.permutations(range(case.batch))))
+    do = torch.randn_like(q)
+    base = _grads(backend, case, q, k, v, lengths, do)
+    shuffled = _grads(backend, case, q[perm], k[perm], v[perm],
+                      None if lengths is None else lengths[perm], do[perm])
+    for got, want in zip(shuffled, base):
+        torch.testing.assert_close(got, want[perm], rtol=0, atol=0)
+
+
+@BACKENDS
+@given(case=attention_cases(layouts=("bnhd", "padded")))
+def test_non_contiguous_equals_contiguous(backend, case):
+    q, k, v, lengths = case.tensors()
+    assume(not q.is_contiguous())  # a (B, N, H, D) buffer with H == 1 or N == 1 is contiguous
+    do = torch.randn_like(q)
+    strided = _grads(backend, case, q, k, v, lengths, do)
+    dense = _grads(backend, case, q.contiguous(), k.contiguous(), v.contiguous(), lengths, do)
+    for got, want in zip(strided, dense):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@BACKENDS
+@given(case=attention_cases())
+def test_every_output_element_is_written(backend, case):
+    q, k, v, lengths = case.tensors()
+    with poison_allocations():
+        out, dq, dk, dv = _grads(backend, case, q, k, v, lengths, torch.randn_like(q))
+    for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
+        assert not t.isnan().any(), f"{name} has unwritten (NaN-poisoned) elements"

@@ -1,0 +1,92 @@
+"""ChunkedCausalSelfAttention: a drop-in for timm's Attention, chunked."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirasol import ChunkedCausalSelfAttention
+from mirasol.layers import RotaryEmbedding
+from mirasol.testing import assert_parity, parity_report
+
+
+class TimmAttention(nn.Module):
+    """timm.models.vision_transformer.Attention as published (timm depends on torchvision,
+    which does not import beside the CPU torch build, so it is transcribed here)."""
+
+    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_norm=False, proj_bias=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x, attn_mask=None):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("qkv_bias,qk_norm", [(False, False), (True, True)])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_loads_timm_weights_and_matches_it(backend, qkv_bias, qk_norm):
+    timm = TimmAttention(64, num_heads=4, qkv_bias=qkv_bias, qk_norm=qk_norm).double()
+    ours = ChunkedCausalSelfAttention(64, num_heads=4, chunk_size=5, qkv_bias=qkv_bias,
+                                      qk_norm=qk_norm, backend=backend)
+    assert ours.state_dict().keys() == timm.state_dict().keys()
+    ours.load_state_dict(timm.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(2, 23, 64, dtype=torch.float64)
+    chunk = torch.arange(23) // 5
+    oracle = timm(x, attn_mask=chunk[None, :] <= chunk[:, None])
+    got = ours(x.float())
+    ref = ChunkedCausalSelfAttention(64, num_heads=4, chunk_size=5, qkv_bias=qkv_bias,
+                                     qk_norm=qk_norm, backend="reference")
+    ref.load_state_dict(timm.state_dict())
+    assert_parity(parity_report("out", got, ref(x.float()), oracle))
+    # One chunk covering the sequence is exactly timm's (unmasked) attention.
+    ours.chunk_size = ref.chunk_size = 23
+    assert_parity(parity_report("out", ours(x.float()), ref(x.float()), timm(x)))
+
+
+def test_grouped_query_heads_and_backward():
+    layer = ChunkedCausalSelfAttention(48, num_heads=6, num_kv_heads=2, chunk_size=4)
+    assert layer.qkv.out_features == (6 + 2 * 2) * 8
+    x = torch.randn(2, 10, 48, requires_grad=True)
+    layer(x, lengths=torch.tensor([10, 7])).sum().backward()
+    assert x.grad is not None and layer.qkv.weight.grad is not None
+    # Padded tokens of sample 1 do not influence its valid tokens.
+    assert not x.grad[1, 7:].any()
+
+
+def test_rope_rotates_pairs_and_keeps_the_state_dict():
+    plain = ChunkedCausalSelfAttention(32, num_heads=2, chunk_size=4)
+    rotary = ChunkedCausalSelfAttention(32, num_heads=2, chunk_size=4, rope=True)
+    assert plain.state_dict().keys() == rotary.state_dict().keys()
+    rope = RotaryEmbedding(16)
+    x = torch.randn(1, 1, 5, 16, dtype=torch.float64)
+    y = rope(x)
+    # A rotation: norms of each (i, i + D/2) pair are kept, position 0 is unchanged.
+    pair_norm = lambda t: t[..., :8] ** 2 + t[..., 8:] ** 2  # noqa: E731
+    torch.testing.assert_close(pair_norm(y), pair_norm(x))
+    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])
+    # Relative: q·k depends only on the offset between positions.
+    q, k = torch.randn(2, 16, dtype=torch.float64)
+    qs, ks = q.expand(1, 1, 9, 16), k.expand(1, 1, 9, 16)
+    dots = (rope(qs)[0, 0, 3:] * rope(ks)[0, 0, :6]).sum(-1)
+    torch.testing.assert_close(dots, dots[:1].expand(6))
+
+
+def test_extra_repr_and_bad_configs():
+    text = repr(ChunkedCausalSelfAttention(64, num_heads=8, num_kv_heads=2, chunk_size=16))
+    assert "num_heads=8, num_kv_heads=2, head_dim=8, chunk_size=16, backend='auto'" in text
+    with pytest.raises(ValueError, match=r"dim \(30\) must be divisible by num_heads \(4\)"):
+        ChunkedCausalSelfAttention(30, num_heads=4, chunk_size=2)
+    with pytest.raises(ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads"):
+        ChunkedCausalSelfAttention(32, num_heads=4, num_kv_heads=3, chunk_size=2)
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        RotaryEmbedding(15)

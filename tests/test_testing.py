@@ -1,0 +1,73 @@
+"""The parity harness itself: it must fail wrong answers, loudly and precisely."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from mirasol.ops import chunked_causal_attention
+from mirasol.testing import (ATOL_FLOOR, assert_parity, compare_with_oracle, parity_report,
+                             poison_allocations)
+
+
+def _op(backend):
+    return partial(chunked_causal_attention, chunk_size=3, backend=backend)
+
+
+def _inputs(dtype=torch.float32):
+    return tuple(torch.randn(2, 2, 12, 16, dtype=dtype) for _ in range(3))
+
+
+def test_a_correct_backend_passes_and_reports_every_tensor():
+    reports = compare_with_oracle(_op("torch"), _op("reference"), _inputs(), names="qkv")
+    assert [r.name for r in reports] == ["out", "dq", "dk", "dv"]
+    assert_parity(reports)
+    assert all(0 <= r.ratio <= 1 for r in reports)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_slightly_wrong_backend_fails_with_a_verbose_report(dtype):
+    def wrong(q, k, v):  # a 0.5% error: well inside any loose tolerance, outside the rule
+        return _op("torch")(q, k, v) * 1.005
+
+    reports = compare_with_oracle(wrong, _op("reference"), _inputs(dtype), names="qkv")
+    with pytest.raises(AssertionError) as info:
+        assert_parity(reports)
+    text = str(info.value)
+    assert "out [" in text and "FAIL" in text and "ratio" in text and "oracle" in text
+    assert "allowed" in text and "reference err" in text and "floor" in text
+
+
+def test_nan_is_an_infinite_error():
+    oracle = torch.ones(3, dtype=torch.float64)
+    actual = torch.tensor([1.0, float("nan"), 1.0])
+    report = parity_report("out", actual, actual.nan_to_num(1.0), oracle)
+    assert math.isinf(report.err) and not report.ok and report.where == (1,)
+
+
+def test_the_floor_is_one_rounding_or_eight_accumulator_roundings():
+    assert ATOL_FLOOR[torch.float16] == 2.0**-11
+    assert ATOL_FLOOR[torch.bfloat16] == 2.0**-8
+    assert ATOL_FLOOR[torch.float32] == 8 * 2.0**-24
+    assert ATOL_FLOOR[torch.float64] == 8 * 2.0**-53
+
+
+def test_poison_allocations_fills_fresh_buffers_and_restores_torch():
+    empty = torch.empty
+    with poison_allocations():
+        assert torch.empty(4).isnan().all()
+        assert torch.empty_like(torch.zeros(2, dtype=torch.float16)).isnan().all()
+        assert (torch.empty(3, dtype=torch.int32) == torch.iinfo(torch.int32).max).all()
+    assert torch.empty is empty
+
+
+def test_an_unwritten_output_element_is_caught():
+    def forgetful(q, k, v):
+        out = torch.empty_like(q)
+        out[:, :, :-1] = _op("torch")(q, k, v)[:, :, :-1]  # last row never written
+        return out
+
+    with poison_allocations():
+        reports = compare_with_oracle(forgetful, _op("reference"), _inputs(), grads=False)
+    assert not reports[0].ok and math.isinf(reports[0].err)
