@@ -97,3 +97,22 @@ def test_every_output_element_is_written(backend, case):
         out, dq, dk, dv = _grads(backend, case, q, k, v, lengths, torch.randn_like(q))
     for name, t in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
         assert not t.isnan().any(), f"{name} has unwritten (NaN-poisoned) elements"
+
+
+@BACKENDS
+@pytest.mark.parametrize("chunk", [16, 32])
+def test_keys_no_query_block_can_see_are_never_read(backend, chunk):
+    # With chunk 16 or 32, the interpreter's 16-row query blocks below row 32 end in a
+    # chunk that ends by key 32: keys 32.. are invisible to them. Poisoned with NaN, those
+    # keys must not reach rows < 32 — not even as 0 * NaN through a masked-out probability,
+    # which is what a kernel that loaded every block and masked afterwards would produce.
+    q, k, v = torch.randn(3, 1, 2, 64, 32).unbind(0)
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[:, :, 32:], v_bad[:, :, 32:] = float("nan"), float("nan")
+    q = q.requires_grad_()
+    out = chunked_causal_attention(q, k_bad, v_bad, chunk, backend=backend)
+    (dq,) = torch.autograd.grad(out[:, :, :32].sum(), q)
+    want = chunked_causal_attention(q, k, v, chunk, backend=backend)
+    (want_dq,) = torch.autograd.grad(want[:, :, :32].sum(), q)
+    torch.testing.assert_close(out[:, :, :32], want[:, :, :32], rtol=0, atol=0)
+    torch.testing.assert_close(dq[:, :, :32], want_dq[:, :, :32], rtol=0, atol=0)
