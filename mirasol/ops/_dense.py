@@ -3,66 +3,80 @@
 against its visible prefix, one segment against its keys) and run each here.
 
 On CPU this calls PyTorch's fused flash-attention kernel for CPU, which returns the
-log-sum-exp and has a backward that consumes it (no N x N tensor anywhere). Elsewhere it
-falls back to a piece-sized math implementation (scores for one piece at a time).
+log-sum-exp and has a backward that consumes it (no piece-sized score matrix in memory).
+Elsewhere a math version materializes one piece's scores at a time.
 """
 
 from __future__ import annotations
 
 import torch
 from einops import rearrange
+from torch import Tensor
 
 
-def _fold_groups(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
+def _fold_groups(x: Tensor, kv_heads: int) -> Tensor:
     # The query heads that share a key/value head attend to the same keys, so they can
     # be stacked as extra rows: (B, H, M, ...) -> (B, H_kv, G*M, ...). No K/V copy.
     return rearrange(x, "b (h g) m ... -> b h (g m) ...", h=kv_heads)
 
 
-def _unfold_groups(x: torch.Tensor, rows: int) -> torch.Tensor:
+def _unfold_groups(x: Tensor, rows: int) -> Tensor:
     return rearrange(x, "b h (g m) ... -> b (h g) m ...", m=rows)
 
 
-def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _flash_cpu_fwd(q, k, v, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
+                                                                       scale=scale)
+
+
+def _flash_cpu_bwd(do, q, k, v, o, lse, scale):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        do, q, k, v, o, lse, 0.0, False, scale=scale)
+
+
+def _math_fwd(q, k, v, scale):
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.einsum("bhid,bhjd->bhij", q.to(acc), k.to(acc)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    o = torch.einsum("bhij,bhjd->bhid", torch.exp(scores - lse[..., None]), v.to(acc))
+    return o.to(q.dtype), lse
+
+
+def _math_bwd(do, q, k, v, o, lse, scale):
+    acc = torch.promote_types(q.dtype, torch.float32)
+    q, k, v, do, o = (t.to(acc) for t in (q, k, v, do, o))
+    probs = torch.exp(torch.einsum("bhid,bhjd->bhij", q, k) * scale - lse[..., None])
+    dv = torch.einsum("bhij,bhid->bhjd", probs, do)
+    dp = torch.einsum("bhid,bhjd->bhij", do, v)
+    ds = probs * (dp - (do * o).sum(-1, keepdim=True)) * scale
+    dq = torch.einsum("bhij,bhjd->bhid", ds, k)
+    dk = torch.einsum("bhij,bhid->bhjd", ds, q)
+    return dq, dk, dv
+
+
+_FUSED = {"cpu": (_flash_cpu_fwd, _flash_cpu_bwd)}
+_MATH = (_math_fwd, _math_bwd)
+
+
+def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """o = softmax(q kᵀ · scale) v and lse = logsumexp(q kᵀ · scale) over all keys.
 
     q: (B, H, M, D); k, v: (B, H_kv, N, D), N >= 1. Returns o (B, H, M, D) in q's dtype
     and lse (B, H, M) in fp32 (fp64 for fp64 inputs).
     """
-    rows, kv_heads = q.shape[2], k.shape[1]
-    qf = _fold_groups(q, kv_heads)
-    if q.device.type == "cpu":
-        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qf, k, v, 0.0, False, scale=scale)
-    else:
-        acc = torch.promote_types(q.dtype, torch.float32)
-        scores = torch.einsum("bhid,bhjd->bhij", qf.to(acc), k.to(acc)) * scale
-        lse = torch.logsumexp(scores, dim=-1)
-        probs = torch.exp(scores - lse[..., None])
-        o = torch.einsum("bhij,bhjd->bhid", probs.to(v.dtype), v)
+    fwd, _ = _FUSED.get(q.device.type, _MATH)
+    o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale)
+    rows = q.shape[2]
     return _unfold_groups(o, rows), _unfold_groups(lse, rows)
 
 
-def attention_lse_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                           v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-                           scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse.
-    dk, dv sum over the query heads that share each key/value head."""
-    rows, kv_heads = q.shape[2], k.shape[1]
-    qf, dof, of, lsef = (_fold_groups(t, kv_heads) for t in (q, do, o, lse))
-    if q.device.type == "cpu":
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dof, qf, k, v, of, lsef, 0.0, False, scale=scale)
-    else:
-        acc = torch.promote_types(q.dtype, torch.float32)
-        qa, ka, va, doa = (t.to(acc) for t in (qf, k, v, dof))
-        probs = torch.exp(torch.einsum("bhid,bhjd->bhij", qa, ka) * scale - lsef[..., None])
-        dv = torch.einsum("bhij,bhid->bhjd", probs, doa)
-        dp = torch.einsum("bhid,bhjd->bhij", doa, va)
-        delta = (doa * of.to(acc)).sum(-1, keepdim=True)
-        ds = probs * (dp - delta) * scale
-        dq = torch.einsum("bhij,bhjd->bhid", ds, ka)
-        dk = torch.einsum("bhij,bhid->bhjd", ds, qa)
-        dq, dk, dv = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-    return _unfold_groups(dq, rows), dk, dv
+def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
+                           lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
+    dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
+    in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
+    _, bwd = _FUSED.get(q.device.type, _MATH)
+    kv_heads = k.shape[1]
+    dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
+                     *(_fold_groups(t, kv_heads) for t in (o, lse)), scale)
+    return _unfold_groups(dq, q.shape[2]), dk, dv
