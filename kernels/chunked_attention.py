@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import Launch, device_capability, dot_precision, empty, head_block, kernel_config
+from ._launch import (KernelConfig, Launch, device_capability, dot_precision, empty, head_block,
+                      kernel_config)
 
 LOG2E = 1.4426950408889634
 
@@ -202,7 +203,8 @@ def _chunked_attn_bwd_dkdv_kernel(
     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Earlier key blocks are seen by more queries: launch them first.
+    # Program 0 holds the first key block, which every query sees: the longest programs
+    # start first.
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H_KV
@@ -339,19 +341,33 @@ def _lengths_arg(lengths: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     return q if lengths is None else lengths
 
 
+def _config(name: str, q: torch.Tensor, capability) -> KernelConfig:
+    return kernel_config(name, q.shape[-1], q.dtype, capability or device_capability(q.device))
+
+
+def _grid(blocks: int, batch_heads: int) -> tuple[int, int]:
+    if batch_heads > 65535:  # CUDA's limit on the second grid dimension
+        raise ValueError(f"batch * heads = {batch_heads} exceeds 65535, the most the kernels "
+                         "launch; split the batch")
+    return blocks, batch_heads
+
+
+def _constexprs(cfg: KernelConfig, q: torch.Tensor, lengths) -> dict:
+    return dict(HAS_LENGTHS=lengths is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype))
+
+
 def chunked_attn_fwd_launch(q, k, v, o, lse, lengths, chunk_size: int, scale: float,
-                                 capability=None) -> Launch:
-    """The forward kernel's grid, arguments and config for these (possibly meta) tensors."""
+                            capability=None) -> Launch:
+    """The forward kernel's grid, arguments and config for these (possibly meta) tensors;
+    ``capability`` (default: q's device) picks the config."""
     B, H, N, D = q.shape
-    cfg = kernel_config("chunked_attn_fwd", D, q.dtype, capability or device_capability(q.device))
-    grid = (triton.cdiv(N, cfg.block_m), B * H)
+    cfg = _config("chunked_attn_fwd", q, capability)
     args = (q, k, v, o, lse, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *lse.stride()[:2],
             H, N, D, chunk_size, H // k.shape[1], scale * LOG2E)
-    constexprs = dict(HAS_LENGTHS=lengths is not None, BLOCK_M=cfg.block_m,
-                      BLOCK_N=cfg.block_n, BLOCK_D=head_block(D),
-                      DOT_PRECISION=dot_precision(q.dtype))
-    return Launch(_chunked_attn_fwd_kernel, grid, args, constexprs, cfg)
+    return Launch(_chunked_attn_fwd_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
+                  _constexprs(cfg, q, lengths), cfg)
 
 
 def chunked_attn_fwd(q, k, v, chunk_size: int, scale: float, lengths=None):
@@ -366,44 +382,35 @@ def chunked_attn_fwd(q, k, v, chunk_size: int, scale: float, lengths=None):
 
 def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
     B, H, N, D = o.shape
-    cfg = kernel_config("attn_bwd_delta", D, o.dtype, capability or device_capability(o.device))
-    grid = (triton.cdiv(N, cfg.block_m), B * H)
+    cfg = _config("attn_bwd_delta", o, capability)
     args = (o, do, delta, *o.stride(), *do.stride(), *delta.stride()[:2], H, N, D)
-    return Launch(_attn_bwd_delta_kernel, grid, args,
+    return Launch(_attn_bwd_delta_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
                   dict(BLOCK_M=cfg.block_m, BLOCK_D=head_block(D)), cfg)
 
 
-def chunked_attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, lengths,
-                                 chunk_size: int, scale: float,
-                                 capability=None) -> Launch:
+def chunked_attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, lengths, chunk_size: int,
+                                 scale: float, capability=None) -> Launch:
     B, H, N, D = q.shape
     H_kv = k.shape[1]
-    cfg = kernel_config("chunked_attn_bwd_dkdv", D, q.dtype, capability or device_capability(q.device))
-    grid = (triton.cdiv(N, cfg.block_n), B * H_kv)
+    cfg = _config("chunked_attn_bwd_dkdv", q, capability)
     args = (q, k, v, do, lse, delta, dk, dv, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse.stride()[:2],
             *dk.stride(), *dv.stride(),
             H_kv, N, D, chunk_size, H // H_kv, scale, scale * LOG2E)
-    constexprs = dict(HAS_LENGTHS=lengths is not None, BLOCK_M=cfg.block_m,
-                      BLOCK_N=cfg.block_n, BLOCK_D=head_block(D),
-                      DOT_PRECISION=dot_precision(q.dtype))
-    return Launch(_chunked_attn_bwd_dkdv_kernel, grid, args, constexprs, cfg)
+    return Launch(_chunked_attn_bwd_dkdv_kernel, _grid(triton.cdiv(N, cfg.block_n), B * H_kv),
+                  args, _constexprs(cfg, q, lengths), cfg)
 
 
-def chunked_attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, lengths,
-                               chunk_size: int, scale: float,
-                                 capability=None) -> Launch:
+def chunked_attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, lengths, chunk_size: int,
+                               scale: float, capability=None) -> Launch:
     B, H, N, D = q.shape
-    cfg = kernel_config("chunked_attn_bwd_dq", D, q.dtype, capability or device_capability(q.device))
-    grid = (triton.cdiv(N, cfg.block_m), B * H)
+    cfg = _config("chunked_attn_bwd_dq", q, capability)
     args = (q, k, v, do, lse, delta, dq, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse.stride()[:2],
             *dq.stride(),
             H, N, D, chunk_size, H // k.shape[1], scale, scale * LOG2E)
-    constexprs = dict(HAS_LENGTHS=lengths is not None, BLOCK_M=cfg.block_m,
-                      BLOCK_N=cfg.block_n, BLOCK_D=head_block(D),
-                      DOT_PRECISION=dot_precision(q.dtype))
-    return Launch(_chunked_attn_bwd_dq_kernel, grid, args, constexprs, cfg)
+    return Launch(_chunked_attn_bwd_dq_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
+                  _constexprs(cfg, q, lengths), cfg)
 
 
 def chunked_attn_bwd(do, q, k, v, o, lse, chunk_size: int, scale: float, lengths=None):
