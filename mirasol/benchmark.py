@@ -13,7 +13,6 @@ dense mask, and flash-attn's causal kernel where installed; TFLOP/s count only t
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import statistics
 import time
@@ -84,30 +83,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-_M_MMAP_THRESHOLD = -3
-
-
-def _return_freed_memory_to_the_os() -> None:
-    # glibc keeps freed heap memory and raises its mmap threshold after large frees, which
-    # would hide later peaks from the resident-set high-water mark: pin the threshold so
-    # large tensors are always mmapped and unmapped on free.
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise KeyError(field_name)
-
-
 def _peak_mib(fn: Callable[[], object], device: str) -> float | None:
-    """Memory the call adds at its peak: CUDA allocator stats on GPU; on Linux CPUs, the
-    resident-set high-water mark (reset through /proc/self/clear_refs) over the baseline."""
+    """Memory the call adds at its peak, as PyTorch's allocator sees it: CUDA allocator
+    stats on GPU; on CPU, the allocation timeline recorded by the profiler (every tensor,
+    including those allocated inside fused ops). None where neither is available."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -116,14 +95,19 @@ def _peak_mib(fn: Callable[[], object], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kib("VmRSS")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        return (_status_kib("VmHWM") - base) / 1024
-    except OSError:
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:
         return None
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
 
 
 def _median_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) -> float:
@@ -218,7 +202,6 @@ def variants(problem: Problem) -> tuple[str, list[tuple[str, Callable, str]]]:
 def run(problem: Problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"),
         progress: Callable[[str], None] | None = None) -> Table:
     """Measure every variant in every mode; ratios are against the dense-mask SDPA."""
-    _return_freed_memory_to_the_os()
     baseline, rows = variants(problem)
     device_name = (torch.cuda.get_device_name() if problem.device.startswith("cuda")
                    else f"CPU, {torch.get_num_threads()} threads")

@@ -9,7 +9,8 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from mirasol.ops import chunked_causal_attention
-from mirasol.testing import assert_parity, compare_with_oracle, poison_allocations
+from mirasol.testing import (assert_identical, assert_parity, compare_with_oracle,
+                             poison_allocations)
 from mirasol.testing.strategies import AttentionCase, attention_cases
 
 BACKENDS = pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -59,7 +60,7 @@ def test_varlen_equals_per_sample_loop(backend, case):
         single = _grads(backend, case, q[b:b + 1, :, :n], k[b:b + 1, :, :n],
                         v[b:b + 1, :, :n], None, do[b:b + 1, :, :n])
         for got, want in zip(batched, single):
-            torch.testing.assert_close(got[b:b + 1, :, :n], want, rtol=0, atol=0)
+            assert_identical(got[b:b + 1, :, :n], want)
             # Past the length: zero output, zero gradients.
             assert not got[b, :, n:].any()
 
@@ -74,7 +75,7 @@ def test_result_does_not_depend_on_batch_position(backend, case, data):
     shuffled = _grads(backend, case, q[perm], k[perm], v[perm],
                       None if lengths is None else lengths[perm], do[perm])
     for got, want in zip(shuffled, base):
-        torch.testing.assert_close(got, want[perm], rtol=0, atol=0)
+        assert_identical(got, want[perm])
 
 
 @BACKENDS
@@ -86,7 +87,7 @@ def test_non_contiguous_equals_contiguous(backend, case):
     strided = _grads(backend, case, q, k, v, lengths, do)
     dense = _grads(backend, case, q.contiguous(), k.contiguous(), v.contiguous(), lengths, do)
     for got, want in zip(strided, dense):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert_identical(got, want)
 
 
 @BACKENDS
@@ -114,5 +115,5 @@ def test_keys_no_query_block_can_see_are_never_read(backend, chunk):
     (dq,) = torch.autograd.grad(out[:, :, :32].sum(), q)
     want = chunked_causal_attention(q, k, v, chunk, backend=backend)
     (want_dq,) = torch.autograd.grad(want[:, :, :32].sum(), q)
-    torch.testing.assert_close(out[:, :, :32], want[:, :, :32], rtol=0, atol=0)
-    torch.testing.assert_close(dq[:, :, :32], want_dq[:, :, :32], rtol=0, atol=0)
+    assert_identical(out[:, :, :32], want[:, :, :32])
+    assert_identical(dq[:, :, :32], want_dq[:, :, :32])

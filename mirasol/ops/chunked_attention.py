@@ -30,15 +30,14 @@ BACKENDS = attention_backends(max_head_dim=256)
 # ----------------------------------------------------------------- the torch backend
 
 
-def _pieces(lengths: Tensor | None, batch: int, n: int, chunk_size: int):
-    """(batch slice, query start, query end) of each unmasked piece: one chunk of one
-    sample (of all samples when there are no lengths) against its visible key prefix
-    [0, query end)."""
+def _chunks(lengths: Tensor | None, n: int, chunk_size: int):
+    """(batch slice, chunk start, chunk end, sample length) of every chunk: of all samples
+    at once when there are no lengths, else of each sample in turn."""
     samples = ([(slice(None), n)] if lengths is None
                else [(slice(b, b + 1), int(length)) for b, length in enumerate(lengths.tolist())])
-    for rows, length in samples:
+    for b, length in samples:
         for start in range(0, length, chunk_size):
-            yield rows, start, min(start + chunk_size, length)
+            yield b, start, min(start + chunk_size, length), length
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,31 +45,36 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _torch_fwd(q, k, v, lengths, chunk_size, scale):
-    # Half-precision inputs are computed in fp32 (the CPU kernel accumulates in fp32
-    # anyway), so the only rounding to the input dtype is the output's.
+    """Per chunk: its queries against the visible key prefix, unmasked. Half-precision
+    inputs are computed in fp32 (as the CPU kernel accumulates anyway), so the output's is
+    the only rounding to the input dtype."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     q, k, v = (t.to(acc) for t in (q, k, v))
-    out = torch.zeros(q.shape, dtype=acc, device=q.device)
-    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
-    for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
+    out = torch.empty(q.shape, dtype=acc, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+    if lengths is not None:  # rows past a length are never written: 0, with lse = log 0
+        out.zero_()
+        lse.fill_(-math.inf)
+    for b, start, end, _ in _chunks(lengths, q.shape[2], chunk_size):
         out[b, :, start:end], lse[b, :, start:end] = attention_lse(
             q[b, :, start:end], k[b, :, :end], v[b, :, :end], scale)
     return out.to(dtype), lse
 
 
 def _torch_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
-    # dK/dV sum one partial per chunk: accumulate in fp32, round once at the end.
+    """Per chunk of keys: every query that sees it, unmasked, probabilities recomputed from
+    the saved lse. Each key chunk's dK/dV come out whole; dQ sums one partial per key chunk
+    (in fp32). Keyed by key chunk rather than query chunk, one gradient is summed instead of
+    two (dK and dV), which halves the memory traffic of the sums."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
     dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
-    for b, start, end in _pieces(lengths, q.shape[0], q.shape[2], chunk_size):
-        rows = slice(start, end)
-        gq, gk, gv = attention_lse_backward(do[b, :, rows], q[b, :, rows], k[b, :, :end],
-                                            v[b, :, :end], out[b, :, rows], lse[b, :, rows],
-                                            scale)
-        dq[b, :, rows] = gq
-        dk[b, :, :end] += gk
-        dv[b, :, :end] += gv
+    for b, start, end, length in _chunks(lengths, q.shape[2], chunk_size):
+        rows, keys = slice(start, length), slice(start, end)
+        gq, dk[b, :, keys], dv[b, :, keys] = attention_lse_backward(
+            do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys], out[b, :, rows],
+            lse[b, :, rows], scale)
+        dq[b, :, rows] += gq
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 

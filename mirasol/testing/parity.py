@@ -133,3 +133,9 @@ def compare_with_oracle(fast: Callable[..., Tensor], reference: Callable[..., Te
     for i, fg, rg, og in zip(grad_idx, f_grads, r_grads, o_grads):
         reports.append(parity_report(f"d{names[i]}", fg, rg, og, is_grad=True, magnitude=mag))
     return reports
+
+
+def assert_identical(actual: Tensor, expected: Tensor) -> None:
+    """Bitwise equality, for invariants that must hold exactly rather than to a tolerance:
+    a sample's position in the batch, its padding, the strides of an input."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
