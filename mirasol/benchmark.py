@@ -13,11 +13,14 @@ dense mask, and flash-attn's causal kernel where installed; TFLOP/s count only t
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +86,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    # The profiler's C++ side logs a line to fd 2 at every start and stop.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _peak_mib(fn: Callable[[], object], device: str) -> float | None:
     """Memory the call adds at its peak, as PyTorch's allocator sees it: CUDA allocator
     stats on GPU; on CPU, the allocation timeline recorded by the profiler (every tensor,
@@ -97,7 +114,8 @@ def _peak_mib(fn: Callable[[], object], device: str) -> float | None:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                     profile_memory=True) as prof:
         fn()
     try:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
