@@ -28,7 +28,25 @@ import triton.language as tl
 from ._launch import (KernelConfig, Launch, device_capability, dot_precision, empty, head_block,
                       kernel_config)
 
-LOG2E = 1.4426950408889634
+# The kernels work in base 2: exp(x) = exp2(x * LOG2E).
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _sample_length(LENGTHS, b, N, HAS_LENGTHS: tl.constexpr):
+    if HAS_LENGTHS:
+        return tl.load(LENGTHS + b).to(tl.int32)
+    return N
+
+
+@triton.jit
+def _query_program(LENGTHS, H, N, GROUP, HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(sample, head, kv head, sample length, first row) of this query-block program.
+    Later query blocks see more keys: they are launched first to shorten the tail."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    return b, h, h // GROUP, _sample_length(LENGTHS, b, N, HAS_LENGTHS), pid_m * BLOCK_M
 
 
 @triton.jit
@@ -49,6 +67,21 @@ def _visible_key_range(start_m, L, CHUNK, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 
 
 @triton.jit
+def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n, offs_d,
+             d_mask, hi, MASKED: tl.constexpr):
+    """The K and V rows offs_n of one head (zero-padded to the tile's head dim). Unmasked
+    blocks lie wholly inside the visible range: only the last, masked one can cross hi."""
+    mask = d_mask[None, :]
+    if MASKED:
+        mask = mask & (offs_n[:, None] < hi)
+    k = tl.load(K_head + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=mask, other=0.0)
+    v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=mask, other=0.0)
+    return k, v
+
+
+@triton.jit
 def _fwd_inner(
     acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m, offs_d, d_mask, kv_limit, qk_scale, lo, hi,
@@ -56,13 +89,8 @@ def _fwd_inner(
 ):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = d_mask[None, :]
-        if MASKED:
-            kv_mask = kv_mask & (offs_n[:, None] < hi)
-        k = tl.load(K_head + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0)
+        k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
+                        offs_d, d_mask, hi, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
             qk = tl.where(offs_n[None, :] < kv_limit[:, None], qk, float("-inf"))
@@ -87,17 +115,7 @@ def _chunked_attn_fwd_kernel(
     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Later query blocks see more keys: launch them first to shorten the tail.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    h_kv = h // GROUP
-    L = N
-    if HAS_LENGTHS:
-        L = tl.load(LENGTHS + b).to(tl.int32)
-
-    start_m = pid_m * BLOCK_M
+    b, h, h_kv, L, start_m = _query_program(LENGTHS, H, N, GROUP, HAS_LENGTHS, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -127,7 +145,7 @@ def _chunked_attn_fwd_kernel(
     # log-sum-exp is log(0) = -inf.
     l_safe = tl.where(row_valid, l_i, 1.0)
     out = tl.where(row_valid[:, None], acc / l_safe[:, None], 0.0)
-    lse = tl.where(row_valid, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
+    lse = tl.where(row_valid, (m_i + tl.log2(l_safe)) / LOG2E, float("-inf"))
     out_mask = offs_m < N
     tl.store(O + b * stride_ob + h * stride_oh
              + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
@@ -175,7 +193,7 @@ def _bwd_dkdv_inner(
         do = tl.load(DO_head + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                      mask=row_valid[:, None] & d_mask[None, :], other=0.0)
         # An invalid row gets lse = +inf, hence probability 0: no mask needed for it.
-        lse = tl.load(LSE_head + offs_m, mask=row_valid, other=float("inf")) * 1.4426950408889634
+        lse = tl.load(LSE_head + offs_m, mask=row_valid, other=float("inf")) * LOG2E
         delta = tl.load(DELTA_head + offs_m, mask=row_valid, other=0.0)
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         pT = tl.exp2(qkT * qk_scale - lse[None, :])
@@ -209,9 +227,7 @@ def _chunked_attn_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H_KV
     h_kv = pid_bh % H_KV
-    L = N
-    if HAS_LENGTHS:
-        L = tl.load(LENGTHS + b).to(tl.int32)
+    L = _sample_length(LENGTHS, b, N, HAS_LENGTHS)
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -264,13 +280,8 @@ def _bwd_dq_inner(
 ):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = d_mask[None, :]
-        if MASKED:
-            kv_mask = kv_mask & (offs_n[:, None] < hi)
-        k = tl.load(K_head + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0)
+        k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
+                        offs_d, d_mask, hi, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.exp2(qk * qk_scale - lse[:, None])
         if MASKED:
@@ -294,16 +305,7 @@ def _chunked_attn_bwd_dq_kernel(
     HAS_LENGTHS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    h_kv = h // GROUP
-    L = N
-    if HAS_LENGTHS:
-        L = tl.load(LENGTHS + b).to(tl.int32)
-
-    start_m = pid_m * BLOCK_M
+    b, h, h_kv, L, start_m = _query_program(LENGTHS, H, N, GROUP, HAS_LENGTHS, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -314,7 +316,7 @@ def _chunked_attn_bwd_dq_kernel(
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
                  + offs_d[None, :] * stride_dod, mask=qd_mask, other=0.0)
     lse = tl.load(LSE + b * stride_lb + h * stride_lh + offs_m, mask=row_valid,
-                  other=float("inf")) * 1.4426950408889634
+                  other=float("inf")) * LOG2E
     delta = tl.load(DELTA + b * stride_lb + h * stride_lh + offs_m, mask=row_valid, other=0.0)
     K_head = K + b * stride_kb + h_kv * stride_kh
     V_head = V + b * stride_vb + h_kv * stride_vh
@@ -365,7 +367,7 @@ def chunked_attn_fwd_launch(q, k, v, o, lse, lengths, chunk_size: int, scale: fl
     cfg = _config("chunked_attn_fwd", q, capability)
     args = (q, k, v, o, lse, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *lse.stride()[:2],
-            H, N, D, chunk_size, H // k.shape[1], scale * LOG2E)
+            H, N, D, chunk_size, H // k.shape[1], scale * LOG2E.value)
     return Launch(_chunked_attn_fwd_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
                   _constexprs(cfg, q, lengths), cfg)
 
@@ -396,7 +398,7 @@ def chunked_attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, lengths, chunk
     args = (q, k, v, do, lse, delta, dk, dv, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse.stride()[:2],
             *dk.stride(), *dv.stride(),
-            H_kv, N, D, chunk_size, H // H_kv, scale, scale * LOG2E)
+            H_kv, N, D, chunk_size, H // H_kv, scale, scale * LOG2E.value)
     return Launch(_chunked_attn_bwd_dkdv_kernel, _grid(triton.cdiv(N, cfg.block_n), B * H_kv),
                   args, _constexprs(cfg, q, lengths), cfg)
 
@@ -408,7 +410,7 @@ def chunked_attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, lengths, chunk_size:
     args = (q, k, v, do, lse, delta, dq, _lengths_arg(lengths, q),
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *lse.stride()[:2],
             *dq.stride(),
-            H, N, D, chunk_size, H // k.shape[1], scale, scale * LOG2E)
+            H, N, D, chunk_size, H // k.shape[1], scale, scale * LOG2E.value)
     return Launch(_chunked_attn_bwd_dq_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
                   _constexprs(cfg, q, lengths), cfg)
 
