@@ -3,7 +3,8 @@
 For every kernel, arch family, dtype class and head-dim bucket, walks candidate tiles from
 largest to smallest (then more warps, more pipeline stages first) and keeps the first that
 compiles with no register spills and within shared memory on every arch of the family,
-for a representative problem (grouped-query heads, per-sample lengths). Writes the table
+for each specialization the ops launch (aot.VARIANTS: padded with lengths, packed,
+packed causal; grouped-query heads). Writes the table
 to kernels/_configs.py. A proxy for speed, not a timing: retune on the GPU when one is at
 hand.
 
@@ -14,6 +15,7 @@ hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import pprint
@@ -26,7 +28,7 @@ FAMILIES = {"sm80": (80,), "sm86": (86, 89), "sm90": (90, 100)}
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
 DTYPES = {"half": torch.float16, "fp32": torch.float32}
 HEAD_DIMS = (64, 128, 256)
-KERNELS = ("chunked_attn_fwd", "attn_bwd_delta", "chunked_attn_bwd_dkdv", "chunked_attn_bwd_dq")
+KERNELS = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq")
 TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
          (64, 16), (32, 16), (16, 32), (16, 16)]
 
@@ -36,10 +38,10 @@ def _estimate(kernel, m, n, warps, stages, head_dim, itemsize):
     spending a compile on them."""
     threads = 32 * warps
     row = head_dim * itemsize
-    if kernel == "chunked_attn_bwd_dkdv":  # n keys held, m queries streamed
+    if kernel == "attn_bwd_dkdv":  # n keys held, m queries streamed
         regs = (2 * n * head_dim * (1 + itemsize / 4) + 3 * m * n) / threads
         smem = stages * 2 * m * row + 2 * n * row
-    elif kernel == "chunked_attn_bwd_dq":
+    elif kernel == "attn_bwd_dq":
         regs = (m * head_dim * (1 + itemsize / 2) + 3 * m * n) / threads
         smem = stages * 2 * n * row + 2 * m * row
     else:
@@ -55,7 +57,7 @@ def _candidates(kernel, head_dim, itemsize, limit):
         yield from (KernelConfig(m, 0, 4, 1) for m in (64, 32, 16))
         return
     for (a, b), warps, stages in itertools.product(TILES, (8, 4), (3, 2, 1)):
-        m, n = (b, a) if kernel == "chunked_attn_bwd_dkdv" else (a, b)
+        m, n = (b, a) if kernel == "attn_bwd_dkdv" else (a, b)
         regs, smem = _estimate(kernel, m, n, warps, stages, head_dim, itemsize)
         if regs <= 200 and smem <= 1.05 * limit and not (warps == 8 and m * n < 64 * 32):
             yield KernelConfig(m, n, warps, stages)
@@ -65,21 +67,34 @@ def _fits(kernel, family, dtype, head_dim, config) -> bool:
     from mirasol.kernels import aot
     from mirasol.kernels._launch import override_config
 
-    for arch in FAMILIES[family]:
+    for arch, variant in itertools.product(FAMILIES[family], reversed(aot.VARIANTS)):
         with override_config(kernel, config):
-            launch = aot.chunked_attention_launches((arch // 10, arch % 10), dtype,
-                                                    head_dim)[kernel]
+            launch = aot.attention_launches((arch // 10, arch % 10), dtype, head_dim,
+                                            variant)[kernel]
         res = aot.resources(launch, arch)
         if res.spills or res.shared_bytes > SHARED_LIMIT[arch]:
             return False
     return True
 
 
-def tune(job):
+def _current(kernel, family, dclass, head_dim):
+    from mirasol.kernels._configs import TABLE
+
+    return TABLE.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
+
+
+def tune(job, resume: bool = True):
     kernel, family, dclass, head_dim = job
     dtype = DTYPES[dclass]
     limit = min(SHARED_LIMIT[a] for a in FAMILIES[family])
-    for config in _candidates(kernel, head_dim, dtype.itemsize, limit):
+    candidates = list(_candidates(kernel, head_dim, dtype.itemsize, limit))
+    # The kernels only grow more constrained between runs as a rule: start from the
+    # current entry, whose larger predecessors were already rejected.
+    current = _current(*job)
+    keys = [(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in candidates]
+    if resume and current in keys:
+        candidates = candidates[keys.index(current):]
+    for config in candidates:
         if _fits(kernel, family, dtype, head_dim, config):
             print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
             return job, (config.block_m, config.block_n, config.num_warps, config.num_stages)
@@ -90,11 +105,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=Path(__file__).parents[1] / "kernels" / "_configs.py")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="search from the largest tile, not from the current table entry")
     args = parser.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     jobs = list(itertools.product(KERNELS, FAMILIES, DTYPES, HEAD_DIMS))
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = dict(pool.map(tune, jobs))
+        results = dict(pool.map(functools.partial(tune, resume=not args.from_scratch), jobs))
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in HEAD_DIMS} for d in DTYPES}
                  for f in FAMILIES} for k in KERNELS}
     text = pprint.pformat(table, width=100, sort_dicts=False)

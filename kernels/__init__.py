@@ -5,7 +5,9 @@ triton; ``mirasol`` itself imports it lazily, on the first triton-backend call.
 """
 
 from ._launch import KernelConfig, Launch, arch_family, kernel_config
+from .attention import NO_CHUNKS, Segments, attn_bwd, attn_fwd
 from .chunked_attention import chunked_attn_bwd, chunked_attn_fwd
+from .cross_attention import cross_attn_bwd, cross_attn_fwd
 
 
 def interpreted() -> bool:
@@ -13,12 +15,13 @@ def interpreted() -> bool:
     CPU tensors through Triton's interpreter and cannot be compiled for a GPU)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    from .chunked_attention import _chunked_attn_fwd_kernel
+    from .attention import _attn_fwd_kernel
 
-    return isinstance(_chunked_attn_fwd_kernel, InterpretedFunction)
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
 
 
 __all__ = [
     "KernelConfig", "Launch", "arch_family", "kernel_config", "interpreted",
-    "chunked_attn_fwd", "chunked_attn_bwd",
+    "NO_CHUNKS", "Segments", "attn_fwd", "attn_bwd",
+    "chunked_attn_fwd", "chunked_attn_bwd", "cross_attn_fwd", "cross_attn_bwd",
 ]

@@ -99,6 +99,11 @@ def empty(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def empty_like(x: torch.Tensor) -> torch.Tensor:
+    """An output buffer laid out like ``x`` (its strides kept when x is dense)."""
+    return torch.empty_like(x)
+
+
 @dataclass
 class Launch:
     """One kernel launch: the kernel, its grid, positional runtime args, constexprs and

@@ -91,30 +91,43 @@ def resources(launch: Launch, arch: int) -> Resources:
                      num_warps=launch.config.num_warps)
 
 
-def chunked_attention_launches(capability: tuple[int, int], dtype: torch.dtype,
-                               head_dim: int, *, batch: int = 2, heads: int = 8,
-                               kv_heads: int = 2, seqlen: int = 4096,
-                               chunk_size: int = 256) -> dict[str, Launch]:
-    """Every kernel launch of one chunked-attention forward + backward, on meta tensors,
-    with the configs ``capability`` selects (lengths given, grouped-query heads)."""
-    from .chunked_attention import (attn_bwd_delta_launch, chunked_attn_bwd_dkdv_launch,
-                                    chunked_attn_bwd_dq_launch, chunked_attn_fwd_launch)
+VARIANTS = ("chunked", "cross", "cross-causal")
+
+
+def attention_launches(capability: tuple[int, int], dtype: torch.dtype, head_dim: int,
+                       variant: str = "chunked", *, batch: int = 2, heads: int = 8,
+                       kv_heads: int = 2, seqlen: int = 4096) -> dict[str, Launch]:
+    """Every kernel launch of one attention forward + backward on meta tensors, with the
+    configs ``capability`` selects. Variants (each a different specialization of the same
+    kernels): "chunked" (padded samples with lengths, chunk 256), "cross" (packed segments,
+    cu_seqlens), "cross-causal" (packed, bottom-right causal). Grouped-query heads."""
+    from .attention import (NO_CHUNKS, Segments, attn_bwd_delta_launch, attn_bwd_dkdv_launch,
+                            attn_bwd_dq_launch, attn_fwd_launch)
 
     def meta(*shape, dt=dtype):
         return torch.empty(shape, dtype=dt, device="meta")
 
-    q, do, o, dq = (meta(batch, heads, seqlen, head_dim) for _ in range(4))
-    k, v, dk, dv = (meta(batch, kv_heads, seqlen, head_dim) for _ in range(4))
-    lse, delta = meta(batch, heads, seqlen, dt=torch.float32), meta(batch, heads, seqlen,
-                                                                    dt=torch.float32)
-    lengths = meta(batch, dt=torch.int32)
+    if variant == "chunked":
+        rows, lse_rows = (batch, seqlen), (batch,)
+        lengths = meta(batch, dt=torch.int32)
+        seg = Segments(max_q=seqlen, max_k=seqlen, chunk=256, q_lens=lengths, k_lens=lengths)
+    elif variant in ("cross", "cross-causal"):
+        rows, lse_rows = (1, batch * seqlen), (1,)
+        cu = meta(batch + 1, dt=torch.int32)
+        causal = variant == "cross-causal"
+        seg = Segments(max_q=seqlen, max_k=seqlen, chunk=1 if causal else NO_CHUNKS,
+                       causal=causal, cu_q=cu, cu_k=cu)
+    else:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    q, do, o, dq = (meta(rows[0], heads, rows[1], head_dim) for _ in range(4))
+    k, v, dk, dv = (meta(rows[0], kv_heads, rows[1], head_dim) for _ in range(4))
+    lse, delta = (meta(*lse_rows, heads, rows[1], dt=torch.float32) for _ in range(2))
     scale = head_dim ** -0.5
     return {
-        "chunked_attn_fwd": chunked_attn_fwd_launch(q, k, v, o, lse, lengths, chunk_size, scale,
-                                                    capability=capability),
+        "attn_fwd": attn_fwd_launch(q, k, v, o, lse, seg, scale, capability=capability),
         "attn_bwd_delta": attn_bwd_delta_launch(o, do, delta, capability=capability),
-        "chunked_attn_bwd_dkdv": chunked_attn_bwd_dkdv_launch(
-            q, k, v, do, lse, delta, dk, dv, lengths, chunk_size, scale, capability=capability),
-        "chunked_attn_bwd_dq": chunked_attn_bwd_dq_launch(
-            q, k, v, do, lse, delta, dq, lengths, chunk_size, scale, capability=capability),
+        "attn_bwd_dkdv": attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale,
+                                              capability=capability),
+        "attn_bwd_dq": attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale,
+                                          capability=capability),
     }

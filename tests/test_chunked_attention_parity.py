@@ -82,10 +82,10 @@ def test_reference_is_the_equation():
 # loop bounds (visible key range, first query block of a key block) depend on both, so
 # run the triton backend with unequal tiles too.
 TILE_SHAPES = {
-    "tall": dict(chunked_attn_fwd=KernelConfig(32, 16), chunked_attn_bwd_dkdv=KernelConfig(16, 32),
-                 chunked_attn_bwd_dq=KernelConfig(32, 16)),
-    "wide": dict(chunked_attn_fwd=KernelConfig(16, 32), chunked_attn_bwd_dkdv=KernelConfig(32, 16),
-                 chunked_attn_bwd_dq=KernelConfig(16, 32)),
+    "tall": dict(attn_fwd=KernelConfig(32, 16), attn_bwd_dkdv=KernelConfig(16, 32),
+                 attn_bwd_dq=KernelConfig(32, 16)),
+    "wide": dict(attn_fwd=KernelConfig(16, 32), attn_bwd_dkdv=KernelConfig(32, 16),
+                 attn_bwd_dq=KernelConfig(16, 32)),
 }
 
 

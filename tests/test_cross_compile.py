@@ -1,5 +1,6 @@
-"""The kernels compile for real GPUs, without one: every launch of a chunked-attention
-forward + backward (the configs each generation selects) cross-compiles for sm_80 (A100)
+"""The kernels compile for real GPUs, without one: every launch of an attention forward +
+backward, in each specialization the ops use (chunked with lengths, packed cross-attention,
+packed causal), with the configs each generation selects, cross-compiles for sm_80 (A100)
 and sm_90 (H100) with no register spills, within shared memory, and the attention kernels
 use tensor-core instructions for 16-bit inputs. A kernel that only works in the
 interpreter fails here.
@@ -17,19 +18,21 @@ import pytest
 SHARED_LIMIT = {80: 166912, 90: 232448}  # bytes per block, opt-in maximum
 
 SCRIPT = r"""
-import json, sys, torch
+import itertools, json, sys, torch
 from mirasol.kernels import aot
 arch = int(sys.argv[1])
 records = []
-for dtype in (torch.float16, torch.bfloat16, torch.float32):
-    for head_dim in (64, 80, 256):
-        launches = aot.chunked_attention_launches((arch // 10, arch % 10), dtype, head_dim)
-        for name, launch in launches.items():
-            r = aot.resources(launch, arch)
-            records.append(dict(kernel=name, dtype=str(dtype), head_dim=head_dim,
-                                config=launch.config.__dict__, registers=r.registers,
-                                shared=r.shared_bytes, stack=r.stack_bytes, local=r.local_bytes,
-                                tensor_core_ops=r.tensor_core_ops))
+for dtype, head_dim, variant in itertools.product(
+        (torch.float16, torch.bfloat16, torch.float32), (64, 80, 256), aot.VARIANTS):
+    launches = aot.attention_launches((arch // 10, arch % 10), dtype, head_dim, variant)
+    for name, launch in launches.items():
+        if name == "attn_bwd_delta" and variant != "chunked":
+            continue  # the same launch in every variant
+        r = aot.resources(launch, arch)
+        records.append(dict(kernel=name, variant=variant, dtype=str(dtype), head_dim=head_dim,
+                            config=launch.config.__dict__, registers=r.registers,
+                            shared=r.shared_bytes, stack=r.stack_bytes, local=r.local_bytes,
+                            tensor_core_ops=r.tensor_core_ops))
 print(json.dumps(records))
 """
 
@@ -42,9 +45,10 @@ def test_kernels_cross_compile(arch):
                           text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = json.loads(proc.stdout)
-    assert len(records) == 3 * 3 * 4
+    assert len(records) == 3 * 3 * (3 * 3 + 1)
     for r in records:
-        where = f"sm_{arch} {r['kernel']} {r['dtype']} d={r['head_dim']} {r['config']}"
+        where = (f"sm_{arch} {r['kernel']} ({r['variant']}) {r['dtype']} d={r['head_dim']} "
+                 f"{r['config']}")
         assert r["stack"] == 0 and r["local"] == 0, f"{where}: spills ({r})"
         assert r["shared"] <= SHARED_LIMIT[arch], f"{where}: {r['shared']} B shared memory"
         if r["kernel"] != "attn_bwd_delta" and r["dtype"] != "torch.float32":

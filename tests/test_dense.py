@@ -18,7 +18,7 @@ class _Piece(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, path, scale):
         fwd, bwd = PATHS[path]
-        o, lse = fwd(q, k, v, scale)
+        o, lse = fwd(q, k, v, scale, None)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.bwd, ctx.scale = bwd, scale
         return o
@@ -26,7 +26,7 @@ class _Piece(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.bwd(do, q, k, v, o, lse, ctx.scale)
+        dq, dk, dv = ctx.bwd(do, q, k, v, o, lse, ctx.scale, None)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 

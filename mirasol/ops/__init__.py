@@ -8,8 +8,11 @@ the call, else torch; ``MIRASOL_BACKEND`` overrides it).
 
 from mirasol.ops._backends import BACKENDS, BackendSpec, BackendUnavailable, choose_backend
 from mirasol.ops.chunked_attention import ChunkedAttentionFunction, chunked_causal_attention
+from mirasol.ops.cross_attention import (CrossAttentionFunction, cross_attention,
+                                         cross_attention_padded)
 
 __all__ = [
     "BACKENDS", "BackendSpec", "BackendUnavailable", "choose_backend",
     "ChunkedAttentionFunction", "chunked_causal_attention",
+    "CrossAttentionFunction", "cross_attention", "cross_attention_padded",
 ]

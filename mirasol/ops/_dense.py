@@ -9,6 +9,8 @@ Elsewhere a math version materializes one piece's scores at a time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -24,28 +26,40 @@ def _unfold_groups(x: Tensor, rows: int) -> Tensor:
     return rearrange(x, "b h (g m) ... -> b (h g) m ...", m=rows)
 
 
-def _flash_cpu_fwd(q, k, v, scale):
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False,
-                                                                       scale=scale)
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    # The CPU kernel takes a mask of the query's dtype, added to the scores.
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
 
 
-def _flash_cpu_bwd(do, q, k, v, o, lse, scale):
+def _flash_cpu_fwd(q, k, v, scale, mask):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=_additive(mask, q.dtype), scale=scale)
+
+
+def _flash_cpu_bwd(do, q, k, v, o, lse, scale, mask):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        do, q, k, v, o, lse, 0.0, False, scale=scale)
+        do, q, k, v, o, lse, 0.0, False, attn_mask=_additive(mask, q.dtype), scale=scale)
 
 
-def _math_fwd(q, k, v, scale):
+def _scores(q, k, scale, mask):
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
+
+
+def _math_fwd(q, k, v, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
-    scores = torch.einsum("bhid,bhjd->bhij", q.to(acc), k.to(acc)) * scale
+    scores = _scores(q.to(acc), k.to(acc), scale, mask)
     lse = torch.logsumexp(scores, dim=-1)
     o = torch.einsum("bhij,bhjd->bhid", torch.exp(scores - lse[..., None]), v.to(acc))
     return o.to(q.dtype), lse
 
 
-def _math_bwd(do, q, k, v, o, lse, scale):
+def _math_bwd(do, q, k, v, o, lse, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
     q, k, v, do, o = (t.to(acc) for t in (q, k, v, do, o))
-    probs = torch.exp(torch.einsum("bhid,bhjd->bhij", q, k) * scale - lse[..., None])
+    probs = torch.exp(_scores(q, k, scale, mask) - lse[..., None])
     dv = torch.einsum("bhij,bhid->bhjd", probs, do)
     dp = torch.einsum("bhid,bhjd->bhij", do, v)
     ds = probs * (dp - (do * o).sum(-1, keepdim=True)) * scale
@@ -54,29 +68,38 @@ def _math_bwd(do, q, k, v, o, lse, scale):
     return dq, dk, dv
 
 
+def _fold_mask(mask: Tensor | None, q: Tensor, k: Tensor) -> Tensor | None:
+    # Rows are (group, query) after folding: the mask repeats once per group.
+    return None if mask is None else mask.repeat(q.shape[1] // k.shape[1], 1)
+
+
 _FUSED = {"cpu": (_flash_cpu_fwd, _flash_cpu_bwd)}
 _MATH = (_math_fwd, _math_bwd)
 
 
-def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """o = softmax(q kᵀ · scale) v and lse = logsumexp(q kᵀ · scale) over all keys.
+def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                  mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """o = softmax(q kᵀ · scale) v and lse = logsumexp(q kᵀ · scale) over the keys.
 
-    q: (B, H, M, D); k, v: (B, H_kv, N, D), N >= 1. Returns o (B, H, M, D) in q's dtype
-    and lse (B, H, M) in fp32 (fp64 for fp64 inputs).
+    q: (B, H, M, D); k, v: (B, H_kv, N, D), N >= 1. mask: optional bool (M, N), True = may
+    attend, with at least one True per row (a piece-sized mask, e.g. a causal diagonal).
+    Returns o (B, H, M, D) in q's dtype and lse (B, H, M) in fp32 (fp64 for fp64 inputs).
     """
     fwd, _ = _FUSED.get(q.device.type, _MATH)
-    o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale)
+    o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale, _fold_mask(mask, q, k))
     rows = q.shape[2]
     return _unfold_groups(o, rows), _unfold_groups(lse, rows)
 
 
 def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
-                           lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+                           lse: Tensor, scale: float,
+                           mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
     dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
     in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
     _, bwd = _FUSED.get(q.device.type, _MATH)
     kv_heads = k.shape[1]
     dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
-                     *(_fold_groups(t, kv_heads) for t in (o, lse)), scale)
+                     *(_fold_groups(t, kv_heads) for t in (o, lse)), scale,
+                     _fold_mask(mask, q, k))
     return _unfold_groups(dq, q.shape[2]), dk, dv

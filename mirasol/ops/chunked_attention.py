@@ -4,7 +4,8 @@ Token i attends to token j iff ``j // chunk_size <= i // chunk_size``: every tok
 all tokens of its own chunk and of every earlier chunk (Mirasol3B's A/V autoregressive
 model, with one chunk per time span). Chain of names::
 
-    _chunked_attn_fwd_kernel / _chunked_attn_bwd_*_kernel   (mirasol.kernels)
+    _attn_fwd_kernel / _attn_bwd_*_kernel                    (mirasol.kernels.attention,
+                                                             shared with cross-attention)
     chunked_attn_fwd / chunked_attn_bwd                      (launchers)
     torch.ops.mirasol.chunked_attention_fwd / _bwd           (custom ops: torch.compile)
     ChunkedAttentionFunction                                 (autograd)

@@ -2,6 +2,8 @@
 
 Used by tests and benchmarks as the oracle; never imported by the kernels."""
 
-from .attention import chunked_causal_attention, chunked_causal_mask, length_mask, masked_attention
+from .attention import (chunked_causal_attention, chunked_causal_mask, cross_attention,
+                        cross_attention_mask, length_mask, masked_attention, segment_ids)
 
-__all__ = ["chunked_causal_attention", "chunked_causal_mask", "length_mask", "masked_attention"]
+__all__ = ["chunked_causal_attention", "chunked_causal_mask", "cross_attention",
+           "cross_attention_mask", "length_mask", "masked_attention", "segment_ids"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +47,49 @@ class AttentionCase:
         lengths = (None if self.lengths is None
                    else torch.tensor(self.lengths, dtype=torch.int32, device=device))
         return q, k, v, lengths
+
+
+@dataclass(frozen=True)
+class CrossAttentionCase:
+    """Segments of queries and keys: q_lens[b] queries attend to k_lens[b] keys."""
+
+    q_lens: tuple[int, ...]
+    k_lens: tuple[int, ...]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool
+    dtype: torch.dtype
+    seed: int
+
+    def packed(self, device="cpu"):
+        """(q, k, v, cu_seqlens_q, cu_seqlens_k): q (sum q_lens, H, D), k and v
+        (sum k_lens, H_kv, D), cu_seqlens int32."""
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def make(rows, heads):
+            return torch.randn(rows, heads, self.head_dim, generator=gen).to(device, self.dtype)
+
+        def cu(lens):
+            return torch.tensor((0, *itertools.accumulate(lens)), dtype=torch.int32,
+                                device=device)
+
+        q = make(sum(self.q_lens), self.heads)
+        k, v = make(sum(self.k_lens), self.kv_heads), make(sum(self.k_lens), self.kv_heads)
+        return q, k, v, cu(self.q_lens), cu(self.k_lens)
+
+    def padded(self, device="cpu"):
+        """(q, k, v, k_lengths) of the same problem in SDPA's layout, zero-padded: sample b
+        has Lq = max(q_lens) query rows (those past q_lens[b] are padding) and k_lens[b]
+        valid keys of Lk = max(k_lens)."""
+        q, k, v, cu_q, cu_k = self.packed(device)
+        return (*(_pad(t, cu, max(lens, default=0)) for t, cu, lens in
+                  ((q, cu_q, self.q_lens), (k, cu_k, self.k_lens), (v, cu_k, self.k_lens))),
+                torch.tensor(self.k_lens, dtype=torch.int32, device=device))
+
+
+def _pad(x: torch.Tensor, cu: torch.Tensor, rows: int) -> torch.Tensor:
+    out = x.new_zeros(cu.numel() - 1, x.shape[1], rows, x.shape[2])
+    for b, (start, end) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        out[b, :, :end - start] = x[start:end].transpose(0, 1)
+    return out

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from mirasol.testing.cases import HEAD_DIMS, LAYOUTS, AttentionCase
+from mirasol.testing.cases import HEAD_DIMS, LAYOUTS, AttentionCase, CrossAttentionCase
 
-__all__ = ["AttentionCase", "attention_cases", "HEAD_DIMS", "LAYOUTS"]
+__all__ = ["AttentionCase", "CrossAttentionCase", "attention_cases", "cross_attention_cases",
+           "HEAD_DIMS", "LAYOUTS"]
 
 
 @st.composite
@@ -35,5 +36,23 @@ def attention_cases(draw, *, max_batch: int = 3, max_heads: int = 4, max_seqlen:
         batch=batch, heads=kv_heads * group, kv_heads=kv_heads, seqlen=seqlen,
         head_dim=draw(st.sampled_from(head_dims)), chunk_size=chunk_size, lengths=lengths,
         dtype=draw(st.sampled_from(dtypes)), layout=draw(st.sampled_from(layouts)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@st.composite
+def cross_attention_cases(draw, *, max_batch: int = 4, max_heads: int = 4, max_len: int = 40,
+                          head_dims=HEAD_DIMS, dtypes=(torch.float32, torch.float16),
+                          causal=(False, True), min_keys: int = 0) -> CrossAttentionCase:
+    """Segments for cross-attention: empty, one-token and odd lengths, Lq != Lk."""
+    batch = draw(st.integers(1, max_batch))
+    lengths = st.lists(st.integers(0, max_len), min_size=batch, max_size=batch)
+    keys = st.lists(st.integers(min_keys, max_len), min_size=batch, max_size=batch)
+    kv_heads = draw(st.integers(1, max_heads))
+    group = draw(st.sampled_from([g for g in (1, 2, 4) if kv_heads * g <= max_heads] or [1]))
+    return CrossAttentionCase(
+        q_lens=tuple(draw(lengths)), k_lens=tuple(draw(keys)), heads=kv_heads * group,
+        kv_heads=kv_heads, head_dim=draw(st.sampled_from(head_dims)),
+        causal=draw(st.sampled_from(causal)), dtype=draw(st.sampled_from(dtypes)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )

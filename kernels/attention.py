@@ -1,0 +1,514 @@
+"""Segmented prefix attention: the Triton kernels behind chunked causal attention and
+cross-attention, forward and backward.
+
+The problem: a batch of segments (samples of a padded batch, or segments of a packed
+sequence given by ``cu_seqlens``); segment ``b`` has ``q_len`` query rows and ``k_len`` key
+rows, and query row ``i`` (counted within its segment) sees the keys ``j < limit(i)``:
+
+    limit(i) = min(((i + shift) // CHUNK + 1) * CHUNK, k_len)
+
+a prefix of its segment's keys that ends at a chunk boundary. Every op here is a choice
+of ``CHUNK`` and ``shift``:
+
+* chunked causal attention: ``CHUNK = chunk_size``, ``shift = 0``;
+* cross-attention: ``CHUNK = NO_CHUNKS`` (every row sees all ``k_len`` keys);
+* bottom-right causal attention: ``CHUNK = 1``, ``shift = k_len - q_len``.
+
+Structure (FlashAttention-2, with loop bounds from ``limit``):
+
+* forward, one program per (query block, segment*head): key blocks below the block's
+  first row's limit run unmasked; blocks up to its last row's limit run masked; no key
+  block past that, and none of another segment, is ever loaded. Saves the log-sum-exp.
+* backward dK/dV, one program per (key block, segment*kv-head): walks the query blocks
+  that see it (masked near the boundary, unmasked beyond), summing over the query heads of
+  its group: no atomics, deterministic.
+* backward dQ, one program per (query block, segment*head), over the forward's key range.
+
+Tensors are 4-D ``(batch, heads, rows, head_dim)`` views read through their strides. A
+packed ``(total, heads, head_dim)`` tensor is passed as its ``(1, heads, total, head_dim)``
+view, with the batch stride set to 0 so every segment addresses batch 0 at its offset.
+Rows past ``q_len`` (keys past ``k_len``) of a padded sample are written as zeros; a packed
+segment's program writes its own rows only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._launch import (KernelConfig, Launch, device_capability, dot_precision, empty, empty_like,
+                      head_block, kernel_config)
+
+# The kernels work in base 2: exp(x) = exp2(x * LOG2E).
+LOG2E = tl.constexpr(1.4426950408889634)
+# A chunk size larger than any segment: every row sees all of its segment's keys.
+NO_CHUNKS = 1 << 30
+
+
+@triton.jit
+def _segment(CU, LENS, b, L, VARLEN: tl.constexpr, HAS_LENS: tl.constexpr):
+    """(first row, length, extent) of segment b. Packed: rows [CU[b], CU[b+1]), extent =
+    length (the rows this segment owns). Padded: rows [0, LENS[b] or L), extent = L (the
+    sample's rows past its length are written too, as zeros)."""
+    if VARLEN:
+        start = tl.load(CU + b)
+        length = tl.load(CU + b + 1) - start
+        extent = length
+    else:
+        start = 0
+        length = L
+        if HAS_LENS:
+            length = tl.load(LENS + b).to(tl.int32)
+        extent = L
+    return start, length, extent
+
+
+@triton.jit
+def _key_limit(rows, shift, CHUNK, k_len):
+    """Exclusive end of the keys each row sees. (rows + shift) is negative only with
+    CHUNK = 1, where truncating and flooring division agree."""
+    return tl.minimum(((rows + shift) // CHUNK + 1) * CHUNK, k_len)
+
+
+@triton.jit
+def _first_row_seeing(key, shift, CHUNK):
+    """The first row whose limit passes ``key`` (the inverse of _key_limit), at least 0."""
+    return tl.maximum((key // CHUNK) * CHUNK - shift, 0)
+
+
+@triton.jit
+def _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """(unmasked_end, masked_end) for the query block at start_m: keys [0, unmasked_end)
+    are visible to every row of the block and form whole BLOCK_N blocks; keys
+    [unmasked_end, masked_end) need the mask; no row sees a key past masked_end. An empty
+    block (start_m >= q_len) visits nothing."""
+    has_rows = start_m < q_len
+    first = tl.maximum(_key_limit(start_m, shift, CHUNK, k_len), 0)
+    last_row = tl.minimum(start_m + BLOCK_M, q_len) - 1
+    last = tl.maximum(_key_limit(last_row, shift, CHUNK, k_len), 0)
+    return tl.where(has_rows, (first // BLOCK_N) * BLOCK_N, 0), tl.where(has_rows, last, 0)
+
+
+@triton.jit
+def _load_rows(BASE, rows, offs_d, stride_n, stride_d, mask):
+    return tl.load(BASE + rows[:, None] * stride_n + offs_d[None, :] * stride_d, mask=mask,
+                   other=0.0)
+
+
+@triton.jit
+def _store_rows(BASE, rows, offs_d, stride_n, stride_d, value, mask):
+    tl.store(BASE + rows[:, None] * stride_n + offs_d[None, :] * stride_d,
+             value.to(BASE.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_lse(LSE_head, rows, stride_n, valid):
+    """Log-sum-exp in base 2. A row outside the segment, or one that saw no key (lse =
+    -inf), gets +inf: its probabilities exp2(s - inf) are 0, so it needs no other mask."""
+    lse = tl.load(LSE_head + rows * stride_n, mask=valid, other=float("inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
+
+
+@triton.jit
+def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n, offs_d,
+             d_mask, hi, MASKED: tl.constexpr):
+    """K and V rows offs_n of one head, zero-padded to the tile's head dim. Unmasked blocks
+    lie wholly inside every row's visible range; only a masked block can reach past hi."""
+    mask = d_mask[None, :]
+    if MASKED:
+        mask = mask & (offs_n[:, None] < hi)
+    return (_load_rows(K_head, offs_n, offs_d, stride_kn, stride_kd, mask),
+            _load_rows(V_head, offs_n, offs_d, stride_vn, stride_vd, mask))
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+               offs_d, d_mask, kv_limit, qk_scale, lo, hi,
+               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
+                        offs_d, d_mask, hi, MASKED)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            qk = tl.where(offs_n[None, :] < kv_limit[:, None], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row with no visible key so far keeps m = -inf: shift by 0 instead, so its
+        # probabilities are exp2(-inf) = 0 rather than exp2(-inf + inf) = NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, CU_Q, CU_K, Q_LENS, K_LENS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_lb, stride_lh, stride_ln,
+    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, qk_scale,
+    VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Later query blocks see more keys: launch them first to shorten the tail.
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    h_kv = h // GROUP
+    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    shift = k_len - q_len if CAUSAL else 0
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_valid = offs_m < q_len
+    Q_head = Q + b * stride_qb + h * stride_qh + q_start * stride_qn
+    q = _load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
+                   row_valid[:, None] & d_mask[None, :])
+    K_head = K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn
+    V_head = V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
+    unmasked_end, masked_end = _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M,
+                                          BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
+                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
+                               0, unmasked_end, False, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
+                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
+                               unmasked_end, masked_end, True, BLOCK_N, DOT_PRECISION)
+
+    # A row that saw no key (past its segment's length, or before the first key under
+    # bottom-right causality, or in a segment without keys) outputs 0; its log-sum-exp is
+    # log(0) = -inf.
+    seen = row_valid & (l_i > 0)
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) / LOG2E, float("-inf"))
+    owned = offs_m < q_extent
+    _store_rows(O + b * stride_ob + h * stride_oh + q_start * stride_on, offs_m, offs_d,
+                stride_on, stride_od, out, owned[:, None] & d_mask[None, :])
+    tl.store(LSE + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ln, lse,
+             mask=owned)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_deltab, stride_deltah, stride_deltan,
+    H, N, HEAD_DIM,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """delta[b, h, i] = sum_d O[b, h, i, d] * dO[b, h, i, d], in fp32, for every row."""
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < N) & (offs_d[None, :] < HEAD_DIM)
+    o = _load_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od,
+                   mask)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_don,
+                    stride_dod, mask)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + b * stride_deltab + h * stride_deltah + offs_m * stride_deltan, delta,
+             mask=offs_m < N)
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                    stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
+                    offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale, lo, hi,
+                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_valid = offs_m < q_len
+        q = _load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
+                       row_valid[:, None] & d_mask[None, :])
+        do = _load_rows(DO_head, offs_m, offs_d, stride_don, stride_dod,
+                        row_valid[:, None] & d_mask[None, :])
+        lse = _load_lse(LSE_head, offs_m, stride_ln, row_valid)
+        delta = tl.load(DELTA_head + offs_m * stride_ln, mask=row_valid, other=0.0)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        pT = tl.exp2(qkT * qk_scale - lse[None, :])
+        if MASKED:
+            kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
+            pT = tl.where(offs_n[:, None] < kv_limit[None, :], pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, Q_LENS, K_LENS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lb, stride_lh, stride_ln,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    H_KV, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
+    VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    b = tl.program_id(1) // H_KV
+    h_kv = tl.program_id(1) % H_KV
+    q_start, q_len, _ = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, k_extent = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    shift = k_len - q_len if CAUSAL else 0
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    kv_mask = (offs_n[:, None] < k_len) & d_mask[None, :]
+    k = _load_rows(K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn, offs_n, offs_d,
+                   stride_kn, stride_kd, kv_mask)
+    v = _load_rows(V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn, offs_n, offs_d,
+                   stride_vn, stride_vd, kv_mask)
+
+    # Rows from q_lo on may see some key of this block; rows from q_full on see all of
+    # them (only if the whole block is inside the segment: otherwise the length mask is
+    # needed throughout). A block past the segment's keys visits no row.
+    q_end = tl.where(start_n < k_len, q_len, 0)
+    q_lo = (_first_row_seeing(start_n, shift, CHUNK) // BLOCK_M) * BLOCK_M
+    q_full = tl.cdiv(_first_row_seeing(start_n + BLOCK_N - 1, shift, CHUNK), BLOCK_M) * BLOCK_M
+    q_full = tl.minimum(tl.where(start_n + BLOCK_N <= k_len, q_full, q_end), q_end)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(GROUP):
+        h = h_kv * GROUP + g
+        Q_head = Q + b * stride_qb + h * stride_qh + q_start * stride_qn
+        DO_head = DO + b * stride_dob + h * stride_doh + q_start * stride_don
+        LSE_head = LSE + b * stride_lb + h * stride_lh + q_start * stride_ln
+        DELTA_head = DELTA + b * stride_lb + h * stride_lh + q_start * stride_ln
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                                 stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
+                                 offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale,
+                                 q_lo, q_full, True, BLOCK_M, DOT_PRECISION)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                                 stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
+                                 offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale,
+                                 q_full, q_end, False, BLOCK_M, DOT_PRECISION)
+
+    owned = (offs_n[:, None] < k_extent) & d_mask[None, :]
+    _store_rows(DK + b * stride_dkb + h_kv * stride_dkh + k_start * stride_dkn, offs_n, offs_d,
+                stride_dkn, stride_dkd, dk * scale, owned)
+    _store_rows(DV + b * stride_dvb + h_kv * stride_dvh + k_start * stride_dvn, offs_n, offs_d,
+                stride_dvn, stride_dvd, dv, owned)
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn,
+                  stride_vd, offs_d, d_mask, kv_limit, qk_scale, lo, hi,
+                  MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
+                        offs_d, d_mask, hi, MASKED)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.exp2(qk * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(offs_n[None, :] < kv_limit[:, None], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, Q_LENS, K_LENS,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_lb, stride_lh, stride_ln,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
+    VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    h_kv = h // GROUP
+    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    shift = k_len - q_len if CAUSAL else 0
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_valid = offs_m < q_len
+    rows_mask = row_valid[:, None] & d_mask[None, :]
+    q = _load_rows(Q + b * stride_qb + h * stride_qh + q_start * stride_qn, offs_m, offs_d,
+                   stride_qn, stride_qd, rows_mask)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_don, offs_m,
+                    offs_d, stride_don, stride_dod, rows_mask)
+    lse = _load_lse(LSE + b * stride_lb + h * stride_lh + q_start * stride_ln, offs_m,
+                    stride_ln, row_valid)
+    delta = tl.load(DELTA + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ln,
+                    mask=row_valid, other=0.0)
+    K_head = K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn
+    V_head = V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn
+
+    kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
+    unmasked_end, masked_end = _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M,
+                                          BLOCK_N)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
+                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
+                       0, unmasked_end, False, BLOCK_N, DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
+                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
+                       unmasked_end, masked_end, True, BLOCK_N, DOT_PRECISION)
+    owned = (offs_m[:, None] < q_extent) & d_mask[None, :]
+    _store_rows(DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqn, offs_m, offs_d,
+                stride_dqn, stride_dqd, dq * scale, owned)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+@dataclass(frozen=True)
+class Segments:
+    """How rows group into segments, and what each row sees.
+
+    Packed (``cu_q``/``cu_k``, int32 (B + 1,)): q, k, v are the (1, H, total, D) views of
+    (total, H, D) tensors. Padded: q is (B, H, LQ, D), k and v (B, H_kv, LK, D), with
+    optional per-sample valid lengths ``q_lens``/``k_lens``. ``max_q``/``max_k`` bound the
+    rows of a segment (the grid); ``chunk`` and ``causal`` define ``limit`` (module doc).
+    """
+
+    max_q: int
+    max_k: int
+    chunk: int = NO_CHUNKS
+    causal: bool = False
+    cu_q: Tensor | None = None
+    cu_k: Tensor | None = None
+    q_lens: Tensor | None = None
+    k_lens: Tensor | None = None
+
+    @property
+    def varlen(self) -> bool:
+        return self.cu_q is not None
+
+    def count(self, q: Tensor) -> int:
+        return self.cu_q.shape[0] - 1 if self.varlen else q.shape[0]
+
+    def pointers(self, q: Tensor) -> tuple[Tensor, ...]:
+        # Absent arrays are never read (their constexpr flag is off): any pointer will do.
+        return tuple(q if t is None else t for t in (self.cu_q, self.cu_k, self.q_lens,
+                                                     self.k_lens))
+
+    def strides(self, x: Tensor) -> tuple[int, ...]:
+        # Every packed segment addresses batch 0 of the (1, H, total, D) view.
+        return (0 if self.varlen else x.stride(0), *x.stride()[1:])
+
+    def constexprs(self, cfg: KernelConfig, q: Tensor) -> dict:
+        return dict(VARLEN=self.varlen, HAS_Q_LENS=self.q_lens is not None,
+                    HAS_K_LENS=self.k_lens is not None, CAUSAL=self.causal,
+                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                    BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype))
+
+    def problem(self, q: Tensor, k: Tensor) -> tuple[int, ...]:
+        """LQ, LK, HEAD_DIM, CHUNK, GROUP."""
+        return q.shape[2], k.shape[2], q.shape[3], self.chunk, q.shape[1] // k.shape[1]
+
+
+def _config(name: str, q: Tensor, capability) -> KernelConfig:
+    return kernel_config(name, q.shape[-1], q.dtype, capability or device_capability(q.device))
+
+
+def _grid(blocks: int, segment_heads: int) -> tuple[int, int]:
+    if segment_heads > 65535:  # CUDA's limit on the second grid dimension
+        raise ValueError(f"segments * heads = {segment_heads} exceeds 65535, the most the "
+                         "kernels launch; split the batch")
+    return blocks, segment_heads
+
+
+def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=None) -> Launch:
+    """The forward kernel's grid, arguments and config for these (possibly meta) tensors;
+    ``capability`` (default: q's device) picks the config."""
+    cfg = _config("attn_fwd", q, capability)
+    args = (q, k, v, o, lse, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
+            *seg.strides(v), *seg.strides(o), *seg.strides(lse), q.shape[1],
+            *seg.problem(q, k), scale * LOG2E.value)
+    grid = _grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
+    return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+
+
+def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
+    B, H, N, D = o.shape
+    cfg = _config("attn_bwd_delta", o, capability)
+    args = (o, do, delta, *o.stride(), *do.stride(), *delta.stride(), H, N, D)
+    return Launch(_attn_bwd_delta_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
+                  dict(BLOCK_M=cfg.block_m, BLOCK_D=head_block(D)), cfg)
+
+
+def attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg: Segments, scale: float,
+                         capability=None) -> Launch:
+    cfg = _config("attn_bwd_dkdv", q, capability)
+    args = (q, k, v, do, lse, delta, dk, dv, *seg.pointers(q), *seg.strides(q),
+            *seg.strides(k), *seg.strides(v), *seg.strides(do), *seg.strides(lse),
+            *seg.strides(dk), *seg.strides(dv), k.shape[1], *seg.problem(q, k), scale,
+            scale * LOG2E.value)
+    grid = _grid(triton.cdiv(seg.max_k, cfg.block_n), seg.count(q) * k.shape[1])
+    return Launch(_attn_bwd_dkdv_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+
+
+def attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg: Segments, scale: float,
+                       capability=None) -> Launch:
+    cfg = _config("attn_bwd_dq", q, capability)
+    args = (q, k, v, do, lse, delta, dq, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
+            *seg.strides(v), *seg.strides(do), *seg.strides(lse), *seg.strides(dq),
+            q.shape[1], *seg.problem(q, k), scale, scale * LOG2E.value)
+    grid = _grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
+    return Launch(_attn_bwd_dq_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+
+
+def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
+             scale: float) -> tuple[Tensor, Tensor]:
+    """Forward: ``(o, lse)``, o laid out like q, lse (B, H, L) fp32 in natural log (-inf
+    for a row that sees no key)."""
+    o = empty_like(q)
+    lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
+    return o, lse
+
+
+def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+             seg: Segments, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward: ``(dq, dk, dv)`` laid out like q, k, v."""
+    delta = empty(lse.shape, dtype=torch.float32, device=q.device)
+    dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
+    attn_bwd_delta_launch(o, do, delta).run()
+    attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale).run()
+    attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
+    return dq, dk, dv

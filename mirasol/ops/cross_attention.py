@@ -1,0 +1,247 @@
+"""Cross-modal cross-attention: each query segment attends to its own key segment.
+
+One op serves Mirasol3B's text decoder (text tokens -> that sample's audio-video latents),
+the Transformer Combiner's last layer (a chunk's m learned queries -> that chunk's tokens)
+and block-diagonal attention over all chunks of a batch. Queries are never masked by key
+padding: only keys are limited. Chain of names::
+
+    _attn_fwd_kernel / _attn_bwd_*_kernel             (mirasol.kernels.attention, shared)
+    cross_attn_fwd / cross_attn_bwd                   (launchers)
+    torch.ops.mirasol.cross_attention_fwd / _bwd      (custom ops: torch.compile)
+    CrossAttentionFunction                            (autograd)
+    cross_attention / cross_attention_padded          (functional, here)
+    CrossModalAttention                               (nn.Module, mirasol.layers)
+
+Internally both forms are 4-D: a packed (total, H, D) tensor travels as its
+(1, H, total, D) view.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mirasol import reference
+from mirasol.ops._backends import attention_backends, choose_backend
+from mirasol.ops._checks import (check_attention_inputs, check_cu_seqlens_values,
+                                 check_lengths_values, check_packed_inputs)
+from mirasol.ops._dense import attention_lse, attention_lse_backward
+
+BACKENDS = attention_backends(max_head_dim=256)
+
+
+def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
+    """(batch slice, query rows, key rows, causal mask or None) of each segment's unmasked
+    piece. Under causality, rows that see no key are left out (their output is 0) and the
+    piece carries its bottom-right triangular mask."""
+    if cu_q is not None:
+        q_bounds, k_bounds = cu_q.tolist(), cu_k.tolist()
+        pieces = [(slice(0, 1), q_bounds[b], q_bounds[b + 1], k_bounds[b], k_bounds[b + 1])
+                  for b in range(len(q_bounds) - 1)]
+    elif k_lengths is not None:
+        pieces = [(slice(b, b + 1), 0, q4.shape[2], 0, n)
+                  for b, n in enumerate(k_lengths.tolist())]
+    else:
+        pieces = [(slice(None), 0, q4.shape[2], 0, k4.shape[2])]
+    for b, q0, q1, k0, k1 in pieces:
+        shift = (k1 - k0) - (q1 - q0)
+        first = max(0, -shift) if causal else 0  # rows before it see no key
+        if q0 + first >= q1 or k0 >= k1:
+            continue
+        mask = None
+        if causal:
+            mask = torch.ones(q1 - q0 - first, k1 - k0, dtype=torch.bool,
+                              device=q4.device).tril(first + shift)
+        yield b, slice(q0 + first, q1), slice(k0, k1), mask
+
+
+def _torch_fwd(q, k, v, cu_q, cu_k, k_lengths, causal, scale):
+    """One unmasked (or, causal, triangle-masked) fused attention call per segment, in
+    fp32 for half inputs; no mask across segments is ever built."""
+    dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v = (t.to(acc) for t in (q, k, v))
+    out = torch.zeros_like(q)  # rows that see no key stay 0, with lse = log 0
+    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
+    for b, rows, keys, mask in _segments(q, k, cu_q, cu_k, k_lengths, causal):
+        out[b, :, rows], lse[b, :, rows] = attention_lse(q[b, :, rows], k[b, :, keys],
+                                                         v[b, :, keys], scale, mask)
+    return out.to(dtype), lse
+
+
+def _torch_bwd(do, q, k, v, out, lse, cu_q, cu_k, k_lengths, causal, scale):
+    dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
+    dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))
+    for b, rows, keys, mask in _segments(q, k, cu_q, cu_k, k_lengths, causal):
+        # Segments are disjoint: every gradient row is written once, nothing is summed.
+        dq[b, :, rows], dk[b, :, keys], dv[b, :, keys] = attention_lse_backward(
+            do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys], out[b, :, rows],
+            lse[b, :, rows], scale, mask)
+    return dq.to(dtype), dk.to(dtype), dv.to(dtype)
+
+
+def _triton_fwd(q, k, v, cu_q, cu_k, k_lengths, causal, scale, max_q, max_k):
+    from mirasol.kernels import cross_attn_fwd
+
+    return cross_attn_fwd(q, k, v, scale, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                          k_lengths=k_lengths, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                          causal=causal)
+
+
+def _triton_bwd(do, q, k, v, out, lse, cu_q, cu_k, k_lengths, causal, scale, max_q, max_k):
+    from mirasol.kernels import cross_attn_bwd
+
+    return cross_attn_bwd(do, q, k, v, out, lse, scale, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                          k_lengths=k_lengths, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                          causal=causal)
+
+
+def _max_seqlens(q_rows: int, k_rows: int, cu_q, cu_k, k_lengths, max_q,
+                 max_k) -> tuple[int, int]:
+    """Validates the segments' values (a device sync on CUDA) and returns the longest query
+    and key segments (the kernels' grid)."""
+    if cu_q is None:
+        if k_lengths is not None:
+            check_lengths_values(k_lengths, k_rows, "k_lengths")
+        return q_rows, k_rows
+    longest_q = check_cu_seqlens_values("cu_seqlens_q", cu_q, q_rows)
+    longest_k = check_cu_seqlens_values("cu_seqlens_k", cu_k, k_rows)
+    for name, given, longest in (("max_seqlen_q", max_q, longest_q),
+                                 ("max_seqlen_k", max_k, longest_k)):
+        if given is not None and given < longest:
+            raise ValueError(f"{name} = {given} is shorter than the longest segment "
+                             f"({longest}): rows past it would be silently skipped")
+    return longest_q, longest_k
+
+
+@torch.library.custom_op("mirasol::cross_attention_fwd", mutates_args=())
+def _cross_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor | None,
+                         cu_seqlens_k: Tensor | None, k_lengths: Tensor | None,
+                         max_seqlen_q: int | None, max_seqlen_k: int | None, causal: bool,
+                         scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale)
+    bounds = _max_seqlens(q.shape[2], k.shape[2], cu_seqlens_q, cu_seqlens_k, k_lengths,
+                          max_seqlen_q, max_seqlen_k)
+    if backend == "torch":
+        return _torch_fwd(q, k, v, *segments)
+    return _triton_fwd(q, k, v, *segments, *bounds)
+
+
+@_cross_attention_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k, causal,
+      scale, backend):
+    lse_dtype = torch.promote_types(q.dtype, torch.float32)
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
+
+
+@torch.library.custom_op("mirasol::cross_attention_bwd", mutates_args=())
+def _cross_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                         cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
+                         k_lengths: Tensor | None, max_seqlen_q: int | None,
+                         max_seqlen_k: int | None, causal: bool, scale: float,
+                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale)
+    if backend == "torch":
+        return _torch_bwd(do, q, k, v, out, lse, *segments)
+    bounds = _max_seqlens(q.shape[2], k.shape[2], cu_seqlens_q, cu_seqlens_k, k_lengths,
+                          max_seqlen_q, max_seqlen_k)
+    return _triton_bwd(do, q, k, v, out, lse, *segments, *bounds)
+
+
+@_cross_attention_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q,
+      max_seqlen_k, causal, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class CrossAttentionFunction(torch.autograd.Function):
+    """Autograd for the triton and torch backends on 4-D (batch, heads, rows, head_dim)
+    views: the forward saves (out, lse), the backward recomputes probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q,
+                max_seqlen_k, causal: bool, scale: float, backend: str):
+        segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k,
+                    causal, scale, backend)
+        out, lse = torch.ops.mirasol.cross_attention_fwd(q, k, v, *segments)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths)
+        ctx.rest = segments[3:]
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse, cu_q, cu_k, k_lengths = ctx.saved_tensors
+        dq, dk, dv = torch.ops.mirasol.cross_attention_bwd(do, q, k, v, out, lse, cu_q, cu_k,
+                                                           k_lengths, *ctx.rest)
+        return dq, dk, dv, *(None,) * 8
+
+
+def _resolve(op: str, q: Tensor, scale: float | None, backend: str) -> tuple[float, str]:
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return scale, choose_backend(op, backend, BACKENDS, q.device, q.dtype, q.shape[-1])
+
+
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
+                    cu_seqlens_k: Tensor, max_seqlen_q: int | None = None,
+                    max_seqlen_k: int | None = None, scale: float | None = None,
+                    causal: bool = False, backend: str = "auto") -> Tensor:
+    """Varlen cross-attention on packed sequences, as flash-attn's ``flash_attn_varlen_func``.
+
+    Query segment b (rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]``) attends to key segment b
+    (rows ``cu_seqlens_k[b]:cu_seqlens_k[b+1]``) and nothing else.
+
+    Args:
+        q: (total_q, H, D); k, v: (total_k, H_kv, D), ``H % H_kv == 0``.
+        cu_seqlens_q, cu_seqlens_k: int32 (B + 1,), starting at 0, non-decreasing, ending at
+            total_q / total_k. Segments may be empty.
+        max_seqlen_q, max_seqlen_k: the longest segments; computed from cu_seqlens (a
+            device sync) when None, checked when given.
+        causal: bottom-right aligned: query i of a segment sees keys j <= i + k_len - q_len.
+        scale: default ``D ** -0.5``. backend: see ``mirasol.ops``.
+
+    Returns:
+        (total_q, H, D). A query whose segment has no key to see (empty key segment, or
+        before the first key under ``causal``) gets 0 and passes no gradient. Accumulation
+        in fp32; error within 2x the same-dtype reference's (``mirasol.testing``).
+    """
+    op = "cross_attention"
+    check_packed_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k)
+    scale, name = _resolve(op, q, scale, backend)
+    if name == "reference":
+        _max_seqlens(q.shape[0], k.shape[0], cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q,
+                     max_seqlen_k)
+        return reference.cross_attention(q, k, v, cu_seqlens_q=cu_seqlens_q,
+                                         cu_seqlens_k=cu_seqlens_k, causal=causal, scale=scale)
+    q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+    out = CrossAttentionFunction.apply(q4, k4, v4, cu_seqlens_q, cu_seqlens_k, None,
+                                       max_seqlen_q, max_seqlen_k, causal, scale, name)
+    return out.transpose(1, 2).squeeze(0)
+
+
+def cross_attention_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor | None = None,
+                           scale: float | None = None, causal: bool = False,
+                           backend: str = "auto") -> Tensor:
+    """Cross-attention on padded batches in SDPA's layout, keys limited per sample.
+
+    Args:
+        q: (B, H, Lq, D); k, v: (B, H_kv, Lk, D), ``H % H_kv == 0``.
+        k_lengths: optional (B,) int, ``0 <= k_lengths[b] <= Lk``: sample b's valid keys.
+            Every query row is computed (queries are never masked by key padding).
+        causal: bottom-right aligned within each sample's valid keys.
+
+    Returns:
+        (B, H, Lq, D); a sample with no keys gives 0 and no gradient.
+    """
+    op = "cross_attention_padded"
+    check_attention_inputs(op, q, k, v, lengths=k_lengths, self_attention=False,
+                           lengths_name="k_lengths")
+    scale, name = _resolve(op, q, scale, backend)
+    if name == "reference":
+        if k_lengths is not None:
+            check_lengths_values(k_lengths, k.shape[2], "k_lengths")
+        return reference.cross_attention(q, k, v, k_lengths=k_lengths, causal=causal,
+                                         scale=scale)
+    return CrossAttentionFunction.apply(q, k, v, None, None, k_lengths, None, None, causal,
+                                        scale, name)
