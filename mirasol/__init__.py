@@ -4,9 +4,11 @@ Importing mirasol does not import triton: the kernels load on the first call tha
 the triton backend.
 """
 
-from mirasol.layers import ChunkedCausalSelfAttention
-from mirasol.ops import BackendUnavailable, chunked_causal_attention
+from mirasol.layers import ChunkedCausalSelfAttention, CrossModalAttention
+from mirasol.ops import (BackendUnavailable, chunked_causal_attention, cross_attention,
+                         cross_attention_padded)
 
 __version__ = "0.1.0"
-__all__ = ["BackendUnavailable", "ChunkedCausalSelfAttention", "chunked_causal_attention",
+__all__ = ["BackendUnavailable", "ChunkedCausalSelfAttention", "CrossModalAttention",
+           "chunked_causal_attention", "cross_attention", "cross_attention_padded",
            "__version__"]

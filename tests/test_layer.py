@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirasol import ChunkedCausalSelfAttention
+from mirasol import ChunkedCausalSelfAttention, CrossModalAttention
 from mirasol.layers import RotaryEmbedding
 from mirasol.testing import assert_parity, parity_report
 
@@ -90,3 +90,51 @@ def test_extra_repr_and_bad_configs():
         ChunkedCausalSelfAttention(32, num_heads=4, num_kv_heads=3, chunk_size=2)
     with pytest.raises(ValueError, match="head_dim must be even"):
         RotaryEmbedding(15)
+
+
+def _mha_inputs(B=3, Lq=7, Lk=11, dim=32, kdim=24, vdim=20, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(B, Lq, dim, generator=gen, dtype=dtype),
+            torch.randn(B, Lk, kdim, generator=gen, dtype=dtype),
+            torch.randn(B, Lk, vdim, generator=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("kdim,vdim", [(24, 20), (32, 32)])
+def test_cross_modal_attention_swaps_in_for_multihead_attention(backend, kdim, vdim):
+    mha = nn.MultiheadAttention(32, 4, kdim=kdim, vdim=vdim, batch_first=True).double()
+    x, ctx, val = _mha_inputs(kdim=kdim, vdim=vdim)
+    lengths = torch.tensor([11, 3, 8])
+    padding = torch.arange(11)[None, :] >= lengths[:, None]  # True = ignore, as in MHA
+    oracle, _ = mha(x, ctx, val, key_padding_mask=padding, need_weights=False)
+
+    ours = CrossModalAttention.from_multihead_attention(mha.float(), backend=backend)
+    ref = CrossModalAttention.from_multihead_attention(mha, backend="reference").float()
+    args = (x.float(), ctx.float(), val.float())
+    got = ours(*args, context_lengths=lengths)
+    assert_parity(parity_report("out", got, ref(*args, context_lengths=lengths), oracle))
+    # Queries are never masked by key padding: every query row is a real output.
+    assert got.abs().sum(-1).gt(0).all()
+
+
+def test_cross_modal_attention_packed_equals_padded():
+    layer = CrossModalAttention(32, 24, num_heads=4, num_kv_heads=2)
+    x, ctx, _ = _mha_inputs(kdim=24, dtype=torch.float32)
+    lengths = torch.tensor([11, 3, 8])
+    padded = layer(x, ctx, context_lengths=lengths)
+    cu_q = torch.tensor([0, 7, 14, 21], dtype=torch.int32)
+    cu_k = torch.tensor([0, 11, 14, 22], dtype=torch.int32)
+    ctx_packed = torch.cat([ctx[b, :n] for b, n in enumerate(lengths.tolist())])
+    packed = layer(x.flatten(0, 1), ctx_packed, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    torch.testing.assert_close(packed, padded.flatten(0, 1))
+
+
+def test_cross_modal_attention_refuses_what_it_cannot_copy():
+    with pytest.raises(ValueError, match=r"attention dropout \(0.1\) is not supported"):
+        CrossModalAttention.from_multihead_attention(nn.MultiheadAttention(16, 2, dropout=0.1))
+    with pytest.raises(ValueError, match="add_bias_kv and add_zero_attn are not supported"):
+        CrossModalAttention.from_multihead_attention(
+            nn.MultiheadAttention(16, 2, add_bias_kv=True))
+    text = repr(CrossModalAttention(64, 48, num_heads=8, num_kv_heads=2, causal=True))
+    assert "num_heads=8, num_kv_heads=2, head_dim=8, causal=True, backend='auto'" in text
+    assert "(k_proj): Linear(in_features=48, out_features=16" in text

@@ -4,7 +4,7 @@ backward, on every fast backend."""
 import pytest
 import torch
 
-from mirasol import ChunkedCausalSelfAttention
+from mirasol import ChunkedCausalSelfAttention, CrossModalAttention
 
 
 @pytest.mark.parametrize("backend,compiler", [("torch", "inductor"), ("triton", "aot_eager")])
@@ -35,3 +35,27 @@ def test_graph_has_no_breaks():
     explanation = torch._dynamo.explain(layer)(torch.randn(1, 9, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fullgraph_compile_of_cross_attention_packed_and_padded(backend):
+    torch._dynamo.reset()
+    layer = CrossModalAttention(32, 16, num_heads=4, num_kv_heads=2, backend=backend)
+    x, ctx = torch.randn(2, 5, 32, requires_grad=True), torch.randn(2, 9, 16)
+    lengths = torch.tensor([9, 4])
+    cu_q = torch.tensor([0, 5, 10], dtype=torch.int32)
+    cu_k = torch.tensor([0, 9, 13], dtype=torch.int32)
+    ctx_packed = torch.cat([ctx[0], ctx[1, :4]])
+
+    def run(t):
+        padded = layer(t, ctx, context_lengths=lengths)
+        packed = layer(t.flatten(0, 1), ctx_packed, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                       max_seqlen_q=5, max_seqlen_k=9)
+        return padded.flatten(0, 1) + packed
+
+    want = run(x)
+    got = torch.compile(run, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got, want)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    (wx,) = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(gx, wx)

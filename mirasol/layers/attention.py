@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from mirasol.layers.rotary import RotaryEmbedding
-from mirasol.ops import chunked_causal_attention
+from mirasol.ops import chunked_causal_attention, cross_attention, cross_attention_padded
 
 
 class ChunkedCausalSelfAttention(nn.Module):
@@ -71,3 +72,105 @@ class ChunkedCausalSelfAttention(nn.Module):
         kv = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
         return (f"num_heads={self.num_heads}{kv}, head_dim={self.head_dim}, "
                 f"chunk_size={self.chunk_size}, backend={self.backend!r}")
+
+
+class CrossModalAttention(nn.Module):
+    """Queries from one stream attend to keys/values from another (text -> audio-video
+    latents, a chunk's learned queries -> its tokens). Only keys are limited by lengths:
+    every query row is computed.
+
+    Parameters follow ``torch.nn.MultiheadAttention``'s separate projections
+    (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``); :meth:`from_multihead_attention`
+    copies an existing module's weights, ``kdim``/``vdim`` included.
+
+    Args:
+        dim: query (and output) width.
+        context_dim: key width (default ``dim``); value_dim: value width (default
+            ``context_dim``; give values separately to :meth:`forward` when it differs).
+        num_heads: query heads; ``num_kv_heads`` (default ``num_heads``) for grouped
+            queries; ``head_dim`` default ``dim // num_heads``.
+        bias: biases on the four projections (MultiheadAttention's default: True).
+        causal: bottom-right causal within each sample (self-attention use).
+        backend: passed to the ops.
+    """
+
+    def __init__(self, dim: int, context_dim: int | None = None, num_heads: int = 8, *,
+                 value_dim: int | None = None, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, bias: bool = True, causal: bool = False,
+                 backend: str = "auto"):
+        super().__init__()
+        context_dim = dim if context_dim is None else context_dim
+        value_dim = context_dim if value_dim is None else value_dim
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), "
+                                 "or give head_dim")
+            head_dim = dim // num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                             f"({num_kv_heads})")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.causal, self.backend = causal, backend
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(value_dim, num_kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+
+    @classmethod
+    def from_multihead_attention(cls, mha: nn.MultiheadAttention,
+                                 backend: str = "auto") -> "CrossModalAttention":
+        """The same attention as ``mha`` (called batch-first), its weights copied."""
+        if mha.dropout:
+            raise ValueError("from_multihead_attention: attention dropout "
+                             f"({mha.dropout}) is not supported by the fused kernels")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("from_multihead_attention: add_bias_kv and add_zero_attn are "
+                             "not supported")
+        bias = mha.in_proj_bias is not None
+        layer = cls(mha.embed_dim, mha.kdim, mha.num_heads, value_dim=mha.vdim, bias=bias,
+                    backend=backend)
+        if mha._qkv_same_embed_dim:
+            weights = mha.in_proj_weight.chunk(3)
+        else:
+            weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+        biases = mha.in_proj_bias.chunk(3) if bias else (None,) * 3
+        with torch.no_grad():
+            for proj, w, b in zip((layer.q_proj, layer.k_proj, layer.v_proj), weights, biases):
+                proj.weight.copy_(w)
+                if b is not None:
+                    proj.bias.copy_(b)
+            layer.out_proj.weight.copy_(mha.out_proj.weight)
+            if bias:
+                layer.out_proj.bias.copy_(mha.out_proj.bias)
+        return layer.to(mha.out_proj.weight.dtype)
+
+    def forward(self, x: Tensor, context: Tensor, value: Tensor | None = None, *,
+                context_lengths: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+                cu_seqlens_k: Tensor | None = None, max_seqlen_q: int | None = None,
+                max_seqlen_k: int | None = None) -> Tensor:
+        """Padded: x (B, Lq, dim), context (B, Lk, context_dim), optional context_lengths
+        (B,) valid keys per sample -> (B, Lq, dim). Packed: x (total_q, dim), context
+        (total_k, context_dim) with int32 cu_seqlens_q/k (B + 1,) -> (total_q, dim).
+        ``value`` (same layout as context) when values come from another tensor."""
+        value = context if value is None else value
+        H, H_kv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        # Projections reshaped to (..., rows, heads, D) views; the ops read them by stride.
+        q = self.q_proj(x).unflatten(-1, (H, D))
+        k = self.k_proj(context).unflatten(-1, (H_kv, D))
+        v = self.v_proj(value).unflatten(-1, (H_kv, D))
+        if cu_seqlens_q is not None:
+            out = cross_attention(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                                  causal=self.causal, backend=self.backend)
+        else:
+            out = cross_attention_padded(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         k_lengths=context_lengths, causal=self.causal,
+                                         backend=self.backend).transpose(1, 2)
+        return self.out_proj(out.flatten(-2))
+
+    def extra_repr(self) -> str:
+        kv = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
+        causal = ", causal=True" if self.causal else ""
+        return (f"num_heads={self.num_heads}{kv}, head_dim={self.head_dim}{causal}, "
+                f"backend={self.backend!r}")
