@@ -8,8 +8,8 @@ packed causal; grouped-query heads). Writes the table
 to kernels/_configs.py. A proxy for speed, not a timing: retune on the GPU when one is at
 hand.
 
-    python bench/tune_configs.py            # all kernels (tens of minutes on 2 cores)
-    python bench/tune_configs.py --jobs 2
+    python bench/tune_configs.py            # all kernels (an hour or more on 2 cores)
+    python bench/tune_configs.py --jobs 2   # an interrupted run resumes from its --cache
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import os
 import pprint
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -59,7 +61,9 @@ def _candidates(kernel, head_dim, itemsize, limit):
     for (a, b), warps, stages in itertools.product(TILES, (8, 4), (3, 2, 1)):
         m, n = (b, a) if kernel == "attn_bwd_dkdv" else (a, b)
         regs, smem = _estimate(kernel, m, n, warps, stages, head_dim, itemsize)
-        if regs <= 200 and smem <= 1.05 * limit and not (warps == 8 and m * n < 64 * 32):
+        # fp32 (no tensor cores) holds whole tiles in registers: small tiles may need 8 warps.
+        small_tile_ok = itemsize == 4 or not (warps == 8 and m * n < 64 * 32)
+        if regs <= 200 and smem <= 1.05 * limit and small_tile_ok:
             yield KernelConfig(m, n, warps, stages)
 
 
@@ -83,7 +87,7 @@ def _current(kernel, family, dclass, head_dim):
     return TABLE.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
 
 
-def tune(job, resume: bool = True):
+def tune(job, resume: bool = True, cache: str | None = None):
     kernel, family, dclass, head_dim = job
     dtype = DTYPES[dclass]
     limit = min(SHARED_LIMIT[a] for a in FAMILIES[family])
@@ -97,21 +101,39 @@ def tune(job, resume: bool = True):
     for config in candidates:
         if _fits(kernel, family, dtype, head_dim, config):
             print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
-            return job, (config.block_m, config.block_n, config.num_warps, config.num_stages)
-    raise RuntimeError(f"no spill-free config for {job}")
+            found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
+            if cache:
+                with open(cache, "a") as f:
+                    f.write(json.dumps([list(job), found]) + "\n")
+            return job, found
+    print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config", flush=True)
+    return job, None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=Path(__file__).parents[1] / "kernels" / "_configs.py")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
+                                                        "mirasol-tune.jsonl"),
+                        help="found configs are appended here, and reused by a rerun")
     parser.add_argument("--from-scratch", action="store_true",
                         help="search from the largest tile, not from the current table entry")
     args = parser.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     jobs = list(itertools.product(KERNELS, FAMILIES, DTYPES, HEAD_DIMS))
+    results = {}
+    if args.cache and os.path.exists(args.cache):  # results of an interrupted run
+        for line in open(args.cache):
+            job, found = json.loads(line)
+            results[tuple(job)] = tuple(found)
+    todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = dict(pool.map(functools.partial(tune, resume=not args.from_scratch), jobs))
+        results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,
+                                                  cache=args.cache), todo))
+    missing = [job for job in jobs if results.get(job) is None]
+    if missing:
+        raise SystemExit(f"no spill-free config for {missing}; table not written")
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in HEAD_DIMS} for d in DTYPES}
                  for f in FAMILIES} for k in KERNELS}
     text = pprint.pformat(table, width=100, sort_dicts=False)

@@ -1,14 +1,22 @@
-"""Side-by-side benchmarks of chunked causal attention (``mirasol bench``, bench/).
+"""Side-by-side benchmarks of the attention ops (``mirasol bench``, bench/).
 
-Every variant of a table runs in the same process on the same inputs, one after the other,
-and the table reports each one's median time and peak memory and its ratio to a baseline:
-ratios, not absolute times, are what survive a noisy machine.
+Every variant of a table runs in the same process on the same problem, one after the
+other, and the table reports each one's median time and peak memory and its ratio to a
+baseline: ratios, not absolute times, are what survive a noisy machine. TFLOP/s count only
+the visible (query, key) pairs: useful work per second.
 
-CPU (default): the torch backend against SDPA with a dense boolean mask (the usual way to
-express this pattern) and against unmasked SDPA (all N^2 scores, for scale).
-CUDA: the triton backend against FlexAttention (compiled, the same block mask), SDPA with a
-dense mask, and flash-attn's causal kernel where installed; TFLOP/s count only the visible
-(computed) scores.
+Tables:
+
+* ``chunked``: chunked causal attention (N=4096, 8 heads, d=64, chunk 256). Against SDPA
+  with a dense boolean mask (the usual way to express the pattern) and unmasked SDPA.
+* ``cross-text``: Mirasol3B's text decoder cross-attention, 8 samples of 32-64 text queries
+  against 128 audio-video latents (4 chunks x 32). Against SDPA on the padded batch with a
+  key-padding mask, and SDPA on the packed tokens with a dense block-diagonal mask.
+* ``cross-combiner``: the Transformer Combiner's block-diagonal attention, 16 chunks of
+  about 600 tokens. Same baselines.
+
+On CUDA the triton backend runs, and FlexAttention (compiled, same mask), flash-attn and
+xformers join where installed.
 """
 
 from __future__ import annotations
@@ -20,42 +28,217 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from mirasol._format import format_rows
-from mirasol.ops import chunked_causal_attention
-from mirasol.reference import chunked_causal_mask
+from mirasol.ops import chunked_causal_attention, cross_attention
+from mirasol.reference import chunked_causal_mask, cross_attention_mask
 
 
 @dataclass(frozen=True)
-class Problem:
-    batch: int = 1
+class Variant:
+    name: str
+    fn: Callable[..., Tensor]
+    inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> the fn's arguments
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Setting:
     heads: int = 8
-    seqlen: int = 4096
     head_dim: int = 64
-    chunk_size: int = 256
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
 
-    def inputs(self, requires_grad: bool) -> tuple[torch.Tensor, ...]:
-        gen = torch.Generator().manual_seed(0)
-        shape = (self.batch, self.heads, self.seqlen, self.head_dim)
-        return tuple(torch.randn(shape, generator=gen).to(self.device, self.dtype)
-                     .requires_grad_(requires_grad) for _ in range(3))
+    def randn(self, *shape: int, seed: int, requires_grad: bool) -> Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return (torch.randn(shape, generator=gen).to(self.device, self.dtype)
+                .requires_grad_(requires_grad))
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.device == "cpu" else "triton"
+
+
+@dataclass(frozen=True)
+class ChunkedProblem:
+    batch: int = 1
+    seqlen: int = 4096
+    chunk_size: int = 256
+    setting: Setting = Setting()
+
+    @property
+    def title(self) -> str:
+        return (f"chunked causal attention: B={self.batch} N={self.seqlen} "
+                f"chunk={self.chunk_size}")
+
+    def inputs(self, requires_grad: bool) -> tuple[Tensor, ...]:
+        s = self.setting
+        return tuple(s.randn(self.batch, s.heads, self.seqlen, s.head_dim, seed=i,
+                             requires_grad=requires_grad) for i in range(3))
 
     def visible_pairs(self) -> int:
-        """(query, key) pairs the chunked mask lets through, per batch*head."""
+        """(query, key) pairs the mask lets through, per head."""
         chunks, last = divmod(self.seqlen, self.chunk_size)
         full = sum(self.chunk_size * (t + 1) * self.chunk_size for t in range(chunks))
-        return full + last * self.seqlen
+        return self.batch * (full + last * self.seqlen)
 
-    def flops(self, backward: bool) -> float:
-        # 2 matmuls forward (QK^T, PV), 5 with the backward (recompute QK^T, dV, dP, dQ, dK).
-        per_pair = 4 * self.head_dim * (1 + (2.5 if backward else 0))
-        return self.batch * self.heads * self.visible_pairs() * per_pair
+    def variants(self) -> tuple[str, list[Variant]]:
+        C, s = self.chunk_size, self.setting
+        mask = chunked_causal_mask(self.seqlen, C, s.device)
+        rows = [
+            Variant(f"mirasol {s.backend}",
+                    lambda q, k, v: chunked_causal_attention(q, k, v, C, backend=s.backend),
+                    self.inputs),
+            Variant("SDPA dense mask",
+                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                    self.inputs, "N x N bool mask"),
+            Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
+                    "all N^2 scores"),
+        ]
+        if s.device != "cpu":
+            size = self.chunk_size
+            rows += _flex_variant(lambda b, h, i, j: j // size <= i // size, self.batch,
+                                  self.seqlen, self.seqlen, self.inputs, s.device)
+            rows += _flash_causal_variant(self.inputs)
+        return "SDPA dense mask", rows
+
+
+@dataclass(frozen=True)
+class CrossProblem:
+    name: str
+    q_lens: tuple[int, ...]
+    k_lens: tuple[int, ...]
+    setting: Setting = Setting()
+
+    @property
+    def title(self) -> str:
+        return (f"cross-attention ({self.name}): {len(self.q_lens)} segments, queries "
+                f"{min(self.q_lens)}-{max(self.q_lens)}, keys {min(self.k_lens)}-"
+                f"{max(self.k_lens)}")
+
+    def cu(self, lens) -> Tensor:
+        return torch.tensor((0, *accumulate(lens)), dtype=torch.int32, device=self.setting.device)
+
+    def packed(self, requires_grad: bool) -> tuple[Tensor, ...]:
+        s = self.setting
+        return (s.randn(sum(self.q_lens), s.heads, s.head_dim, seed=0, requires_grad=requires_grad),
+                *(s.randn(sum(self.k_lens), s.heads, s.head_dim, seed=i,
+                          requires_grad=requires_grad) for i in (1, 2)))
+
+    def padded(self, requires_grad: bool) -> tuple[Tensor, ...]:
+        s, B = self.setting, len(self.q_lens)
+        return (s.randn(B, s.heads, max(self.q_lens), s.head_dim, seed=0,
+                        requires_grad=requires_grad),
+                *(s.randn(B, s.heads, max(self.k_lens), s.head_dim, seed=i,
+                          requires_grad=requires_grad) for i in (1, 2)))
+
+    def visible_pairs(self) -> int:
+        return sum(nq * nk for nq, nk in zip(self.q_lens, self.k_lens))
+
+    def variants(self) -> tuple[str, list[Variant]]:
+        s = self.setting
+        cu_q, cu_k = self.cu(self.q_lens), self.cu(self.k_lens)
+        max_q, max_k = max(self.q_lens), max(self.k_lens)
+        block_diagonal = cross_attention_mask(sum(self.q_lens), sum(self.k_lens),
+                                              cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        lengths = torch.tensor(self.k_lens, device=s.device)
+        key_padding = torch.arange(max_k, device=s.device)[None, None, None, :] < \
+            lengths[:, None, None, None]
+
+        def packed_sdpa(q, k, v):
+            out = F.scaled_dot_product_attention(*(t.transpose(0, 1)[None] for t in (q, k, v)),
+                                                 attn_mask=block_diagonal)
+            return out[0].transpose(0, 1)
+
+        rows = [
+            Variant(f"mirasol {s.backend}",
+                    lambda q, k, v: cross_attention(q, k, v, cu_seqlens_q=cu_q,
+                                                    cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+                                                    max_seqlen_k=max_k, backend=s.backend),
+                    self.packed, "packed"),
+            Variant("SDPA padded + key mask",
+                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v,
+                                                                   attn_mask=key_padding),
+                    self.padded, "B x Lq x Lk of work"),
+            Variant("SDPA block-diagonal mask", packed_sdpa, self.packed,
+                    "dense total_q x total_k mask"),
+        ]
+        if s.device != "cpu":
+            rows += _cuda_varlen_variants(self, cu_q, cu_k, max_q, max_k)
+        return "SDPA block-diagonal mask", rows
+
+
+# --------------------------------------------------------------- optional CUDA rivals
+
+
+def _flex_variant(mask_mod, batch, q_rows, k_rows, inputs, device) -> list[Variant]:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return []
+    block_mask = create_block_mask(mask_mod, batch if batch > 1 else None, None, q_rows, k_rows,
+                                   device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return [Variant("FlexAttention", lambda q, k, v: compiled(q, k, v, block_mask=block_mask),
+                    inputs, "compiled, same block mask")]
+
+
+def _flash_causal_variant(inputs) -> list[Variant]:
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return []
+    # flash-attn takes (B, N, H, D); token-causal does about as much work as chunk size 1.
+    return [Variant("flash-attn causal",
+                    lambda q, k, v: flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)),
+                                                    causal=True).transpose(1, 2),
+                    inputs, "token-causal, not chunked")]
+
+
+def _cuda_varlen_variants(problem: CrossProblem, cu_q, cu_k, max_q, max_k) -> list[Variant]:
+    rows = []
+    seg_q = torch.repeat_interleave(torch.arange(len(problem.q_lens), device=cu_q.device),
+                                    torch.tensor(problem.q_lens, device=cu_q.device))
+    seg_k = torch.repeat_interleave(torch.arange(len(problem.k_lens), device=cu_k.device),
+                                    torch.tensor(problem.k_lens, device=cu_k.device))
+
+    def as_4d(inputs):
+        return lambda requires_grad: tuple(t.detach().transpose(0, 1)[None].contiguous()
+                                           .requires_grad_(requires_grad)
+                                           for t in inputs(requires_grad))
+
+    rows += _flex_variant(lambda b, h, i, j: seg_q[i] == seg_k[j], 1, sum(problem.q_lens),
+                          sum(problem.k_lens), as_4d(problem.packed), problem.setting.device)
+    try:
+        from flash_attn import flash_attn_varlen_func
+
+        rows.append(Variant("flash_attn_varlen_func",
+                            lambda q, k, v: flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q,
+                                                                   max_k),
+                            problem.packed, "packed"))
+    except ImportError:
+        pass
+    try:
+        from xformers.ops import memory_efficient_attention
+        from xformers.ops.fmha.attn_bias import BlockDiagonalMask
+
+        bias = BlockDiagonalMask.from_seqlens(list(problem.q_lens), list(problem.k_lens))
+        rows.append(Variant("xformers BlockDiagonalMask",
+                            lambda q, k, v: memory_efficient_attention(
+                                q[None], k[None], v[None], attn_bias=bias)[0],
+                            problem.packed, "packed"))
+    except ImportError:
+        pass
+    return rows
+
+
+# ------------------------------------------------------------------------- measuring
 
 
 @dataclass
@@ -64,7 +247,7 @@ class Measurement:
     mode: str                 # "fwd" or "fwd+bwd"
     median_ms: float
     peak_mib: float | None    # memory the call added at its peak
-    tflops: float | None = None
+    tflops: float
     ratio: float | None = None      # time / baseline time
     mem_ratio: float | None = None  # peak / baseline peak
     note: str = ""
@@ -72,13 +255,11 @@ class Measurement:
 
 @dataclass
 class Table:
-    problem: Problem
+    title: str
+    setting: Setting
     device_name: str
     baseline: str
     rows: list[Measurement] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------- measuring
 
 
 def _sync(device: str) -> None:
@@ -141,96 +322,45 @@ def _median_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) ->
     return statistics.median(times)
 
 
-def measure(name: str, fwd: Callable, problem: Problem, *, backward: bool, reps: int = 5,
-            warmup: int = 1, note: str = "") -> Measurement:
-    """Time ``fwd(q, k, v)`` (and its backward) on the problem's inputs."""
-    q, k, v = problem.inputs(requires_grad=backward)
-    do = torch.randn_like(q) if backward else None
+def measure(variant: Variant, problem, *, backward: bool, reps: int = 5,
+            warmup: int = 1) -> Measurement:
+    """Time the variant's forward (and backward) on its inputs."""
+    args = variant.inputs(backward)
+    leaves = [t for t in args if t.requires_grad]
+    with torch.no_grad():
+        grad_out = torch.randn_like(variant.fn(*args)) if backward else None
 
     def call():
         if backward:
-            out = fwd(q, k, v)
-            out.backward(do)
-            q.grad = k.grad = v.grad = None
+            variant.fn(*args).backward(grad_out)
+            for t in leaves:
+                t.grad = None
         else:
             with torch.no_grad():
-                fwd(q, k, v)
+                variant.fn(*args)
 
-    median = _median_ms(call, problem.device, reps, warmup)
-    peak = _peak_mib(call, problem.device)
-    tflops = problem.flops(backward) / (median * 1e-3) / 1e12
-    return Measurement(name, "fwd+bwd" if backward else "fwd", median, peak, tflops, note=note)
-
-
-# ----------------------------------------------------------------------- the variants
-
-
-def _sdpa_dense_mask(problem: Problem) -> Callable:
-    mask = chunked_causal_mask(problem.seqlen, problem.chunk_size, problem.device)
-    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    device = problem.setting.device
+    median = _median_ms(call, device, reps, warmup)
+    per_pair = 4 * problem.setting.head_dim * (3.5 if backward else 1)  # FlashAttention's count
+    tflops = problem.visible_pairs() * problem.setting.heads * per_pair / (median * 1e-3) / 1e12
+    return Measurement(variant.name, "fwd+bwd" if backward else "fwd", median,
+                       _peak_mib(call, device), tflops, note=variant.note)
 
 
-def _flex(problem: Problem) -> Callable | None:
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return None
-    size = problem.chunk_size
-
-    def chunked(b, h, q_idx, kv_idx):
-        return kv_idx // size <= q_idx // size
-
-    block_mask = create_block_mask(chunked, None, None, problem.seqlen, problem.seqlen,
-                                   device=problem.device)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
-
-
-def _flash_attn_causal() -> Callable | None:
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    # flash-attn takes (B, N, H, D); plain causal does as much work as chunk size 1.
-    return lambda q, k, v: flash_attn_func(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), causal=True).transpose(1, 2)
-
-
-def variants(problem: Problem) -> tuple[str, list[tuple[str, Callable, str]]]:
-    """(baseline name, [(name, fn(q, k, v), note)]) for the problem's device."""
-    C = problem.chunk_size
-    ours = ("mirasol torch" if problem.device == "cpu" else "mirasol triton")
-    backend = "torch" if problem.device == "cpu" else "triton"
-    rows = [
-        (ours, lambda q, k, v: chunked_causal_attention(q, k, v, C, backend=backend), ""),
-        ("SDPA dense mask", _sdpa_dense_mask(problem), "N x N bool mask"),
-        ("SDPA unmasked", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
-         "all N^2 scores"),
-    ]
-    if problem.device != "cpu":
-        flex = _flex(problem)
-        if flex is not None:
-            rows.insert(1, ("FlexAttention", flex, "compiled, same block mask"))
-        flash = _flash_attn_causal()
-        if flash is not None:
-            rows.append(("flash-attn causal", flash, "token-causal, not chunked"))
-    return "SDPA dense mask", rows
-
-
-def run(problem: Problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"),
+def run(problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"),
         progress: Callable[[str], None] | None = None) -> Table:
-    """Measure every variant in every mode; ratios are against the dense-mask SDPA."""
-    baseline, rows = variants(problem)
-    device_name = (torch.cuda.get_device_name() if problem.device.startswith("cuda")
+    """Measure every variant in every mode; ratios are against the problem's baseline."""
+    baseline, variants = problem.variants()
+    device = problem.setting.device
+    device_name = (torch.cuda.get_device_name() if device.startswith("cuda")
                    else f"CPU, {torch.get_num_threads()} threads")
-    table = Table(problem, device_name, baseline)
+    table = Table(problem.title, problem.setting, device_name, baseline)
     for mode in modes:
         measured = []
-        for name, fn, note in rows:
+        for variant in variants:
             if progress:
-                progress(f"{mode:8s} {name}")
-            measured.append(measure(name, fn, problem, backward=mode == "fwd+bwd", reps=reps,
-                                    note=note))
+                progress(f"{mode:8s} {variant.name}")
+            measured.append(measure(variant, problem, backward=mode == "fwd+bwd", reps=reps))
         base = next(m for m in measured if m.name == baseline)
         for m in measured:
             m.ratio = m.median_ms / base.median_ms
@@ -240,17 +370,27 @@ def run(problem: Problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"),
     return table
 
 
+def problems(setting: Setting, seqlen: int = 4096) -> dict[str, object]:
+    """The standard tables (see the module docstring)."""
+    text_queries = (32, 40, 48, 56, 64, 36, 44, 60)
+    combiner = tuple(560 + 40 * (i % 3) for i in range(16))  # 560, 600, 640, ...
+    return {
+        "chunked": ChunkedProblem(seqlen=seqlen, setting=setting),
+        "cross-text": CrossProblem("text decoder", text_queries, (128,) * 8, setting),
+        "cross-combiner": CrossProblem("Combiner, block-diagonal", combiner, combiner, setting),
+    }
+
+
 def format_table(table: Table) -> str:
-    p = table.problem
-    head = (f"chunked causal attention: B={p.batch} H={p.heads} N={p.seqlen} D={p.head_dim} "
-            f"chunk={p.chunk_size} {str(p.dtype).removeprefix('torch.')} on {table.device_name}"
-            f"\nratios are against {table.baseline!r}, measured side by side in this run "
-            f"(medians of the runs)")
+    s = table.setting
+    head = (f"{table.title}, H={s.heads} d={s.head_dim} {str(s.dtype).removeprefix('torch.')} "
+            f"on {table.device_name}\nratios against {table.baseline!r}, measured side by side "
+            f"in this run (medians); TFLOP/s count visible pairs only")
     cells = [("mode", "variant", "median ms", "x time", "peak MiB", "x memory", "TFLOP/s",
               "note")]
     for m in table.rows:
-        cells.append((m.mode, m.name, f"{m.median_ms:.1f}", f"{m.ratio:.2f}",
-                      "n/a" if m.peak_mib is None else f"{m.peak_mib:.0f}",
+        cells.append((m.mode, m.name, f"{m.median_ms:.2f}", f"{m.ratio:.2f}",
+                      "n/a" if m.peak_mib is None else f"{m.peak_mib:.1f}",
                       "n/a" if m.mem_ratio is None else f"{m.mem_ratio:.2f}",
-                      f"{m.tflops:.2f}", m.note))
+                      f"{m.tflops:.3f}", m.note))
     return head + "\n" + format_rows(cells)

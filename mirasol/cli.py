@@ -1,7 +1,7 @@
 """The ``mirasol`` command.
 
     mirasol check   parity of every op and backend available here, and a short benchmark
-    mirasol bench   the chunked-attention benchmark table (ratios measured side by side)
+    mirasol bench   benchmark tables of the attention ops (ratios measured side by side)
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def cmd_check(args) -> int:
     print(format_check(rows))
     failed = [r for r in rows if not r.ok]
     if not args.no_bench:
-        problem = benchmark.Problem(heads=4, seqlen=1024, chunk_size=128, device=device.type,
-                                    dtype=torch.float32 if device.type == "cpu" else torch.bfloat16)
-        print()
-        print(benchmark.format_table(benchmark.run(problem, reps=3, progress=_progress)))
+        setting = benchmark.Setting(heads=4, device=device.type,
+                                    dtype=torch.float32 if device.type == "cpu"
+                                    else torch.bfloat16)
+        for problem in (benchmark.ChunkedProblem(seqlen=1024, chunk_size=128, setting=setting),
+                        benchmark.problems(setting)["cross-text"]):
+            print()
+            print(benchmark.format_table(benchmark.run(problem, reps=3, progress=_progress)))
     if failed:
         print(f"\n{len(failed)} parity check(s) FAILED", file=sys.stderr)
         return 1
@@ -58,19 +61,24 @@ def cmd_bench(args) -> int:
 
     dtype = getattr(torch, args.dtype) if args.dtype else (
         torch.float32 if device.type == "cpu" else torch.bfloat16)
-    problem = benchmark.Problem(batch=args.batch, heads=args.heads, seqlen=args.seqlen,
-                                head_dim=args.head_dim, chunk_size=args.chunk_size,
-                                dtype=dtype, device=device.type)
-    table = benchmark.run(problem, reps=args.reps, progress=_progress)
-    print(benchmark.format_table(table))
+    setting = benchmark.Setting(heads=args.heads, head_dim=args.head_dim, dtype=dtype,
+                                device=device.type)
+    problems = benchmark.problems(setting, seqlen=args.seqlen)
+    names = list(problems) if args.op == "all" else [args.op]
+    tables = [benchmark.run(problems[name], reps=args.reps, progress=_progress)
+              for name in names]
+    text = "\n\n".join(benchmark.format_table(t) for t in tables)
+    print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"device": table.device_name, "baseline": table.baseline,
-                  "problem": {**asdict(problem), "dtype": str(problem.dtype)},
-                  "torch": torch.__version__, "rows": [asdict(m) for m in table.rows]}
+        record = {"device": tables[0].device_name, "torch": torch.__version__,
+                  "tables": {name: {"title": t.title, "baseline": t.baseline,
+                                    "setting": {**asdict(setting), "dtype": str(dtype)},
+                                    "rows": [asdict(m) for m in t.rows]}
+                             for name, t in zip(names, tables)}}
         out.write_text(json.dumps(record, indent=2) + "\n")
-        out.with_suffix(".md").write_text("```\n" + benchmark.format_table(table) + "\n```\n")
+        out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
@@ -84,18 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--no-bench", action="store_true", help="skip the short benchmark")
     check.set_defaults(func=cmd_check)
 
-    bench = sub.add_parser("bench", help="chunked attention against SDPA (and FlexAttention, "
-                                         "flash-attn on CUDA), side by side")
+    bench = sub.add_parser("bench", help="the attention ops against SDPA (and FlexAttention, "
+                                         "flash-attn, xformers on CUDA), side by side")
+    bench.add_argument("--op", default="all",
+                       choices=["all", "chunked", "cross-text", "cross-combiner"])
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--heads", type=int, default=8)
-    bench.add_argument("--seqlen", type=int, default=4096)
     bench.add_argument("--head-dim", type=int, default=64)
-    bench.add_argument("--chunk-size", type=int, default=256)
+    bench.add_argument("--seqlen", type=int, default=4096, help="chunked: sequence length")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                        help="default: float32 on CPU, bfloat16 on CUDA")
     bench.add_argument("--reps", type=int, default=5, help="timed runs per variant (median)")
-    bench.add_argument("--out", help="also write the table as JSON (and .md) to this path")
+    bench.add_argument("--out", help="also write the tables as JSON (and .md) to this path")
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)

@@ -30,13 +30,16 @@ def test_check_exits_nonzero_when_parity_fails(monkeypatch, capsys):
 def test_bench_prints_ratios_and_writes_results(tmp_path):
     out = tmp_path / "cpu.json"
     proc = subprocess.run([sys.executable, "-m", "mirasol", "bench", "--seqlen", "256",
-                           "--chunk-size", "32", "--heads", "2", "--reps", "1", "--out",
-                           str(out)], capture_output=True, text=True)
+                           "--heads", "2", "--head-dim", "16", "--reps", "1", "--out", str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for variant in ("mirasol torch", "SDPA dense mask", "SDPA unmasked"):
+    for variant in ("mirasol torch", "SDPA dense mask", "SDPA unmasked", "SDPA padded + key mask",
+                    "SDPA block-diagonal mask"):
         assert variant in proc.stdout
-    record = json.loads(out.read_text())
-    assert {r["mode"] for r in record["rows"]} == {"fwd", "fwd+bwd"}
-    baseline = [r for r in record["rows"] if r["name"] == "SDPA dense mask"]
-    assert all(r["ratio"] == 1.0 for r in baseline)
+    tables = json.loads(out.read_text())["tables"]
+    assert set(tables) == {"chunked", "cross-text", "cross-combiner"}
+    for table in tables.values():
+        assert {r["mode"] for r in table["rows"]} == {"fwd", "fwd+bwd"}
+        baseline = [r for r in table["rows"] if r["name"] == table["baseline"]]
+        assert len(baseline) == 2 and all(r["ratio"] == 1.0 for r in baseline)
     assert out.with_suffix(".md").exists()

@@ -4,24 +4,59 @@ with the reason."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 
-from mirasol.ops import BackendUnavailable, chunked_causal_attention, choose_backend
-from mirasol.ops.chunked_attention import BACKENDS as CHUNKED_BACKENDS
-from mirasol.testing.parity import compare_with_oracle
 from mirasol._format import format_rows
-from mirasol.testing.cases import AttentionCase
+from mirasol.ops import (BackendUnavailable, chunked_causal_attention, choose_backend,
+                         cross_attention, cross_attention_padded)
+from mirasol.ops._backends import attention_backends
+from mirasol.testing.cases import AttentionCase, CrossAttentionCase
+from mirasol.testing.parity import ParityReport, compare_with_oracle
 
 # Small problems that still cross tile and chunk boundaries: grouped heads, lengths that
-# are not multiples of anything, one token per chunk, one chunk, non-power-of-two heads.
+# are not multiples of anything, one token per chunk, one chunk, non-power-of-two heads,
+# empty segments, more queries than keys under causality.
 CHUNKED_CASES = (
     AttentionCase(2, 4, 2, 70, 40, 16, (70, 33), torch.float32, "contiguous", 1),
     AttentionCase(1, 2, 2, 37, 64, 1, None, torch.float32, "bnhd", 2),
     AttentionCase(2, 2, 1, 45, 80, 64, (1, 45), torch.float32, "padded", 3),
 )
+CROSS_CASES = (
+    CrossAttentionCase((5, 0, 33), (40, 7, 0), 4, 2, 64, False, torch.float32, 4),
+    CrossAttentionCase((20, 6, 1), (5, 6, 17), 2, 2, 96, True, torch.float32, 5),
+)
+
+
+def _chunked(case: AttentionCase, backend: str, device) -> list[ParityReport]:
+    q, k, v, lengths = case.tensors(device)
+    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=lengths)
+    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
+                               (q, k, v), names="qkv", seed=case.seed)
+
+
+def _cross_packed(case: CrossAttentionCase, backend: str, device) -> list[ParityReport]:
+    q, k, v, cu_q, cu_k = case.packed(device)
+    op = partial(cross_attention, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=case.causal)
+    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
+                               (q, k, v), names="qkv", seed=case.seed)
+
+
+def _cross_padded(case: CrossAttentionCase, backend: str, device) -> list[ParityReport]:
+    q, k, v, k_lengths = case.padded(device)
+    op = partial(cross_attention_padded, k_lengths=k_lengths, causal=case.causal)
+    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
+                               (q, k, v), names="qkv", seed=case.seed)
+
+
+# op name -> (how one case is checked, the cases)
+CHECKS = {
+    "chunked_causal_attention": (_chunked, CHUNKED_CASES),
+    "cross_attention": (_cross_packed, CROSS_CASES),
+    "cross_attention_padded": (_cross_padded, CROSS_CASES),
+}
 
 
 @dataclass
@@ -38,29 +73,20 @@ class CheckRow:
         return self.skipped != "" or (self.worst_ratio is not None and self.worst_ratio <= 1.0)
 
 
-def _chunked_row(backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
+def _row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
+    run, cases = CHECKS[op]
     try:
-        choose_backend("chunked_causal_attention", backend, CHUNKED_BACKENDS, device, dtype, 64)
+        choose_backend(op, backend, attention_backends(), device, dtype, 64)
     except BackendUnavailable as e:
-        return CheckRow("chunked_causal_attention", backend, dtype, 0, None,
-                        skipped=str(e).split(": ", 2)[-1])
-    worst = 0.0
-    for case in CHUNKED_CASES:
-        q, k, v, lengths = AttentionCase(**{**case.__dict__, "dtype": dtype}).tensors(device)
-        op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=lengths)
-        reports = compare_with_oracle(partial(op, backend=backend),
-                                      partial(op, backend="reference"), (q, k, v),
-                                      names=("q", "k", "v"), seed=case.seed)
-        worst = max([worst] + [r.ratio for r in reports])
-    return CheckRow("chunked_causal_attention", backend, dtype, len(CHUNKED_CASES), worst)
+        return CheckRow(op, backend, dtype, 0, None, skipped=str(e).split(": ", 2)[-1])
+    worst = max(r.ratio for case in cases
+                for r in run(replace(case, dtype=dtype), backend, device))
+    return CheckRow(op, backend, dtype, len(cases), worst)
 
 
 def run_check(device: torch.device) -> list[CheckRow]:
-    rows = []
-    for backend in ("triton", "torch"):
-        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-            rows.append(_chunked_row(backend, dtype, device))
-    return rows
+    return [_row(op, backend, dtype, device) for op in CHECKS for backend in ("triton", "torch")
+            for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)]
 
 
 def format_check(rows: list[CheckRow]) -> str:

@@ -1,0 +1,39 @@
+"""pytest-benchmark view of the `mirasol bench` tables: the same problems and variants.
+
+    pytest bench/ --benchmark-group-by=param:problem,param:mode
+    MIRASOL_BENCH_SEQLEN=1024 pytest bench/     # a quicker chunked problem
+"""
+
+import os
+
+import pytest
+import torch
+
+from mirasol import benchmark as mb
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SETTING = mb.Setting(device=DEVICE, dtype=torch.float32 if DEVICE == "cpu" else torch.bfloat16)
+PROBLEMS = mb.problems(SETTING, seqlen=int(os.environ.get("MIRASOL_BENCH_SEQLEN", 4096)))
+CASES = [(name, variant) for name, problem in PROBLEMS.items()
+         for variant in problem.variants()[1]]
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("problem,variant", CASES,
+                         ids=[f"{name}/{variant.name}" for name, variant in CASES])
+def test_attention(benchmark, problem, variant, mode):
+    args = variant.inputs(mode == "fwd+bwd")
+    grad_out = torch.randn_like(variant.fn(*args).detach())
+
+    def call():
+        if mode == "fwd":
+            with torch.no_grad():
+                variant.fn(*args)
+        else:
+            variant.fn(*args).backward(grad_out)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.extra_info.update(problem=problem, variant=variant.name,
+                                visible_pairs=PROBLEMS[problem].visible_pairs())
+    benchmark.pedantic(call, rounds=5, warmup_rounds=1)
