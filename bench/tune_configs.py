@@ -136,7 +136,7 @@ def main():
         raise SystemExit(f"no spill-free config for {missing}; table not written")
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in HEAD_DIMS} for d in DTYPES}
                  for f in FAMILIES} for k in KERNELS}
-    text = pprint.pformat(table, width=100, sort_dicts=False)
+    text = pprint.pformat(table, width=92, sort_dicts=False)
     Path(args.out).write_text(
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
         'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
