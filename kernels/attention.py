@@ -68,6 +68,22 @@ def _segment(CU, LENS, b, L, VARLEN: tl.constexpr, HAS_LENS: tl.constexpr):
 
 
 @triton.jit
+def _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN: tl.constexpr,
+                   HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr, CAUSAL: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
+    """A query-block program's first row, segment, head, kv head, the segment's query and
+    key bounds, and its shift. Later query blocks see more keys: they launch first, which
+    shortens the tail."""
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    shift = k_len - q_len if CAUSAL else 0
+    return start_m, b, h, h // GROUP, q_start, q_len, q_extent, k_start, k_len, shift
+
+
+@triton.jit
 def _key_limit(rows, shift, CHUNK, k_len):
     """Exclusive end of the keys each row sees. (rows + shift) is negative only with
     CHUNK = 1, where truncating and flooring division agree."""
@@ -162,14 +178,9 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Later query blocks see more keys: launch them first to shorten the tail.
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    h_kv = h // GROUP
-    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
-    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
-    shift = k_len - q_len if CAUSAL else 0
+    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
+        CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
+        BLOCK_M)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -354,13 +365,9 @@ def _attn_bwd_dq_kernel(
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    h_kv = h // GROUP
-    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
-    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
-    shift = k_len - q_len if CAUSAL else 0
+    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
+        CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
+        BLOCK_M)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
