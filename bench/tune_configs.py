@@ -1,12 +1,12 @@
 """Choose each kernel's tile config per GPU generation by cross-compiling (no GPU needed).
 
-For every kernel, arch family, dtype class and head-dim bucket, walks candidate tiles from
-largest to smallest (then more warps, more pipeline stages first) and keeps the first that
-compiles with no register spills and within shared memory on every arch of the family,
-for each specialization the ops launch (aot.VARIANTS: padded with lengths, packed,
-packed causal; grouped-query heads). Writes the table
-to kernels/_configs.py. A proxy for speed, not a timing: retune on the GPU when one is at
-hand.
+For every kernel, arch family, dtype class and head-dim bucket, walks candidates —
+pipelined ones (2-3 stages) first, each group from the largest tile down, more warps and
+stages first — and keeps the first that compiles with no register spills and within
+shared memory on every arch of the family, for each specialization the ops launch
+(aot.VARIANTS, aot.TOKEN_POOL_VARIANTS: padded with lengths, packed, packed causal;
+grouped-query heads). Writes the table to kernels/_configs.py. A proxy for speed, not a
+timing: retune on the GPU when one is at hand.
 
     python bench/tune_configs.py            # all kernels (an hour or more on 2 cores)
     python bench/tune_configs.py --jobs 2   # an interrupted run resumes from its --cache
@@ -15,6 +15,7 @@ hand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -30,17 +31,28 @@ FAMILIES = {"sm80": (80,), "sm86": (86, 89), "sm90": (90, 100)}
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
 DTYPES = {"half": torch.float16, "fp32": torch.float32}
 HEAD_DIMS = (64, 128, 256)
-KERNELS = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq")
+OUTPUT_TOKENS = (16, 32, 64)
+KERNELS = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq", "token_pool_fwd",
+           "token_pool_bwd")
+# The table's last key: the padded head dim for attention, the padded number of output
+# tokens for token pooling.
 TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
          (64, 16), (32, 16), (16, 32), (16, 16)]
 
 
 def _estimate(kernel, m, n, warps, stages, head_dim, itemsize):
     """Registers per thread and shared bytes, roughly: prunes hopeless candidates before
-    spending a compile on them."""
+    spending a compile on them. (For token pooling, m is the feature block, n the token
+    block and head_dim the number of output tokens.)"""
     threads = 32 * warps
     row = head_dim * itemsize
-    if kernel == "attn_bwd_dkdv":  # n keys held, m queries streamed
+    if kernel == "token_pool_fwd":
+        regs = (head_dim * m + head_dim * n + n * m * itemsize / 4) / threads
+        smem = stages * n * (m + head_dim) * itemsize
+    elif kernel == "token_pool_bwd":
+        regs = (3 * n * head_dim + head_dim * head_dim + 3 * m * head_dim) / threads
+        smem = stages * (n + 2 * head_dim) * m * itemsize
+    elif kernel == "attn_bwd_dkdv":  # n keys held, m queries streamed
         regs = (2 * n * head_dim * (1 + itemsize / 4) + 3 * m * n) / threads
         smem = stages * 2 * m * row + 2 * n * row
     elif kernel == "attn_bwd_dq":
@@ -58,27 +70,42 @@ def _candidates(kernel, head_dim, itemsize, limit):
     if kernel == "attn_bwd_delta":
         yield from (KernelConfig(m, 0, 4, 1) for m in (64, 32, 16))
         return
-    for (a, b), warps, stages in itertools.product(TILES, (8, 4), (3, 2, 1)):
-        m, n = (b, a) if kernel == "attn_bwd_dkdv" else (a, b)
-        regs, smem = _estimate(kernel, m, n, warps, stages, head_dim, itemsize)
-        # fp32 (no tensor cores) holds whole tiles in registers: small tiles may need 8 warps.
-        small_tile_ok = itemsize == 4 or not (warps == 8 and m * n < 64 * 32)
-        if regs <= 200 and smem <= 1.05 * limit and small_tile_ok:
-            yield KernelConfig(m, n, warps, stages)
+    # Software-pipelined configs first (one stage leaves every load's latency exposed),
+    # then the largest tile, more warps, more stages.
+    for stage_group in ((3, 2), (1,)):
+        for (a, b), warps, stages in itertools.product(TILES, (8, 4), stage_group):
+            m, n = (b, a) if kernel == "attn_bwd_dkdv" else (a, b)
+            regs, smem = _estimate(kernel, m, n, warps, stages, head_dim, itemsize)
+            # fp32 (no tensor cores) holds whole tiles in registers: small tiles may need
+            # 8 warps.
+            small_tile_ok = itemsize == 4 or not (warps == 8 and m * n < 64 * 32)
+            if regs <= 200 and smem <= 1.05 * limit and small_tile_ok:
+                yield KernelConfig(m, n, warps, stages)
 
 
 def _fits(kernel, family, dtype, head_dim, config) -> bool:
-    from mirasol.kernels import aot
+    from mirasol.kernels import KernelConfig, aot
     from mirasol.kernels._launch import override_config
 
-    for arch, variant in itertools.product(FAMILIES[family], reversed(aot.VARIANTS)):
-        with override_config(kernel, config):
-            launch = aot.attention_launches((arch // 10, arch % 10), dtype, head_dim,
-                                            variant)[kernel]
+    launches, variants = ((aot.token_pool_launches, aot.TOKEN_POOL_VARIANTS)
+                          if kernel.startswith("token_pool") else
+                          (aot.attention_launches, aot.VARIANTS))
+    for arch, variant in itertools.product(FAMILIES[family], reversed(variants)):
+        # The other kernels of the op are built too (not compiled): any config will do,
+        # including for a kernel the table does not know yet.
+        with contextlib.ExitStack() as stack:
+            for other in KERNELS:
+                stack.enter_context(override_config(other, KernelConfig(16, 16)))
+            stack.enter_context(override_config(kernel, config))
+            launch = launches((arch // 10, arch % 10), dtype, head_dim, variant)[kernel]
         res = aot.resources(launch, arch)
         if res.spills or res.shared_bytes > SHARED_LIMIT[arch]:
             return False
     return True
+
+
+def _sizes(kernel: str) -> tuple[int, ...]:
+    return OUTPUT_TOKENS if kernel.startswith("token_pool") else HEAD_DIMS
 
 
 def _current(kernel, family, dclass, head_dim):
@@ -121,7 +148,8 @@ def main():
                         help="search from the largest tile, not from the current table entry")
     args = parser.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
-    jobs = list(itertools.product(KERNELS, FAMILIES, DTYPES, HEAD_DIMS))
+    jobs = [(kernel, family, dclass, size) for kernel in KERNELS
+            for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
         for line in open(args.cache):
@@ -134,7 +162,7 @@ def main():
     missing = [job for job in jobs if results.get(job) is None]
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
-    table = {k: {f: {d: {h: results[(k, f, d, h)] for h in HEAD_DIMS} for d in DTYPES}
+    table = {k: {f: {d: {h: results[(k, f, d, h)] for h in _sizes(k)} for d in DTYPES}
                  for f in FAMILIES} for k in KERNELS}
     text = pprint.pformat(table, width=92, sort_dicts=False)
     Path(args.out).write_text(

@@ -8,6 +8,7 @@ from ._launch import KernelConfig, Launch, arch_family, kernel_config
 from .attention import NO_CHUNKS, Segments, attn_bwd, attn_fwd
 from .chunked_attention import chunked_attn_bwd, chunked_attn_fwd
 from .cross_attention import cross_attn_bwd, cross_attn_fwd
+from .token_pool import token_pool_bwd, token_pool_fwd
 
 
 def interpreted() -> bool:
@@ -24,4 +25,5 @@ __all__ = [
     "KernelConfig", "Launch", "arch_family", "kernel_config", "interpreted",
     "NO_CHUNKS", "Segments", "attn_fwd", "attn_bwd",
     "chunked_attn_fwd", "chunked_attn_bwd", "cross_attn_fwd", "cross_attn_bwd",
+    "token_pool_fwd", "token_pool_bwd",
 ]

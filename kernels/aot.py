@@ -131,3 +131,34 @@ def attention_launches(capability: tuple[int, int], dtype: torch.dtype, head_dim
         "attn_bwd_dq": attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale,
                                           capability=capability),
     }
+
+
+TOKEN_POOL_VARIANTS = ("padded", "packed")
+
+
+def token_pool_launches(capability: tuple[int, int], dtype: torch.dtype, num_tokens: int,
+                        variant: str = "padded", *, segments: int = 64, tokens: int = 600,
+                        dim: int = 512) -> dict[str, Launch]:
+    """The token-pooling forward and backward launches on meta tensors: "padded" (with
+    lengths) or "packed" (cu_seqlens) segments of a Combiner-sized problem."""
+    from .token_pool import token_pool_bwd_launch, token_pool_fwd_launch
+
+    def meta(*shape, dt=dtype):
+        return torch.empty(shape, dtype=dt, device="meta")
+
+    if variant == "padded":
+        rows, cu, lengths = (segments, tokens), None, meta(segments, dt=torch.int32)
+    elif variant == "packed":
+        rows, cu, lengths = (segments * tokens,), meta(segments + 1, dt=torch.int32), None
+    else:
+        raise ValueError(f"variant must be one of {TOKEN_POOL_VARIANTS}, got {variant!r}")
+    x, dx = meta(*rows, dim), meta(*rows, dim)
+    logits, dlogits = meta(*rows, num_tokens), meta(*rows, num_tokens)
+    out, dout = meta(segments, num_tokens, dim), meta(segments, num_tokens, dim)
+    stats = meta(segments, 2, num_tokens, dt=torch.float32)
+    return {
+        "token_pool_fwd": token_pool_fwd_launch(x, logits, out, stats, cu, lengths,
+                                                capability=capability),
+        "token_pool_bwd": token_pool_bwd_launch(x, logits, out, dout, stats, dx, dlogits, cu,
+                                                lengths, tokens, capability=capability),
+    }

@@ -4,11 +4,13 @@ Importing mirasol does not import triton: the kernels load on the first call tha
 the triton backend.
 """
 
-from mirasol.layers import ChunkedCausalSelfAttention, CrossModalAttention
+from mirasol.layers import (ChunkedCausalSelfAttention, CrossModalAttention, TokenLearner,
+                            TransformerCombiner, TTMCombiner, set_backend)
 from mirasol.ops import (BackendUnavailable, chunked_causal_attention, cross_attention,
-                         cross_attention_padded)
+                         cross_attention_padded, token_pool)
 
 __version__ = "0.1.0"
 __all__ = ["BackendUnavailable", "ChunkedCausalSelfAttention", "CrossModalAttention",
-           "chunked_causal_attention", "cross_attention", "cross_attention_padded",
+           "TokenLearner", "TransformerCombiner", "TTMCombiner", "chunked_causal_attention",
+           "cross_attention", "cross_attention_padded", "set_backend", "token_pool",
            "__version__"]

@@ -10,9 +10,11 @@ from mirasol.ops._backends import BACKENDS, BackendSpec, BackendUnavailable, cho
 from mirasol.ops.chunked_attention import ChunkedAttentionFunction, chunked_causal_attention
 from mirasol.ops.cross_attention import (CrossAttentionFunction, cross_attention,
                                          cross_attention_padded)
+from mirasol.ops.token_pool import TokenPoolFunction, token_pool
 
 __all__ = [
     "BACKENDS", "BackendSpec", "BackendUnavailable", "choose_backend",
     "ChunkedAttentionFunction", "chunked_causal_attention",
     "CrossAttentionFunction", "cross_attention", "cross_attention_padded",
+    "TokenPoolFunction", "token_pool",
 ]

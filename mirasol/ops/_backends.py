@@ -30,15 +30,16 @@ class BackendSpec:
 
     name: str
     dtypes: frozenset[torch.dtype]
-    max_head_dim: int | None = None
+    max_size: int | None = None   # a bound on the op's tile dimension,
+    size_name: str = "head dim"   # named in refusals
 
-    def why_not(self, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    def why_not(self, device: torch.device, dtype: torch.dtype, size: int) -> str | None:
         """None if this backend can run the call, else the reason it cannot."""
         if dtype not in self.dtypes:
             names = ", ".join(sorted(str(d).removeprefix("torch.") for d in self.dtypes))
             return f"dtype {dtype} is not supported (supported: {names})"
-        if self.max_head_dim is not None and head_dim > self.max_head_dim:
-            return f"head dim {head_dim} exceeds the maximum of {self.max_head_dim}"
+        if self.max_size is not None and size > self.max_size:
+            return f"{self.size_name} {size} exceeds the maximum of {self.max_size}"
         if self.name == "triton":
             return _triton_why_not(device, dtype)
         return None
@@ -83,17 +84,20 @@ def _triton_why_not(device: torch.device, dtype: torch.dtype) -> str | None:
     return f"device type {device.type!r} is not supported (CUDA, or CPU under the interpreter)"
 
 
-def attention_backends(max_head_dim: int = 256) -> dict[str, BackendSpec]:
-    """The backend declarations shared by the attention ops."""
+def standard_backends(max_size: int = 256, size_name: str = "head dim"
+                      ) -> dict[str, BackendSpec]:
+    """The declarations the ops share: the kernels take fp16/bf16/fp32 and bound one tile
+    dimension (the head dim for attention); the composites and the reference take fp64
+    too and any size."""
     return {
-        "triton": BackendSpec("triton", _HALF | {torch.float32}, max_head_dim),
+        "triton": BackendSpec("triton", _HALF | {torch.float32}, max_size, size_name),
         "torch": BackendSpec("torch", _HALF | {torch.float32, torch.float64}),
         "reference": BackendSpec("reference", _HALF | {torch.float32, torch.float64}),
     }
 
 
 def choose_backend(op: str, requested: str, specs: dict[str, BackendSpec],
-                   device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+                   device: torch.device, dtype: torch.dtype, size: int) -> str:
     """The backend that runs this call (see the module docstring for the rule)."""
     if requested not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {requested!r}")
@@ -103,10 +107,10 @@ def choose_backend(op: str, requested: str, specs: dict[str, BackendSpec],
             raise ValueError(f"MIRASOL_BACKEND must be one of {BACKENDS}, got {override!r}")
         requested = override
     if requested == "auto":
-        if device.type == "cuda" and specs["triton"].why_not(device, dtype, head_dim) is None:
+        if device.type == "cuda" and specs["triton"].why_not(device, dtype, size) is None:
             return "triton"
         requested = "torch"
-    why = specs[requested].why_not(device, dtype, head_dim)
+    why = specs[requested].why_not(device, dtype, size)
     if why is not None:
         raise BackendUnavailable(f"{op}: backend={requested!r} cannot run this call: {why}")
     return requested

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 
-def _shape(t: Tensor) -> str:
+def shape_of(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
@@ -21,7 +21,7 @@ def check_attention_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, *,
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{op}: {name} must be 4-D (batch, heads, seq, head_dim), "
-                             f"got shape {_shape(t)}")
+                             f"got shape {shape_of(t)}")
         if not t.is_floating_point():
             raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
     for name, t in (("k", k), ("v", v)):
@@ -30,15 +30,15 @@ def check_attention_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, *,
         if t.device != q.device:
             raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
     if k.shape != v.shape:
-        raise ValueError(f"{op}: k and v must have the same shape, got {_shape(k)} and "
-                         f"{_shape(v)}")
+        raise ValueError(f"{op}: k and v must have the same shape, got {shape_of(k)} and "
+                         f"{shape_of(v)}")
     B, H, Nq, D = q.shape
     if k.shape[0] != B:
         raise ValueError(f"{op}: k has batch size {k.shape[0]} but q has {B}")
     if k.shape[3] != D:
         raise ValueError(f"{op}: k has head dim {k.shape[3]} but q has {D}")
     if D == 0:
-        raise ValueError(f"{op}: head dim must be positive, got q of shape {_shape(q)}")
+        raise ValueError(f"{op}: head dim must be positive, got q of shape {shape_of(q)}")
     if k.shape[1] == 0 or H % k.shape[1]:
         raise ValueError(f"{op}: the number of query heads ({H}) must be a multiple of the "
                          f"number of key/value heads ({k.shape[1]})")
@@ -53,7 +53,7 @@ def check_attention_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, *,
             raise TypeError(f"{op}: {lengths_name} must be int32 or int64, got {lengths.dtype}")
         if lengths.shape != (B,):
             raise ValueError(f"{op}: {lengths_name} must have shape ({B},) (one per sample), got "
-                             f"{_shape(lengths)}")
+                             f"{shape_of(lengths)}")
         if lengths.device != q.device:
             raise ValueError(f"{op}: {lengths_name} is on {lengths.device} but q is on {q.device}")
 
@@ -76,7 +76,7 @@ def check_packed_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: 
     for name, t in (("q", q), ("k", k), ("v", v)):
         if isinstance(t, Tensor) and t.dim() != 3:
             raise ValueError(f"{op}: {name} must be 3-D (total_tokens, heads, head_dim) in "
-                             f"the packed layout, got shape {_shape(t)}")
+                             f"the packed layout, got shape {shape_of(t)}")
     # The 4-D views the kernels read: (1, heads, total, head_dim).
     q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
     check_attention_inputs(op, q4, k4, v4, self_attention=False)
@@ -87,7 +87,7 @@ def check_packed_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: 
             raise TypeError(f"{op}: {name} must be int32 (as in flash-attn), got {cu.dtype}")
         if cu.dim() != 1 or cu.numel() < 2:
             raise ValueError(f"{op}: {name} must be 1-D with batch + 1 >= 2 entries, got "
-                             f"shape {_shape(cu)}")
+                             f"shape {shape_of(cu)}")
         if cu.device != q.device:
             raise ValueError(f"{op}: {name} is on {cu.device} but q is on {q.device}")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():

@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import attention_backends, choose_backend
+from mirasol.ops._backends import standard_backends, choose_backend
 from mirasol.ops._checks import check_attention_inputs, check_lengths_values
 from mirasol.ops._dense import attention_lse, attention_lse_backward
 
-BACKENDS = attention_backends(max_head_dim=256)
+BACKENDS = standard_backends()
 
 
 # ----------------------------------------------------------------- the torch backend

@@ -24,12 +24,12 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import attention_backends, choose_backend
+from mirasol.ops._backends import standard_backends, choose_backend
 from mirasol.ops._checks import (check_attention_inputs, check_cu_seqlens_values,
                                  check_lengths_values, check_packed_inputs)
 from mirasol.ops._dense import attention_lse, attention_lse_backward
 
-BACKENDS = attention_backends(max_head_dim=256)
+BACKENDS = standard_backends()
 
 
 def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):

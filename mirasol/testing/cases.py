@@ -89,7 +89,38 @@ class CrossAttentionCase:
 
 
 def _pad(x: torch.Tensor, cu: torch.Tensor, rows: int) -> torch.Tensor:
+    """Packed (total, H, D) -> padded (B, H, rows, D), zeros past each segment."""
     out = x.new_zeros(cu.numel() - 1, x.shape[1], rows, x.shape[2])
     for b, (start, end) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
         out[b, :, :end - start] = x[start:end].transpose(0, 1)
     return out
+
+
+@dataclass(frozen=True)
+class TokenPoolCase:
+    """Segments of tokens (lens) pooled into num_tokens outputs; logits drawn at a scale
+    (large scales make one-hot softmaxes and test overflow)."""
+
+    lens: tuple[int, ...]
+    dim: int
+    num_tokens: int
+    logit_scale: float
+    dtype: torch.dtype
+    seed: int
+
+    def packed(self, device="cpu"):
+        """(x (total, dim), logits (total, num_tokens), cu_seqlens int32)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        total = sum(self.lens)
+        x = torch.randn(total, self.dim, generator=gen).to(device, self.dtype)
+        logits = (torch.randn(total, self.num_tokens, generator=gen) * self.logit_scale)
+        cu = torch.tensor((0, *itertools.accumulate(self.lens)), dtype=torch.int32,
+                          device=device)
+        return x, logits.to(device, self.dtype), cu
+
+    def padded(self, device="cpu"):
+        """(x (B, N, dim), logits (B, N, num_tokens), lengths) of the same problem."""
+        x, logits, cu = self.packed(device)
+        rows = max(self.lens, default=0)
+        return (_pad(x[:, None], cu, rows)[:, 0], _pad(logits[:, None], cu, rows)[:, 0],
+                torch.tensor(self.lens, dtype=torch.int32, device=device))

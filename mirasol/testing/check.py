@@ -11,9 +11,10 @@ import torch
 
 from mirasol._format import format_rows
 from mirasol.ops import (BackendUnavailable, chunked_causal_attention, choose_backend,
-                         cross_attention, cross_attention_padded)
-from mirasol.ops._backends import attention_backends
-from mirasol.testing.cases import AttentionCase, CrossAttentionCase
+                         cross_attention, cross_attention_padded, token_pool)
+from mirasol.ops._backends import standard_backends
+from mirasol.ops.token_pool import BACKENDS as TOKEN_POOL_BACKENDS
+from mirasol.testing.cases import AttentionCase, CrossAttentionCase, TokenPoolCase
 from mirasol.testing.parity import ParityReport, compare_with_oracle
 
 # Small problems that still cross tile and chunk boundaries: grouped heads, lengths that
@@ -23,6 +24,10 @@ CHUNKED_CASES = (
     AttentionCase(2, 4, 2, 70, 40, 16, (70, 33), torch.float32, "contiguous", 1),
     AttentionCase(1, 2, 2, 37, 64, 1, None, torch.float32, "bnhd", 2),
     AttentionCase(2, 2, 1, 45, 80, 64, (1, 45), torch.float32, "padded", 3),
+)
+TOKEN_POOL_CASES = (
+    TokenPoolCase((40, 0, 1, 17), 48, 8, 1.0, torch.float32, 6),
+    TokenPoolCase((33,), 100, 1, 1000.0, torch.float32, 7),
 )
 CROSS_CASES = (
     CrossAttentionCase((5, 0, 33), (40, 7, 0), 4, 2, 64, False, torch.float32, 4),
@@ -51,11 +56,19 @@ def _cross_padded(case: CrossAttentionCase, backend: str, device) -> list[Parity
                                (q, k, v), names="qkv", seed=case.seed)
 
 
-# op name -> (how one case is checked, the cases)
+def _token_pool(case: TokenPoolCase, backend: str, device) -> list[ParityReport]:
+    x, logits, cu = case.packed(device)
+    op = partial(token_pool, cu_seqlens=cu)
+    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
+                               (x, logits), names=("x", "logits"), seed=case.seed)
+
+
+# op name -> (how one case is checked, the cases, the op's backend declarations)
 CHECKS = {
-    "chunked_causal_attention": (_chunked, CHUNKED_CASES),
-    "cross_attention": (_cross_packed, CROSS_CASES),
-    "cross_attention_padded": (_cross_padded, CROSS_CASES),
+    "chunked_causal_attention": (_chunked, CHUNKED_CASES, standard_backends()),
+    "cross_attention": (_cross_packed, CROSS_CASES, standard_backends()),
+    "cross_attention_padded": (_cross_padded, CROSS_CASES, standard_backends()),
+    "token_pool": (_token_pool, TOKEN_POOL_CASES, TOKEN_POOL_BACKENDS),
 }
 
 
@@ -74,9 +87,9 @@ class CheckRow:
 
 
 def _row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
-    run, cases = CHECKS[op]
+    run, cases, backends = CHECKS[op]
     try:
-        choose_backend(op, backend, attention_backends(), device, dtype, 64)
+        choose_backend(op, backend, backends, device, dtype, 64)
     except BackendUnavailable as e:
         return CheckRow(op, backend, dtype, 0, None, skipped=str(e).split(": ", 2)[-1])
     worst = max(r.ratio for case in cases

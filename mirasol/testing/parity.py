@@ -9,6 +9,7 @@ a report that says how far off, where, and against what allowance.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -139,3 +140,45 @@ def assert_identical(actual: Tensor, expected: Tensor) -> None:
     """Bitwise equality, for invariants that must hold exactly rather than to a tolerance:
     a sample's position in the batch, its padding, the strides of an input."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def compare_module_with_oracle(module: torch.nn.Module, inputs: Sequence, *, backend: str,
+                               reference_backend: str = "reference",
+                               names: Sequence[str] | None = None,
+                               seed: int = 0) -> list[ParityReport]:
+    """The §5 rule at module level: ``module`` with its fast layers on ``backend`` against
+    the same weights on ``reference_backend``, both in the module's dtype, and a float64
+    copy on ``reference_backend`` as the oracle. Reports the output, the gradient of each
+    floating input (``names``) and of every parameter."""
+    from mirasol.layers import set_backend
+
+    names = list(names) if names is not None else [f"x{i}" for i in range(len(inputs))]
+    floating = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point()]
+    gen = torch.Generator().manual_seed(seed)
+    cache: dict[str, Tensor] = {}
+
+    def run(model: torch.nn.Module, args: Sequence):
+        leaves = [x.detach().requires_grad_(True) if i in floating else x
+                  for i, x in enumerate(args)]
+        model.zero_grad(set_to_none=True)
+        out = model(*leaves)
+        if "g" not in cache:
+            cache["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        out.backward(cache["g"].to(out.device, out.dtype))
+        grads = [leaves[i].grad for i in floating]
+        grads += [p.grad if p.grad is not None else torch.zeros_like(p)
+                  for p in model.parameters()]
+        return out.detach(), grads
+
+    oracle_args = [x.detach().double() if i in floating else x for i, x in enumerate(inputs)]
+    o_out, o_grads = run(set_backend(copy.deepcopy(module), reference_backend).double(),
+                         oracle_args)
+    f_out, f_grads = run(set_backend(copy.deepcopy(module), backend), inputs)
+    r_out, r_grads = run(set_backend(copy.deepcopy(module), reference_backend), inputs)
+    mag = tolerances.magnitude(o_out, *o_grads)
+    labels = [f"d{names[i]}" for i in floating] + [f"grad {n}" for n, _ in
+                                                   module.named_parameters()]
+    reports = [parity_report("out", f_out, r_out, o_out, magnitude=mag)]
+    for label, fg, rg, og in zip(labels, f_grads, r_grads, o_grads):
+        reports.append(parity_report(label, fg, rg, og, is_grad=True, magnitude=mag))
+    return reports

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from mirasol.testing.cases import HEAD_DIMS, LAYOUTS, AttentionCase, CrossAttentionCase
+from mirasol.testing.cases import (HEAD_DIMS, LAYOUTS, AttentionCase, CrossAttentionCase,
+                                   TokenPoolCase)
 
-__all__ = ["AttentionCase", "CrossAttentionCase", "attention_cases", "cross_attention_cases",
-           "HEAD_DIMS", "LAYOUTS"]
+__all__ = ["AttentionCase", "CrossAttentionCase", "TokenPoolCase", "attention_cases",
+           "cross_attention_cases", "token_pool_cases", "HEAD_DIMS", "LAYOUTS"]
 
 
 @st.composite
@@ -55,4 +56,19 @@ def cross_attention_cases(draw, *, max_batch: int = 4, max_heads: int = 4, max_l
         kv_heads=kv_heads, head_dim=draw(st.sampled_from(head_dims)),
         causal=draw(st.sampled_from(causal)), dtype=draw(st.sampled_from(dtypes)),
         seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@st.composite
+def token_pool_cases(draw, *, max_batch: int = 4, max_len: int = 70, max_tokens: int = 40,
+                     dims=(16, 24, 40, 64, 100), dtypes=(torch.float32, torch.float16)
+                     ) -> TokenPoolCase:
+    """Segments (empty and one-token ones included), output token counts from 1, logits
+    from tame to overflowing-if-naive."""
+    batch = draw(st.integers(1, max_batch))
+    return TokenPoolCase(
+        lens=tuple(draw(st.lists(st.integers(0, max_len), min_size=batch, max_size=batch))),
+        dim=draw(st.sampled_from(dims)), num_tokens=draw(st.integers(1, max_tokens)),
+        logit_scale=draw(st.sampled_from((1.0, 4.0, 1000.0))),
+        dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2**31 - 1)),
     )
