@@ -38,25 +38,24 @@ def _with_edges(test):
     return test
 
 
+def _problem(case: TokenPoolCase, layout: str):
+    """The case's (x, logits) and the op's segment arguments, packed or padded."""
+    if layout == "packed":
+        x, logits, cu = case.packed()
+        return (x, logits), dict(cu_seqlens=cu)
+    x, logits, lengths = case.padded()
+    return (x, logits), dict(lengths=lengths)
+
+
 @BACKENDS
+@pytest.mark.parametrize("layout", ["packed", "padded"])
 @given(case=token_pool_cases())
 @_with_edges
-def test_packed_parity(backend, case):
-    x, logits, cu = case.packed()
-    op = partial(token_pool, cu_seqlens=cu)
+def test_parity(backend, layout, case):
+    inputs, segments = _problem(case, layout)
+    op = partial(token_pool, **segments)
     assert_parity(compare_with_oracle(partial(op, backend=backend),
-                                      partial(op, backend="reference"), (x, logits),
-                                      names=("x", "logits"), seed=case.seed))
-
-
-@BACKENDS
-@given(case=token_pool_cases(max_batch=3))
-@_with_edges
-def test_padded_parity(backend, case):
-    x, logits, lengths = case.padded()
-    op = partial(token_pool, lengths=lengths)
-    assert_parity(compare_with_oracle(partial(op, backend=backend),
-                                      partial(op, backend="reference"), (x, logits),
+                                      partial(op, backend="reference"), inputs,
                                       names=("x", "logits"), seed=case.seed))
 
 

@@ -4,7 +4,8 @@ backward, on every fast backend."""
 import pytest
 import torch
 
-from mirasol import ChunkedCausalSelfAttention, CrossModalAttention
+from mirasol import (ChunkedCausalSelfAttention, CrossModalAttention, TransformerCombiner,
+                     TTMCombiner)
 
 
 @pytest.mark.parametrize("backend,compiler", [("torch", "inductor"), ("triton", "aot_eager")])
@@ -59,3 +60,22 @@ def test_fullgraph_compile_of_cross_attention_packed_and_padded(backend):
     (gx,) = torch.autograd.grad(got.sum(), x)
     (wx,) = torch.autograd.grad(want.sum(), x)
     torch.testing.assert_close(gx, wx)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fullgraph_compile_of_the_combiners(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    transformer = TransformerCombiner(32, num_tokens=4, num_heads=2, backend=backend)
+    ttm = TTMCombiner(32, num_tokens=4, memory_size=8, depth=1, num_heads=2, backend=backend)
+    video, audio = torch.randn(2, 3, 10, 32, requires_grad=True), torch.randn(2, 3, 6, 32)
+
+    def run(v):
+        return transformer(v, audio).sum() + ttm(v, audio).sum()
+
+    want = run(video)
+    got = torch.compile(run, fullgraph=True, backend="aot_eager")(video)
+    torch.testing.assert_close(got, want)
+    (gv,) = torch.autograd.grad(got, video)
+    (wv,) = torch.autograd.grad(want, video)
+    torch.testing.assert_close(gv, wv)
