@@ -3,7 +3,8 @@
 
 from torch import nn
 
-from mirasol.layers.attention import ChunkedCausalSelfAttention, CrossModalAttention
+from mirasol.layers.attention import (CausalSelfAttention, ChunkedCausalSelfAttention,
+                                     CrossModalAttention, KVCache)
 from mirasol.layers.combiner import TransformerCombiner, TTMCombiner
 from mirasol.layers.rotary import RotaryEmbedding
 from mirasol.layers.token_learner import TokenLearner
@@ -18,6 +19,7 @@ def set_backend(module: nn.Module, backend: str) -> nn.Module:
     return module
 
 
-__all__ = ["Block", "ChunkedCausalSelfAttention", "CrossModalAttention", "Mlp",
+__all__ = ["Block", "CausalSelfAttention", "ChunkedCausalSelfAttention", "CrossModalAttention",
+           "KVCache", "Mlp",
            "RotaryEmbedding", "TokenLearner", "TransformerCombiner", "TTMCombiner",
            "set_backend"]

@@ -1,0 +1,14 @@
+"""Mirasol3B: configuration and presets, time-aligned partitioning, the per-chunk encoders,
+the A/V autoregressive model, the text decoder, generation and checkpoints."""
+
+from mirasol.model.audio import LogMelSpectrogram, mel_filterbank
+from mirasol.model.checkpoint import load_checkpoint, load_state, save_checkpoint
+from mirasol.model.config import (PRESETS, AudioConfig, CombinerConfig, MirasolConfig,
+                                  TextConfig, VideoConfig, preset)
+from mirasol.model.mirasol import Mirasol, MirasolOutput
+from mirasol.model.partition import ChunkLayout, chunk_layout, partition, partition_audio
+
+__all__ = ["PRESETS", "AudioConfig", "ChunkLayout", "CombinerConfig", "LogMelSpectrogram",
+           "Mirasol", "MirasolConfig", "MirasolOutput", "TextConfig", "VideoConfig",
+           "chunk_layout", "load_checkpoint", "load_state", "mel_filterbank", "partition",
+           "partition_audio",            "preset", "save_checkpoint"]

@@ -1,0 +1,115 @@
+"""The text decoder: causal self-attention (with a key/value cache for generation) and
+cross-attention to the A/V latents in every ``cross_attention_every``-th layer. Text never
+flows back into the A/V model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mirasol.layers import CausalSelfAttention, CrossModalAttention, KVCache, Mlp
+from mirasol.model.config import TextConfig
+
+ContextKV = tuple[Tensor, Tensor] | None
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding carries between steps: each layer's self-attention cache,
+    the filled rows per sample (B,), and each cross-attending layer's projected latents."""
+
+    caches: list[KVCache]
+    lengths: Tensor
+    context: list[ContextKV]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        for cache in self.caches:
+            cache.reorder(index)
+        self.lengths = self.lengths[index]
+        self.context = [None if kv is None else (kv[0][index], kv[1][index])
+                        for kv in self.context]
+
+
+class DecoderLayer(nn.Module):
+    """x + self_attn(norm(x)) [+ cross_attn(norm(x), latents)] + mlp(norm(x))."""
+
+    def __init__(self, width: int, context_dim: int, num_heads: int, mlp_ratio: float,
+                 cross: bool, backend: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.self_attn = CausalSelfAttention(width, num_heads, backend=backend)
+        self.norm_cross = nn.LayerNorm(width) if cross else None
+        self.cross_attn = (CrossModalAttention(width, context_dim, num_heads, backend=backend)
+                           if cross else None)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio))
+
+    def forward(self, x: Tensor, context: ContextKV, cache: KVCache | None = None,
+                cache_lengths: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.norm1(x), cache, cache_lengths)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn.attend(self.norm_cross(x), *context)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextDecoder(nn.Module):
+    """Token ids (B, L) and A/V latents (B, Nl, context_dim) -> next-token logits
+    (B, L, vocab_size). Rotary positions; no parameter depends on L or Nl."""
+
+    def __init__(self, config: TextConfig, context_dim: int, backend: str = "auto"):
+        super().__init__()
+        c = config
+        self.config = c
+        self.embed = nn.Embedding(c.vocab_size, c.width)
+        self.layers = nn.ModuleList(
+            DecoderLayer(c.width, context_dim, c.num_heads, c.mlp_ratio,
+                         cross=i % c.cross_attention_every == 0, backend=backend)
+            for i in range(c.depth))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.vocab_size, bias=False)
+
+    def context(self, latents: Tensor) -> list[ContextKV]:
+        """Each cross-attending layer's keys and values of the latents (None elsewhere)."""
+        return [None if layer.cross_attn is None else layer.cross_attn.project_context(latents)
+                for layer in self.layers]
+
+    def forward(self, tokens: Tensor, latents: Tensor | None = None, *,
+                state: DecoderState | None = None) -> Tensor:
+        """Training / full recompute: ``forward(tokens, latents)``. Incremental:
+        ``forward(new_tokens, state=state)`` appends the new tokens (B, n) after each
+        sample's ``state.lengths`` filled rows and advances the lengths by n; positions of
+        a right-padded prompt are dropped by setting ``state.lengths`` afterwards."""
+        context = self.context(latents) if state is None else state.context
+        x = self.embed(tokens)
+        for i, layer in enumerate(self.layers):
+            cache = None if state is None else state.caches[i]
+            x = layer(x, context[i], cache, None if state is None else state.lengths)
+        if state is not None:
+            state.lengths = state.lengths + tokens.shape[1]
+        return self.head(self.norm(x))
+
+    def start(self, latents: Tensor, capacity: int) -> DecoderState:
+        """An empty decoding state for ``latents.shape[0]`` samples of up to ``capacity``
+        tokens each."""
+        B = latents.shape[0]
+        caches = [KVCache.empty(B, layer.self_attn.num_kv_heads, layer.self_attn.head_dim,
+                                capacity, dtype=latents.dtype, device=latents.device)
+                  for layer in self.layers]
+        lengths = torch.zeros(B, dtype=torch.long, device=latents.device)
+        return DecoderState(caches, lengths, self.context(latents))
+
+
+def lm_loss(logits: Tensor, tokens: Tensor, target_mask: Tensor) -> Tensor:
+    """Mean cross-entropy of predicting ``tokens[:, i+1]`` from position i, over the
+    positions where ``target_mask[:, i+1]`` is True (the answer tokens). logits
+    (B, L, V), tokens (B, L) int, target_mask (B, L) bool. Computed in fp32 or wider; a
+    batch with no target gives 0."""
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    losses = F.cross_entropy(logits[:, :-1].to(acc).transpose(1, 2), tokens[:, 1:],
+                             reduction="none")
+    mask = target_mask[:, 1:].to(acc)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
