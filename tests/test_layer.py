@@ -138,3 +138,29 @@ def test_cross_modal_attention_refuses_what_it_cannot_copy():
     text = repr(CrossModalAttention(64, 48, num_heads=8, num_kv_heads=2, causal=True))
     assert "num_heads=8, num_kv_heads=2, head_dim=8, causal=True, backend='auto'" in text
     assert "(k_proj): Linear(in_features=48, out_features=16" in text
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+def test_causal_self_attention_cache_equals_full_recompute(backend):
+    """Right-padded prompts prefilled into the cache, then one token per step at each
+    sample's own position: every valid row equals the no-cache forward of the sequence."""
+    from mirasol.layers import CausalSelfAttention, KVCache
+
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(32, 4, num_kv_heads=2, backend=backend)
+    lengths = torch.tensor([5, 2, 7])
+    steps = 3
+    x = torch.randn(3, 7 + steps, 32)
+    cache = KVCache.empty(3, 2, 8, 7 + steps, dtype=x.dtype)
+    layer(x[:, :7], cache, torch.zeros(3, dtype=torch.long))  # prefill, padded to 7
+    got = []
+    for s in range(steps):
+        new = torch.stack([x[b, lengths[b] + s] for b in range(3)])[:, None]
+        got.append(layer(new, cache, lengths + s))
+    for b in range(3):
+        seq = torch.cat([x[b, :lengths[b]]] + [torch.stack([x[b, lengths[b] + s]])
+                                                for s in range(steps)])
+        full = layer(seq[None])
+        torch.testing.assert_close(torch.cat([g[b] for g in got]), full[0, -steps:])
+    with pytest.raises(ValueError, match="capacity"):
+        layer(x[:, :4], cache, lengths + 7)
