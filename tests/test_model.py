@@ -131,7 +131,8 @@ def test_lm_loss_counts_only_answer_tokens():
     logp = out.logits.log_softmax(-1)
     targets = [(b, i) for b in range(2) for i in range(1, text.shape[1])
                if answer[b, i] and i < lengths[b]]
-    manual = -torch.stack([logp[b, i - 1, text[b, i]] for b, i in targets]).mean()
+    manual = torch.stack([-torch.stack([logp[b, i - 1, text[b, i]] for c, i in targets
+                                        if c == b]).mean() for b in range(2)]).mean()
     torch.testing.assert_close(out.lm_loss, manual)
 
 

@@ -49,10 +49,11 @@ class AVTransformer(nn.Module):
 
     def latent_loss(self, latents: Tensor, combined: Tensor) -> Tensor:
         """Latent prediction loss: ``mean(1 - cos(predictor(latents[:, t]), combined[:, t+1]))``
-        over t < T-1 and the m token slots. Targets are detached (stop-gradient), so the loss
-        trains the A/V model to anticipate the Combiner's next output without pulling the
-        Combiner toward predictable (collapsed) features. Cosine rather than L2: it ignores
-        the targets' scale, which the LM loss moves freely. 0 when T = 1."""
+        over t < T-1 and the m token slots. Targets are detached (stop-gradient): the loss
+        trains the A/V model to anticipate the Combiner's next output, never the Combiner
+        toward predictable features (:meth:`Mirasol.forward` detaches its input as well).
+        Cosine rather than L2: it ignores the targets' scale, which the LM loss moves
+        freely. 0 when T = 1."""
         if combined.shape[1] < 2:
             return latents.sum() * 0.0
         predicted = self.predictor(latents[:, :-1])

@@ -15,12 +15,15 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_checkpoint(model: Mirasol, directory: str | Path, *,
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/config.json``; returns the
-    directory. ``metadata`` (str -> str) goes into the safetensors header."""
+    directory. ``metadata`` (str -> str) goes into the safetensors header; ``state_dict``
+    replaces ``model.state_dict()`` (a full state dict gathered from a sharded model)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
     save_file(state, directory / WEIGHTS, metadata=metadata)
     model.config.save(directory / CONFIG)
     return directory

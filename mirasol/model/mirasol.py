@@ -151,7 +151,12 @@ class Mirasol(nn.Module):
         every token after the first, within the lengths)."""
         combined, latents = self.encode(video, audio, video_features=video_features,
                                         audio_features=audio_features)
-        latent = self.av.latent_loss(latents, combined)
+        # The latent loss trains the A/V model and its predictor only: with the Combiner's
+        # outputs detached on the input side as well as the target side, it cannot be
+        # lowered by collapsing the Combiner to predictable (constant) features. That takes
+        # a second pass of the (small: T·m tokens) A/V model when gradients are on.
+        latent = self.av.latent_loss(
+            self.av(combined.detach()) if torch.is_grad_enabled() else latents, combined)
         if text is None:
             return MirasolOutput(self.config.latent_loss_weight * latent, None, latent, None,
                                  latents)

@@ -104,12 +104,14 @@ class TextDecoder(nn.Module):
 
 
 def lm_loss(logits: Tensor, tokens: Tensor, target_mask: Tensor) -> Tensor:
-    """Mean cross-entropy of predicting ``tokens[:, i+1]`` from position i, over the
-    positions where ``target_mask[:, i+1]`` is True (the answer tokens). logits
-    (B, L, V), tokens (B, L) int, target_mask (B, L) bool. Computed in fp32 or wider; a
-    batch with no target gives 0."""
+    """Cross-entropy of predicting ``tokens[:, i+1]`` from position i where
+    ``target_mask[:, i+1]`` is True (the answer tokens): averaged over each sample's targets,
+    then over samples (a sample without targets counts 0). Per-sample averaging weighs short
+    and long answers alike, and makes the loss of a batch the mean of its shards' losses, so
+    data-parallel training matches one process on the global batch. logits (B, L, V),
+    tokens (B, L) int, target_mask (B, L) bool; computed in fp32 or wider."""
     acc = torch.promote_types(logits.dtype, torch.float32)
     losses = F.cross_entropy(logits[:, :-1].to(acc).transpose(1, 2), tokens[:, 1:],
                              reduction="none")
     mask = target_mask[:, 1:].to(acc)
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
+    return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
