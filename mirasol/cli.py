@@ -1,19 +1,28 @@
 """The ``mirasol`` command.
 
     mirasol check   parity of every op and backend available here, and a short benchmark
-    mirasol bench   benchmark tables of the attention ops (ratios measured side by side)
+    mirasol bench   benchmark tables of the attention ops (ratios measured side by side),
+                    and of the model's cost at 4x the frames (--op scaling)
+    mirasol params  parameter counts per component of every preset
+    mirasol train   train (or resume) on synthetic audio-video QA or a manifest; torchrun-able
+    mirasol eval    accuracy and exact match of a checkpoint per question kind
+    mirasol ask     answer a question about a video file
+    mirasol demo    the tiny model and its ablations trained, evaluated and reported
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from mirasol._format import format_rows
 
 
 def _device(name: str) -> torch.device:
@@ -59,27 +68,133 @@ def cmd_bench(args) -> int:
     device = _device(args.device)
     from mirasol import benchmark
 
-    dtype = getattr(torch, args.dtype) if args.dtype else (
-        torch.float32 if device.type == "cpu" else torch.bfloat16)
-    setting = benchmark.Setting(heads=args.heads, head_dim=args.head_dim, dtype=dtype,
-                                device=device.type)
-    problems = benchmark.problems(setting, seqlen=args.seqlen)
-    names = list(problems) if args.op == "all" else [args.op]
-    tables = [benchmark.run(problems[name], reps=args.reps, progress=_progress)
-              for name in names]
-    text = "\n\n".join(benchmark.format_table(t) for t in tables)
+    if args.op == "scaling":
+        table = benchmark.scaling(reps=args.reps, device=device.type, progress=_progress)
+        text, device_name = benchmark.format_scaling(table), table.device_name
+        records = {"scaling": asdict(table)}
+    else:
+        dtype = getattr(torch, args.dtype) if args.dtype else (
+            torch.float32 if device.type == "cpu" else torch.bfloat16)
+        setting = benchmark.Setting(heads=args.heads, head_dim=args.head_dim, dtype=dtype,
+                                    device=device.type)
+        problems = benchmark.problems(setting, seqlen=args.seqlen)
+        names = list(problems) if args.op == "all" else [args.op]
+        tables = [benchmark.run(problems[name], reps=args.reps, progress=_progress)
+                  for name in names]
+        text = "\n\n".join(benchmark.format_table(t) for t in tables)
+        device_name = tables[0].device_name
+        records = {name: {"title": t.title, "baseline": t.baseline,
+                          "setting": {**asdict(setting), "dtype": str(dtype)},
+                          "rows": [asdict(m) for m in t.rows]}
+                   for name, t in zip(names, tables)}
     print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"device": tables[0].device_name, "torch": torch.__version__,
-                  "tables": {name: {"title": t.title, "baseline": t.baseline,
-                                    "setting": {**asdict(setting), "dtype": str(dtype)},
-                                    "rows": [asdict(m) for m in t.rows]}
-                             for name, t in zip(names, tables)}}
+        record = {"device": device_name, "torch": torch.__version__, "tables": records}
         out.write_text(json.dumps(record, indent=2) + "\n")
         out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _millions(n: int) -> str:
+    """n to 3 significant digits in millions (M) or billions (B); "-" for none."""
+    if not n:
+        return "-"
+    value, unit = (n / 1e9, "B") if n >= 1e9 else (n / 1e6, "M")
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}{unit}"
+
+
+def cmd_params(args) -> int:
+    from mirasol.model import PRESETS, Mirasol, preset
+
+    if args.preset is not None and args.preset not in PRESETS:
+        print(f"mirasol params: unknown preset {args.preset!r}; choose one of "
+              f"{', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in [args.preset] if args.preset else list(PRESETS):
+        for audio in (True, False):
+            # Meta tensors have shapes but no storage: mirasol3b's 12 GB of float32 weights
+            # are never allocated.
+            with torch.device("meta"):
+                model = Mirasol(preset(name) if audio else preset(name, audio=None))
+            counts = model.parameter_counts()
+            rows.append((name, "yes" if audio else "no", *map(_millions, counts.values()),
+                         f"{counts['audio-video'] / counts['total']:.0%}"))
+    print("parameters per component (M = 1e6, B = 1e9); audio-video is everything but the "
+          "text decoder")
+    print(format_rows([("preset", "audio", *counts, "A/V share"), *rows]))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mirasol.train import TrainConfig, train
+
+    config = TrainConfig(
+        out=args.out, preset=args.preset, model=json.loads(args.model), combiner=args.combiner,
+        data=args.data, val_data=args.val_data, ablation=args.ablation, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup=args.warmup, stop_at=args.stop_at, grad_clip=args.grad_clip,
+        log_every=args.log_every,
+        eval_every=args.eval_every, eval_size=args.eval_size,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, backend=args.backend,
+        fsdp=args.fsdp, num_workers=args.num_workers, resume=not args.no_resume,
+        progress=not args.no_progress)
+    train(config)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from mirasol.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, split=args.split, size=args.size,
+                                 ablation=args.ablation, data=args.data, device=args.device)
+    rows = [("kind", "accuracy", "exact match", "count")]
+    for kind, r in [*result["by_kind"].items(), ("all", result)]:
+        rows.append((kind, f"{r['accuracy']:.1%}", f"{r['exact_match']:.1%}", str(r["count"])))
+    print(format_rows(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    import time
+
+    from mirasol.data import ByteTokenizer, load_media
+    from mirasol.model import load_checkpoint
+    from mirasol.train import latest_checkpoint
+
+    folder = Path(args.checkpoint)
+    if not (folder / "model.safetensors").exists():
+        folder = latest_checkpoint(folder) or folder  # a run folder: its last checkpoint
+    model = load_checkpoint(folder, device=args.device).eval()
+    c = model.config
+    start = time.perf_counter()
+    media = load_media(args.video, fps=c.fps, image_size=c.video.image_size,
+                       sample_rate=c.audio.sample_rate if c.audio else 16000,
+                       num_frames=args.frames, frames_multiple=c.frames_per_chunk,
+                       start=args.start, require_audio=c.audio is not None)
+    decoded = time.perf_counter()
+    tokenizer = ByteTokenizer()
+    audio = None if media.audio is None else media.audio[None].to(args.device)
+    answer = model.generate(media.video[None].to(args.device), audio,
+                            torch.tensor([tokenizer.prompt(args.question)], device=args.device),
+                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    done = time.perf_counter()
+    print(tokenizer.decode(answer[0]))
+    _progress(f"{media.video.shape[0]} frames ({media.duration:.1f} s) decoded in "
+              f"{(decoded - start) * 1e3:.0f} ms, answered in {(done - decoded) * 1e3:.0f} ms")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mirasol.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, steps=args.steps, ablation_steps=args.ablation_steps,
+                        progress=not args.no_progress))
     return 0
 
 
@@ -95,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="the attention ops against SDPA (and FlexAttention, "
                                          "flash-attn, xformers on CUDA), side by side")
     bench.add_argument("--op", default="all",
-                       choices=["all", "chunked", "cross-text", "cross-combiner"])
+                       choices=["all", "chunked", "cross-text", "cross-combiner", "scaling"],
+                       help="all: the three attention tables. scaling: the small model at "
+                            "128 vs 512 frames against a flat transformer baseline (float32; "
+                            "minutes on CPU, so not part of all; --heads, --head-dim, "
+                            "--seqlen and --dtype do not apply)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--heads", type=int, default=8)
     bench.add_argument("--head-dim", type=int, default=64)
@@ -105,6 +224,72 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--reps", type=int, default=5, help="timed runs per variant (median)")
     bench.add_argument("--out", help="also write the tables as JSON (and .md) to this path")
     bench.set_defaults(func=cmd_bench)
+
+    params = sub.add_parser("params", help="parameter counts per component of the presets")
+    params.add_argument("--preset", help="one preset (default: all of them)")
+    params.set_defaults(func=cmd_params)
+
+    train = sub.add_parser("train", help="train on the synthetic task or a manifest "
+                                         "(torchrun for several processes)")
+    train.add_argument("--out", default="runs/tiny", help="run folder (resumed if present)")
+    train.add_argument("--preset", default="tiny")
+    train.add_argument("--model", default="{}",
+                       help='JSON of config changes, e.g. \'{"text": {"depth": 4}}\'')
+    train.add_argument("--combiner", choices=["transformer", "ttm"])
+    train.add_argument("--data", default="synthetic", help="synthetic, or a JSONL manifest")
+    train.add_argument("--val-data", help="validation manifest (with --data MANIFEST)")
+    train.add_argument("--ablation", default="full",
+                       choices=["full", "video-only", "audio-only", "text-only"])
+    train.add_argument("--steps", type=int, default=1000, help="length of the schedule")
+    train.add_argument("--stop-at", type=int, help="stop after this step (resume later)")
+    train.add_argument("--batch-size", type=int, default=32, help="global, all processes")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--warmup", type=int, default=100)
+    train.add_argument("--grad-clip", type=float, default=1.0)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--eval-every", type=int, default=0)
+    train.add_argument("--eval-size", type=int, default=256)
+    train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--backend", default="auto")
+    train.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--no-resume", action="store_true")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="accuracy and exact match of a checkpoint, per "
+                                           "question kind")
+    evaluate.add_argument("checkpoint", help="a checkpoint folder (model.safetensors)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--size", type=int, default=512)
+    evaluate.add_argument("--ablation", choices=["full", "video-only", "audio-only",
+                                                 "text-only"])
+    evaluate.add_argument("--data", help="a manifest instead of the training data")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--out", help="also write the result as JSON")
+    evaluate.set_defaults(func=cmd_eval)
+
+    ask = sub.add_parser("ask", help="answer a question about a video file")
+    ask.add_argument("video")
+    ask.add_argument("question")
+    ask.add_argument("--checkpoint", default="runs/demo/model",
+                     help="a checkpoint folder or a run folder (its last checkpoint)")
+    ask.add_argument("--frames", type=int, help="frames to sample (default: the whole clip)")
+    ask.add_argument("--start", type=float, default=0.0, help="seconds into the clip")
+    ask.add_argument("--num-beams", type=int, default=1)
+    ask.add_argument("--max-new-tokens", type=int, default=32)
+    ask.add_argument("--device", default="cpu")
+    ask.set_defaults(func=cmd_ask)
+
+    demo = sub.add_parser("demo", help="train the tiny model and its ablations on the "
+                                       "synthetic task, report, ask about a real clip")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=1500)
+    demo.add_argument("--ablation-steps", type=int, default=300)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -59,7 +59,7 @@ def _answer(question: str, colours: list, pitches: list) -> str:
     if ordinal := next((w for w in question.split() if w in ordinals), None):
         active = [t for t, c in enumerate(colours) if c is not None]
         chunk = active[ordinals.index(ordinal)]
-        return colours[chunk] if "shape" in question else pitches[chunk]
+        return colours[chunk] if "colour" in question else pitches[chunk]
     colour, pitch = _asked(question)
     if pitch is None:
         return pitches[colours.index(colour)]

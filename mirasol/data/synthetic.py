@@ -12,9 +12,11 @@ permutations of ``COLOURS`` and ``PITCHES`` over the active chunks. Questions
 (``QUESTION_KINDS``, drawn uniformly from ``SyntheticConfig.kinds``), each answered by one
 word of ``ANSWERS[kind]``:
 
-- ``colour_during_tone``: "what colour is the shape while the {pitch} tone plays?"
-- ``tone_during_colour``: "which tone plays while the {colour} shape is shown?"
-- ``coincide``: "is the {colour} shape shown while the {pitch} tone plays?" → yes / no,
+- ``colour_during_tone``: "colour during {pitch} tone?" (what colour is the shape while
+  that tone plays)
+- ``tone_during_colour``: "tone during {colour}?" (which tone plays while that colour is
+  shown)
+- ``coincide``: "{colour} during {pitch} tone?" (are they shown together) → yes / no,
   each with probability 1/2 ("no" pairs the pitch with one of the 3 other colours).
 
 No single modality answers above chance (1/4; 1/2 for ``coincide``). Write σ = t ↦ c_t
@@ -37,8 +39,8 @@ and binds, and may sit at chance for a while. ``AUXILIARY_KINDS``, never drawn u
 in ``kinds``, are single-modality questions for a curriculum that trains perception first
 (report them apart: they are answerable from one modality by design):
 
-- ``colour_at``: "what colour is the {ordinal} shape?" (video alone answers it)
-- ``tone_at``: "what is the {ordinal} tone?" (audio alone answers it)
+- ``colour_at``: "{ordinal} colour?" (video alone answers it)
+- ``tone_at``: "{ordinal} tone?" (audio alone answers it)
 
 with the ordinal (first to fourth) counting active chunks.
 
@@ -162,25 +164,25 @@ def _events(config: SyntheticConfig, rng: np.random.Generator) -> dict:
         k = rng.integers(n)
         chunk = active[k]
         if kind == "colour_at":
-            question, answer = f"what colour is the {_ORDINALS[k]} shape?", colours[chunk]
+            question, answer = f"{_ORDINALS[k]} colour?", colours[chunk]
         else:
-            question, answer = f"what is the {_ORDINALS[k]} tone?", pitches[chunk]
+            question, answer = f"{_ORDINALS[k]} tone?", pitches[chunk]
     elif kind == "tone_during_colour":
         colour = _COLOUR_NAMES[rng.integers(n)]
         chunk = colours.index(colour)
-        question = f"which tone plays while the {colour} shape is shown?"
+        question = f"tone during {colour}?"
         answer = pitches[chunk]
     else:
         pitch = _PITCH_NAMES[rng.integers(n)]
         chunk = pitches.index(pitch)
         if kind == "colour_during_tone":
-            question = f"what colour is the shape while the {pitch} tone plays?"
+            question = f"colour during {pitch} tone?"
             answer = colours[chunk]
         else:
             answer = ANSWERS["coincide"][rng.integers(2)]
             others = [c for c in COLOURS if c != colours[chunk]]
             colour = colours[chunk] if answer == "yes" else others[rng.integers(n - 1)]
-            question = f"is the {colour} shape shown while the {pitch} tone plays?"
+            question = f"{colour} during {pitch} tone?"
     return {"kind": kind, "question": question, "answer": answer, "chunk": int(chunk),
             "colours": colours, "pitches": pitches}
 

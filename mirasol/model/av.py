@@ -11,6 +11,16 @@ from torch import Tensor, nn
 from mirasol.layers import ChunkedCausalSelfAttention, Mlp
 
 
+def chunk_time_embedding(combined: Tensor, base: float = 10000.0) -> Tensor:
+    """(T, 1, dim) sinusoidal embedding (Vaswani et al.) of each chunk's index t for
+    ``combined`` (B, T, m, dim); computed, not learned."""
+    T, dim = combined.shape[1], combined.shape[-1]
+    acc = torch.promote_types(combined.dtype, torch.float32)
+    freqs = base ** -(torch.arange(0, dim, 2, device=combined.device, dtype=acc) / dim)
+    angles = torch.arange(T, device=combined.device, dtype=acc)[:, None] * freqs
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)[:, None, :dim].to(combined.dtype)
+
+
 class AVBlock(nn.Module):
     """Pre-norm block whose attention lets a token see its own and all earlier chunks."""
 
@@ -42,7 +52,10 @@ class AVTransformer(nn.Module):
         self.predictor = nn.Linear(dim, dim)
 
     def forward(self, combined: Tensor) -> Tensor:
-        x = combined.flatten(1, 2)
+        # Each chunk's tokens get a sinusoidal embedding of the chunk's index: the latents
+        # then say *when* (the text decoder's cross-attention has no positions of its own),
+        # with no parameter that depends on T.
+        x = (combined + chunk_time_embedding(combined)).flatten(1, 2)
         for block in self.blocks:
             x = block(x)
         return self.norm(x).view_as(combined)

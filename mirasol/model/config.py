@@ -94,8 +94,8 @@ class TextConfig:
 
     vocab_size: int = 260
     width: int = 64
-    depth: int = 2
-    num_heads: int = 2
+    depth: int = 3
+    num_heads: int = 4
     mlp_ratio: float = 4.0
     cross_attention_every: int = 1
 

@@ -1,0 +1,440 @@
+"""Training and evaluation on audio-video QA (``mirasol train``, ``mirasol eval``).
+
+One loop serves one process and ``torchrun`` (DDP, or FSDP2 ``fully_shard`` with
+``fsdp=True``): step s trains on global examples ``[s·G, (s+1)·G)`` (G the global batch),
+rank r on its contiguous share of them. The batch of a step depends on nothing but the step,
+so a run resumed from a checkpoint continues exactly as if it had not stopped, and N ranks
+see the same global batch as one process. Only rank 0 writes checkpoints, metrics and
+reports.
+
+Run folder: ``metrics.jsonl`` (one JSON object per logged step and per evaluation),
+``checkpoints/step-XXXXXXX/`` (``model.safetensors`` + ``config.json``: loadable by
+:func:`mirasol.model.load_checkpoint`; ``optimizer.safetensors`` + ``trainer.json`` to
+resume), ``checkpoints/last`` (the latest one's name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from mirasol.data import ByteTokenizer
+from mirasol.data.synthetic import ABLATIONS, SyntheticAVQA, SyntheticConfig, ablate, collate
+from mirasol.model import Mirasol, MirasolConfig, load_checkpoint, preset, save_checkpoint
+
+TOKENIZER = ByteTokenizer()
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved in each checkpoint's ``trainer.json``.
+
+    The model is ``preset(preset, **model)`` (``model``: :meth:`MirasolConfig.replace`
+    changes), with ``combiner`` ("transformer" or "ttm") as a shortcut.
+    ``data``: "synthetic" (:mod:`mirasol.data.synthetic`) or a JSON-lines manifest
+    (:mod:`mirasol.data.manifest`), with ``val_data`` its validation manifest.
+    ``ablation``: train (and evaluate) with a modality removed, see
+    :data:`mirasol.data.synthetic.ABLATIONS`. ``lr`` peaks after ``warmup`` linear steps and
+    follows a cosine to 0 at ``steps``; ``stop_at`` ends this process earlier (a run split
+    across time-limited jobs: the next one resumes). ``batch_size`` is global (all ranks
+    together)."""
+
+    out: str = "runs/tiny"
+    preset: str = "tiny"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    combiner: str | None = None
+    data: str = "synthetic"
+    val_data: str | None = None
+    ablation: str = "full"
+    steps: int = 1000
+    stop_at: int | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0
+    eval_size: int = 256
+    checkpoint_every: int = 500
+    seed: int = 0
+    backend: str = "auto"
+    fsdp: bool = False
+    num_workers: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def model_config(self) -> MirasolConfig:
+        config = preset(self.preset, **self.model)
+        if self.combiner is not None:
+            config = config.replace(combiner={"kind": self.combiner})
+        return config
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def dataset(config: TrainConfig, model_config: MirasolConfig, split: str,
+            size: int) -> torch.utils.data.Dataset:
+    """The examples of a split: synthetic clips drawn for the model's frame rate, image size
+    and sample rate, or a manifest's (``val``/``test`` read ``val_data``)."""
+    if config.data == "synthetic":
+        return SyntheticAVQA(SyntheticConfig.for_model(model_config), split, size, config.seed)
+    from mirasol.data.manifest import ManifestDataset
+
+    path = config.data if split == "train" else config.val_data
+    if path is None:
+        raise ValueError("evaluating a manifest-trained model needs val_data (a manifest)")
+    audio = model_config.audio
+    return ManifestDataset(path, fps=model_config.fps,
+                           image_size=model_config.video.image_size,
+                           sample_rate=audio.sample_rate if audio else 16000,
+                           frames_multiple=model_config.frames_per_chunk,
+                           require_audio=audio is not None)
+
+
+def step_indices(step: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s examples of global step ``step``."""
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of "
+                         f"processes ({world})")
+    share = batch_size // world
+    first = step * batch_size + rank * share
+    return list(range(first, first + share))
+
+
+def _batches(data, batch_indices: Sequence[list[int]], workers: int):
+    size = len(data)
+    sampler = [[i % size for i in indices] for indices in batch_indices]
+    return torch.utils.data.DataLoader(
+        data, batch_sampler=sampler, num_workers=workers,
+        collate_fn=lambda examples: collate(examples, TOKENIZER))
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+# -- optimization -----------------------------------------------------------------------
+
+
+def optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, vectors (norms, biases, embeddings of one token) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then a cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# -- distributed ------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Context:
+    """torchrun's environment -> a process group (gloo on CPU, nccl on CUDA); one process
+    without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world, device)
+
+
+def wrap(model: Mirasol, ctx: Context, fsdp: bool) -> nn.Module:
+    """DDP, or FSDP2 with each encoder, Combiner and A/V block, the text decoder (whole: its
+    layers' cross-attention keys are projected once per forward, outside the layers) and
+    then the root sharded."""
+    if ctx.world == 1:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        from mirasol.layers import Block
+        from mirasol.model.av import AVBlock
+
+        for module in model.modules():
+            if isinstance(module, (Block, AVBlock)):
+                fully_shard(module)
+        fully_shard(model.text)
+        return fully_shard(model)
+    return nn.parallel.DistributedDataParallel(model)
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+
+def _flat_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
+    """An optimizer state_dict (parameter names as keys) as safetensors tensors + JSON."""
+    tensors = {f"{name}/{key}": value.detach().contiguous().cpu()
+               for name, entries in state["state"].items() for key, value in entries.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _nested_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
+    state: dict[str, dict[str, Tensor]] = defaultdict(dict)
+    for flat, value in tensors.items():
+        name, key = flat.rsplit("/", 1)
+        state[name][key] = value
+    return {"state": dict(state), "param_groups": meta["param_groups"]}
+
+
+def save_training_state(out: Path, step: int, model: Mirasol, wrapped: nn.Module,
+                        opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                        config: TrainConfig, ctx: Context) -> None:
+    """Every rank takes part (FSDP gathers); rank 0 writes ``checkpoints/step-…``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optim_state = get_state_dict(
+        wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not ctx.main:
+        return
+    folder = out / "checkpoints" / f"step-{step:07d}"
+    save_checkpoint(model, folder, metadata={"step": str(step)}, state_dict=model_state)
+    tensors, meta = _flat_optimizer(optim_state)
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "trainer.json").write_text(json.dumps(
+        {"step": step, "config": dataclasses.asdict(config), "scheduler": sched.state_dict(),
+         **meta}, indent=1) + "\n")
+    (out / "checkpoints" / "last").write_text(folder.name + "\n")
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    last = Path(out) / "checkpoints" / "last"
+    return last.parent / last.read_text().strip() if last.exists() else None
+
+
+def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,
+                        sched: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """Restore weights, optimizer and schedule; returns the step to continue from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    trainer = json.loads((folder / "trainer.json").read_text())
+    optim_state = _nested_optimizer(load_file(folder / "optimizer.safetensors"), trainer)
+    set_state_dict(wrapped, opt, model_state_dict=load_file(folder / "model.safetensors"),
+                   optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
+    sched.load_state_dict(trainer["scheduler"])
+    return trainer["step"]
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+class _Log:
+    """metrics.jsonl and the progress bar, on rank 0 only."""
+
+    def __init__(self, out: Path, ctx: Context, total: int, start: int, show: bool):
+        self.main = ctx.main
+        self.file = open(out / "metrics.jsonl", "a") if self.main else None
+        self.bar = None
+        if self.main and show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=out.name, unit="step",
+                            dynamic_ncols=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.main:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def step(self, postfix: dict[str, str]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.main:
+            self.file.close()
+            if self.bar is not None:
+                self.bar.close()
+
+
+def train(config: TrainConfig) -> Mirasol:
+    """Run (or resume) ``config``; returns the trained model (sharded under FSDP: load the
+    last checkpoint for a whole copy)."""
+    if config.ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {config.ablation!r}")
+    if config.fsdp and config.eval_every:
+        raise ValueError("eval_every is not supported with fsdp (sharded parameters are "
+                         "gathered only inside the model's forward); evaluate the "
+                         "checkpoints with `mirasol eval`")
+    ctx = init_distributed()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = config.model_config()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = Mirasol(model_config, backend=config.backend).to(ctx.device)
+    wrapped = wrap(model, ctx, config.fsdp)
+    opt = optimizer(wrapped, config)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, config.warmup, config.steps))
+    start = 0
+    resume_from = latest_checkpoint(out) if config.resume else None
+    if resume_from is not None:
+        start = load_training_state(resume_from, wrapped, opt, sched)
+    if resume_from is None and ctx.main:
+        model_config.save(out / "config.json")
+    data = dataset(config, model_config, "train", config.steps * config.batch_size)
+    batches = _batches(data, [step_indices(s, config.batch_size, ctx.rank, ctx.world)
+                              for s in range(start, config.stop_at or config.steps)],
+                       config.num_workers)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda"
+                else contextlib.nullcontext())
+    log = _Log(out, ctx, config.steps, start, config.progress)
+    wrapped.train()
+    tick = time.perf_counter()
+    for step, batch in enumerate(batches, start):
+        batch = _to(ablate(batch, config.ablation), ctx.device)
+        with autocast:
+            result = wrapped(batch["video"], batch["audio"], batch["text"],
+                             answer_mask=batch["answer_mask"],
+                             text_lengths=batch["text_lengths"])
+        result.loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            now = time.perf_counter()
+            losses = torch.stack([result.loss, result.lm_loss, result.latent_loss]).detach()
+            if ctx.world > 1:  # each rank holds its shard's means: average to the global batch's
+                dist.all_reduce(losses)
+                losses /= ctx.world
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
+            loss, lm, latent = losses.tolist()
+            record = {"step": done, "loss": loss, "lm_loss": lm, "latent_loss": latent,
+                      "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
+                      "examples_per_s": config.batch_size * config.log_every / (now - tick)}
+            tick = now
+            log.write(record)
+        log.step({"loss": f"{result.loss.item():.3f}"})  # this rank's shard
+        if config.checkpoint_every and (done % config.checkpoint_every == 0
+                                        or done in (config.steps, config.stop_at)):
+            save_training_state(out, done, model, wrapped, opt, sched, config, ctx)
+        if config.eval_every and done % config.eval_every == 0:
+            # Every rank evaluates the same split (no collectives), rank 0 logs it.
+            metrics = evaluate(model, dataset(config, model_config, "val", config.eval_size),
+                               ablation=config.ablation, device=ctx.device)
+            log.write({"step": done, "split": "val", **metrics})
+            wrapped.train()
+    log.close()
+    if ctx.world > 1:
+        dist.barrier()
+    return model
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+def _answer_logprob(model: Mirasol, latents: Tensor, questions: list[str],
+                    answers: list[str]) -> Tensor:
+    """Sum of log p(answer tokens + EOS | question, latents) per (question, answer) pair."""
+    ids, masks = zip(*(TOKENIZER.example(q, a) for q, a in zip(questions, answers)))
+    text, lengths, mask = TOKENIZER.pad(list(ids), list(masks))
+    text, mask = text.to(latents.device), mask.to(latents.device)
+    logp = model.text(text, latents).float().log_softmax(-1)[:, :-1]
+    token = logp.gather(-1, text[:, 1:, None])[..., 0]
+    return (token * mask[:, 1:]).sum(1)
+
+
+@torch.no_grad()
+def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 64,
+             device: torch.device | str = "cpu",
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Accuracy and exact match on ``data``, overall and per question kind.
+
+    accuracy: the candidate answer with the highest likelihood is the right one (closed
+    set: every answer of that kind in ``data``). exact_match: greedy generation, decoded,
+    equals the answer (open ended)."""
+    model.eval()
+    examples = [data[i] for i in range(len(data))]
+    candidates: dict[str, list[str]] = defaultdict(list)
+    for e in examples:
+        if e.answer not in candidates[e.kind]:
+            candidates[e.kind].append(e.answer)
+    hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for first in range(0, len(examples), batch_size):
+        chunk = examples[first:first + batch_size]
+        batch = _to(ablate(collate(chunk, TOKENIZER), ablation), device)
+        _, latents = model.encode(batch["video"], batch["audio"])
+        latents = latents.flatten(1, 2)
+        pairs = [(i, a) for i, e in enumerate(chunk) for a in candidates[e.kind]]
+        rows = torch.tensor([i for i, _ in pairs], device=latents.device)
+        scores = _answer_logprob(model, latents[rows], [chunk[i].question for i, _ in pairs],
+                                 [a for _, a in pairs]).tolist()
+        best: dict[int, tuple[float, str]] = {}
+        for (i, a), s in zip(pairs, scores):
+            if i not in best or s > best[i][0]:
+                best[i] = (s, a)
+        generated = model.generate(batch["video"], batch["audio"], batch["prompt"],
+                                   prompt_lengths=batch["prompt_lengths"],
+                                   max_new_tokens=max(len(a.encode()) for e in chunk
+                                                      for a in candidates[e.kind]) + 1)
+        for i, e in enumerate(chunk):
+            said = TOKENIZER.decode(generated[i]).strip()
+            hits[e.kind].append((best[i][1] == e.answer, said == e.answer))
+        if progress:
+            progress(len(chunk))
+    everything = [h for kind in hits.values() for h in kind]
+
+    def score(h):
+        return {"accuracy": sum(a for a, _ in h) / len(h),
+                "exact_match": sum(m for _, m in h) / len(h), "count": len(h)}
+
+    return {**score(everything), "by_kind": {k: score(h) for k, h in sorted(hits.items())}}
+
+
+def evaluate_checkpoint(folder: str | Path, *, split: str = "test", size: int = 512,
+                        ablation: str | None = None, data: str | None = None,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a checkpoint folder (a run's ``checkpoints/step-…`` or any
+    :func:`save_checkpoint` output) on a split of its training data."""
+    folder = Path(folder)
+    model = load_checkpoint(folder, device=device)
+    trainer = folder / "trainer.json"
+    config = (TrainConfig(**json.loads(trainer.read_text())["config"]) if trainer.exists()
+              else TrainConfig())
+    if data is not None:
+        config = dataclasses.replace(config, data=data, val_data=data)
+    return evaluate(model, dataset(config, model.config, split, size),
+                    ablation=config.ablation if ablation is None else ablation,
+                    device=device)
