@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mirasol check
+	OMP_NUM_THREADS=$(WORKERS) $(PY) -m mirasol demo
 
-check: demo
+check: $(STAMP)
+	$(PY) -m mirasol check
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) -q

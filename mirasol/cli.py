@@ -194,7 +194,7 @@ def cmd_demo(args) -> int:
     from mirasol.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=args.out, steps=args.steps, ablation_steps=args.ablation_steps,
-                        progress=not args.no_progress))
+                        test_size=args.test_size, progress=not args.no_progress))
     return 0
 
 
@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "flash-attn, xformers on CUDA), side by side")
     bench.add_argument("--op", default="all",
                        choices=["all", "chunked", "cross-text", "cross-combiner", "scaling"],
-                       help="all: the three attention tables. scaling: the small model at "
-                            "128 vs 512 frames against a flat transformer baseline (float32; "
-                            "minutes on CPU, so not part of all; --heads, --head-dim, "
-                            "--seqlen and --dtype do not apply)")
+                       help="all: the three attention tables. scaling: the whole small "
+                            "model at 128 vs 512 frames against a flat transformer baseline "
+                            "(float32, about 30 s on 2 CPU cores; not part of all; --heads, "
+                            "--head-dim, --seqlen and --dtype do not apply)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--heads", type=int, default=8)
     bench.add_argument("--head-dim", type=int, default=64)
@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--steps", type=int, default=1500)
     demo.add_argument("--ablation-steps", type=int, default=300)
+    demo.add_argument("--test-size", type=int, default=512, help="held-out clips per run")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
 

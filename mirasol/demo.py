@@ -30,7 +30,7 @@ class DemoConfig:
     lr: float = 2e-3
     test_size: int = 512
     seed: int = 0
-    question: str = "what colour is the shape while the high tone plays?"
+    question: str = "colour during high tone?"
     progress: bool = True
 
 
