@@ -23,7 +23,19 @@ def _check_heads(name: str, width: int, num_heads: int) -> None:
 
 
 @dataclass(frozen=True)
-class VideoConfig:
+class _ViTConfig:
+    """The transformer of a per-chunk encoder; ``encoder=False`` builds none (the model
+    then takes precomputed features of width ``width``)."""
+
+    width: int = 64
+    depth: int = 1
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    encoder: bool = True
+
+
+@dataclass(frozen=True)
+class VideoConfig(_ViTConfig):
     """Tubelet ViT over one chunk's frames: (tubelet_size × patch_size × patch_size)
     patches of ``image_size``² RGB frames. ``encoder=False`` builds no ViT: the model then
     takes precomputed ``video_features`` of width ``width``."""
@@ -32,11 +44,6 @@ class VideoConfig:
     patch_size: int = 8
     tubelet_size: int = 2
     channels: int = 3
-    width: int = 64
-    depth: int = 1
-    num_heads: int = 2
-    mlp_ratio: float = 4.0
-    encoder: bool = True
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -46,7 +53,7 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(_ViTConfig):
     """Log-mel spectrogram (``n_mels`` bins, ``n_fft``/``hop_length`` STFT at
     ``sample_rate``) of one chunk's waveform, cut into ``patch_size``² patches for a ViT.
     ``encoder=False``: precomputed ``audio_features`` of width ``width`` instead."""
@@ -56,11 +63,6 @@ class AudioConfig:
     hop_length: int = 160
     n_mels: int = 32
     patch_size: int = 8
-    width: int = 64
-    depth: int = 1
-    num_heads: int = 2
-    mlp_ratio: float = 4.0
-    encoder: bool = True
 
     def __post_init__(self):
         if self.n_mels % self.patch_size:
