@@ -62,14 +62,17 @@ def ask_real_clip(model, question: str) -> dict[str, object]:
 
 def run_demo(config: DemoConfig) -> dict[str, object]:
     out = Path(config.out)
+    # The A/V side waits for the first 8/15 of the steps (see TrainConfig.av_warmup_steps).
     base = TrainConfig(out=str(out / "full"), steps=config.steps, batch_size=config.batch_size,
                        lr=config.lr, warmup=min(100, config.steps // 10), checkpoint_every=0,
-                       seed=config.seed, progress=config.progress, resume=False)
+                       av_warmup_steps=config.steps * 8 // 15, seed=config.seed,
+                       progress=config.progress, resume=False)
     runs = {"full": base}
     for ablation in ("text-only", "video-only", "audio-only"):
         runs[ablation] = dataclasses.replace(
             base, out=str(out / ablation), ablation=ablation, steps=config.ablation_steps,
-            warmup=min(100, config.ablation_steps // 10))
+            warmup=min(100, config.ablation_steps // 10),
+            av_warmup_steps=config.ablation_steps * 8 // 15)
     results, timings, model = {}, {}, None
     for name, run in runs.items():
         start = time.perf_counter()

@@ -161,7 +161,7 @@ def test_cached_decoding_logits_equal_a_full_forward():
     video, audio = _clip(MICRO)
     text, lengths, _ = _qa()
     _, latents = model.encode(video, audio)
-    latents = latents.flatten(1, 2)
+    latents = model.context(latents)
     full = model.text(text, latents)
     state = model.text.start(latents, capacity=text.shape[1])
     steps = [model.text(text[:, :3], state=state)]
@@ -177,7 +177,7 @@ def test_beam_search_with_one_beam_is_greedy_and_beams_score_at_least_greedy():
     greedy = model.generate(video, audio, prompt, prompt_lengths=lengths, max_new_tokens=5)
     from mirasol.model.generation import beam_search
     _, latents = model.encode(video, audio)
-    one = beam_search(model.text, latents.flatten(1, 2), prompt, lengths, max_new_tokens=5,
+    one = beam_search(model.text, model.context(latents), prompt, lengths, max_new_tokens=5,
                       num_beams=1, eos_token_id=TOK.EOS, pad_token_id=TOK.PAD)
     torch.testing.assert_close(one, greedy, rtol=0, atol=0)
 
@@ -194,7 +194,9 @@ def test_backends_agree_at_model_level(backend, kind):
     class Logits(nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = Mirasol(config)
+            # eval: ContextNorm's running statistics stay fixed, so every copy computes the
+            # same function (in training each copy would set them from its own first batch)
+            self.model = Mirasol(config).eval()
 
         def forward(self, video, audio):
             return self.model(video, audio, text, text_lengths=lengths).logits

@@ -115,4 +115,9 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, mode):
             # turns into steps of up to lr either way; bound it by that.
             assert (b - a).abs().max() <= 2 * 4 * 3e-3, name
         else:
-            torch.testing.assert_close(b, a, msg=name)
+            # ContextNorm divides by each feature's std (gain up to 1/sqrt(eps) = 31), so the
+            # rounding of the all-reduced moments (another summation order than one process)
+            # reaches the gradients amplified, and Adam's normalization amplifies it again
+            # where gradients are small: parameters agree to 1e-4 after 4 steps (measured
+            # worst 6e-5 relative) while the losses above agree to float rounding.
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=name)

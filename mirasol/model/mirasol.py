@@ -16,7 +16,7 @@ from mirasol.model.config import MirasolConfig
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.generation import beam_search, greedy_search
 from mirasol.model.partition import chunk_layout, partition, partition_audio
-from mirasol.model.text import TextDecoder, lm_loss
+from mirasol.model.text import ContextNorm, TextDecoder, lm_loss
 
 
 class MirasolOutput(NamedTuple):
@@ -68,6 +68,7 @@ class Mirasol(nn.Module):
                                         k.num_heads, c.mlp_ratio, k.bottleneck_dim,
                                         backend=backend)
         self.av = AVTransformer(c.dim, c.depth, c.num_heads, k.num_tokens, c.mlp_ratio, backend)
+        self.context_norm = ContextNorm(k.num_tokens, c.dim)
         self.text = TextDecoder(c.text, c.dim, backend)
 
     def set_backend(self, backend: str) -> Mirasol:
@@ -124,6 +125,10 @@ class Mirasol(nn.Module):
 
     # -- text ---------------------------------------------------------------------------
 
+    def context(self, latents: Tensor) -> Tensor:
+        """(B, T·m, dim): what the text decoder cross-attends to (:class:`ContextNorm`)."""
+        return self.context_norm(latents).flatten(1, 2)
+
     def _check_text(self, name: str, text: Tensor, lengths: Tensor | None, batch: int) -> None:
         if text.dim() != 2 or text.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be (B, L) int64 token ids, got "
@@ -161,7 +166,7 @@ class Mirasol(nn.Module):
             return MirasolOutput(self.config.latent_loss_weight * latent, None, latent, None,
                                  latents)
         self._check_text("text", text, text_lengths, latents.shape[0])
-        logits = self.text(text, latents.flatten(1, 2))
+        logits = self.text(text, self.context(latents))
         target = torch.ones_like(text, dtype=torch.bool) if answer_mask is None else answer_mask
         if answer_mask is not None and answer_mask.shape != text.shape:
             raise ValueError(f"answer_mask must have text's shape {tuple(text.shape)}, got "
@@ -194,7 +199,7 @@ class Mirasol(nn.Module):
         self._check_text("prompt", prompt, prompt_lengths, latents.shape[0])
         if prompt_lengths is None:
             prompt_lengths = torch.full((prompt.shape[0],), prompt.shape[1], device=prompt.device)
-        args = (self.text, latents.flatten(1, 2), prompt, prompt_lengths.long())
+        args = (self.text, self.context(latents), prompt, prompt_lengths.long())
         kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                   pad_token_id=pad_token_id, use_cache=use_cache)
         if num_beams == 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,6 +33,44 @@ class DecoderState:
         self.lengths = self.lengths[index]
         self.context = [None if kv is None else (kv[0][index], kv[1][index])
                         for kv in self.context]
+
+
+class ContextNorm(nn.Module):
+    """Standardizes the A/V latents the decoder reads: each (token slot, feature) by running
+    estimates of its mean and variance over clips and chunks.
+
+    Why: a chunk's latents vary little from clip to clip around a per-slot constant (small
+    objects on a static background, pooled, then layer-normalized), so cross-attention
+    starts out unable to tell the chunks apart. The estimates are detached moving averages
+    (momentum ``momentum``; the first batch sets them) of batch moments that are averaged
+    across data-parallel ranks, so the forward never depends on how a batch is sharded.
+    ``eps`` bounds the gain at 1/sqrt(eps) for features that hardly vary (informative ones
+    vary with std around 0.1). Input and output (B, T, m, dim)."""
+
+    def __init__(self, num_tokens: int, dim: int, momentum: float = 0.1, eps: float = 1e-3):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(num_tokens, dim))
+        self.register_buffer("var", torch.ones(num_tokens, dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _update(self, latents: Tensor) -> None:
+        x = latents.detach().to(self.mean.dtype)
+        moments = torch.stack((x.mean((0, 1)), x.square().mean((0, 1))))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(moments)
+            moments /= dist.get_world_size()
+        mean, square = moments
+        weight = 1.0 if int(self.updates) == 0 else self.momentum
+        self.mean.lerp_(mean, weight)
+        self.var.lerp_((square - mean.square()).clamp(min=0), weight)
+        self.updates += 1
+
+    def forward(self, latents: Tensor) -> Tensor:
+        if self.training:
+            self._update(latents)
+        return (latents - self.mean) * torch.rsqrt(self.var + self.eps)
 
 
 class DecoderLayer(nn.Module):
