@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="train the tiny model and its ablations on the "
                                        "synthetic task, report, ask about a real clip")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=1500)
+    demo.add_argument("--steps", type=int, default=2000)
     demo.add_argument("--ablation-steps", type=int, default=300)
     demo.add_argument("--test-size", type=int, default=512, help="held-out clips per run")
     demo.add_argument("--no-progress", action="store_true")

@@ -24,7 +24,7 @@ from mirasol.train import TrainConfig, dataset, evaluate, train
 @dataclasses.dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    steps: int = 1500
+    steps: int = 2000
     ablation_steps: int = 300
     batch_size: int = 32
     lr: float = 2e-3
