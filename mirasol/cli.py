@@ -161,32 +161,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    import time
-
-    from mirasol.data import ByteTokenizer, load_media
+    from mirasol.demo import ask
     from mirasol.model import load_checkpoint
     from mirasol.train import latest_checkpoint
 
     folder = Path(args.checkpoint)
     if not (folder / "model.safetensors").exists():
         folder = latest_checkpoint(folder) or folder  # a run folder: its last checkpoint
-    model = load_checkpoint(folder, device=args.device).eval()
-    c = model.config
-    start = time.perf_counter()
-    media = load_media(args.video, fps=c.fps, image_size=c.video.image_size,
-                       sample_rate=c.audio.sample_rate if c.audio else 16000,
-                       num_frames=args.frames, frames_multiple=c.frames_per_chunk,
-                       start=args.start, require_audio=c.audio is not None)
-    decoded = time.perf_counter()
-    tokenizer = ByteTokenizer()
-    audio = None if media.audio is None else media.audio[None].to(args.device)
-    answer = model.generate(media.video[None].to(args.device), audio,
-                            torch.tensor([tokenizer.prompt(args.question)], device=args.device),
-                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    done = time.perf_counter()
-    print(tokenizer.decode(answer[0]))
-    _progress(f"{media.video.shape[0]} frames ({media.duration:.1f} s) decoded in "
-              f"{(decoded - start) * 1e3:.0f} ms, answered in {(done - decoded) * 1e3:.0f} ms")
+    model = load_checkpoint(folder, device=args.device)
+    result = ask(model, args.video, args.question, num_frames=args.frames, start=args.start,
+                 num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    print(result["answer"])
+    _progress(f"{result['frames']} frames ({result['seconds']:.1f} s) decoded in "
+              f"{result['decode_ms']:.0f} ms, answered in {result['answer_ms']:.0f} ms")
     return 0
 
 

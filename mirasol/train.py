@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from mirasol.data import ByteTokenizer
 from mirasol.data.synthetic import ABLATIONS, SyntheticAVQA, SyntheticConfig, ablate, collate
 from mirasol.model import Mirasol, MirasolConfig, load_checkpoint, preset, save_checkpoint
+from mirasol.model.generation import greedy_search
 
 TOKENIZER = ByteTokenizer()
 
@@ -428,10 +429,11 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
         for (i, a), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, a)
-        generated = model.generate(batch["video"], batch["audio"], batch["prompt"],
-                                   prompt_lengths=batch["prompt_lengths"],
-                                   max_new_tokens=max(len(a.encode()) for e in chunk
-                                                      for a in candidates[e.kind]) + 1)
+        # greedy decoding straight from the latents above (generate() would encode again)
+        generated = greedy_search(model.text, latents, batch["prompt"], batch["prompt_lengths"],
+                                  max_new_tokens=max(len(a.encode()) for e in chunk
+                                                     for a in candidates[e.kind]) + 1,
+                                  eos_token_id=TOKENIZER.EOS, pad_token_id=TOKENIZER.PAD)
         for i, e in enumerate(chunk):
             said = TOKENIZER.decode(generated[i]).strip()
             hits[e.kind].append((best[i][1] == e.answer, said == e.answer))
