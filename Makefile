@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Test workers: one per core, one torch thread each.
 WORKERS ?= 2
 
-.PHONY: demo test check bench clean
+.PHONY: venv demo test check bench gpu-suite clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test,bench,media,report]'
 	touch $(STAMP)
+
+# The environment alone (CMakeLists.txt uses it to compile the kernels).
+venv: $(STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(WORKERS) $(PY) -m mirasol demo
@@ -29,6 +32,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m mirasol bench
+
+# On a CUDA machine: parity, benchmarks against the rivals, bench/results/<card>.md and .json
+# (SUITE_ARGS=--quick for the short plan).
+gpu-suite: $(STAMP)
+	$(PY) -m mirasol bench --suite gpu $(SUITE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -14,13 +14,18 @@ Tables:
   key-padding mask, and SDPA on the packed tokens with a dense block-diagonal mask.
 * ``cross-combiner``: the Transformer Combiner's block-diagonal attention, 16 chunks of
   about 600 tokens. Same baselines.
+* ``token pooling`` (:class:`TokenPoolProblem`, in the GPU suite): the TTM Combiner's
+  TokenLearner read, the triton backend against the torch composite.
 * ``scaling`` (:func:`scaling`): the whole model, not one op. Forward and forward+backward
   time and peak memory of Mirasol's ``small`` preset at 128 and 512 frames (4 and 16
   chunks), against :class:`~mirasol.model.baseline.FlatBaseline` (one transformer over all
   frames' tokens). Target: 4x the frames costs Mirasol at most 4.5x the time and memory.
 
-On CUDA the triton backend runs, and FlexAttention (compiled, same mask), flash-attn and
-xformers join where installed.
+On CUDA the triton backend runs, and the optional rivals (:data:`CHUNKED_RIVALS`,
+:data:`CROSS_RIVALS`: FlexAttention compiled with the same block mask, flash-attn, xformers)
+join where they can: one that cannot be built or fails to run is listed as skipped with the
+reason, never raised. Given the card's :class:`Peak`, a table also reports TFLOP/s as a
+fraction of the card's dense 16-bit tensor-core peak.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ import contextlib
 import functools
 import gc
 import os
+import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import accumulate
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +50,7 @@ from mirasol._format import format_rows
 from mirasol.data.tokenizer import ByteTokenizer
 from mirasol.model import Mirasol, MirasolConfig, chunk_layout, preset
 from mirasol.model.baseline import FlatBaseline
-from mirasol.ops import chunked_causal_attention, cross_attention
+from mirasol.ops import chunked_causal_attention, cross_attention, token_pool
 from mirasol.reference import chunked_causal_mask, cross_attention_mask
 
 
@@ -54,6 +60,35 @@ class Variant:
     fn: Callable[..., Tensor]
     inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> the fn's arguments
     note: str = ""
+    optional: bool = False  # a rival: a failure to run is recorded as skipped, not raised
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A variant that was not measured, and why."""
+    name: str
+    mode: str      # "fwd", "fwd+bwd", or "all" when it could not even be built
+    reason: str
+
+
+class Lineup(NamedTuple):
+    """What a problem measures: the baseline's name, the variants (the baseline among
+    them), and the rivals that could not be built here."""
+    baseline: str
+    variants: list[Variant]
+    skipped: list[Skipped]
+
+
+def _reason(error: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"[:300]
+
+
+def _attention_flops(visible_pairs: int, setting: Setting, backward: bool) -> float:
+    """FlashAttention's count: 4 d FLOPs per visible (query, key) pair and head forward
+    (QK^T and PV), 2.5x that more backward."""
+    return visible_pairs * setting.heads * 4 * setting.head_dim * (3.5 if backward else 1)
 
 
 @dataclass(frozen=True)
@@ -83,7 +118,7 @@ class ChunkedProblem:
     @property
     def title(self) -> str:
         return (f"chunked causal attention: B={self.batch} N={self.seqlen} "
-                f"chunk={self.chunk_size}")
+                f"chunk={self.chunk_size}, H={self.setting.heads} d={self.setting.head_dim}")
 
     def inputs(self, requires_grad: bool) -> tuple[Tensor, ...]:
         s = self.setting
@@ -96,7 +131,10 @@ class ChunkedProblem:
         full = sum(self.chunk_size * (t + 1) * self.chunk_size for t in range(chunks))
         return self.batch * (full + last * self.seqlen)
 
-    def variants(self) -> tuple[str, list[Variant]]:
+    def flops(self, backward: bool) -> float:
+        return _attention_flops(self.visible_pairs(), self.setting, backward)
+
+    def variants(self) -> Lineup:
         C, s = self.chunk_size, self.setting
         mask = chunked_causal_mask(self.seqlen, C, s.device)
         rows = [
@@ -108,13 +146,12 @@ class ChunkedProblem:
                     self.inputs, "N x N bool mask"),
             Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
                     "all N^2 scores"),
+            Variant("SDPA causal",
+                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                    self.inputs, "token-causal, not chunked"),
         ]
-        if s.device != "cpu":
-            size = self.chunk_size
-            rows += _flex_variant(lambda b, h, i, j: j // size <= i // size, self.batch,
-                                  self.seqlen, self.seqlen, self.inputs, s.device)
-            rows += _flash_causal_variant(self.inputs)
-        return "SDPA dense mask", rows
+        rivals, skipped = _build_rivals(CHUNKED_RIVALS, self)
+        return Lineup("SDPA dense mask", rows + rivals, skipped)
 
 
 @dataclass(frozen=True)
@@ -128,10 +165,16 @@ class CrossProblem:
     def title(self) -> str:
         return (f"cross-attention ({self.name}): {len(self.q_lens)} segments, queries "
                 f"{min(self.q_lens)}-{max(self.q_lens)}, keys {min(self.k_lens)}-"
-                f"{max(self.k_lens)}")
+                f"{max(self.k_lens)}, H={self.setting.heads} d={self.setting.head_dim}")
 
     def cu(self, lens) -> Tensor:
-        return torch.tensor((0, *accumulate(lens)), dtype=torch.int32, device=self.setting.device)
+        return _cu_seqlens(lens, self.setting.device)
+
+    def segment_ids(self, lens) -> Tensor:
+        """(sum(lens),) the segment of each packed row."""
+        device = self.setting.device
+        return torch.repeat_interleave(torch.arange(len(lens), device=device),
+                                       torch.tensor(lens, device=device))
 
     def packed(self, requires_grad: bool) -> tuple[Tensor, ...]:
         s = self.setting
@@ -146,10 +189,18 @@ class CrossProblem:
                 *(s.randn(B, s.heads, max(self.k_lens), s.head_dim, seed=i,
                           requires_grad=requires_grad) for i in (1, 2)))
 
+    def packed_4d(self, requires_grad: bool) -> tuple[Tensor, ...]:
+        """The packed tokens as one (1, H, total, d) sample: FlexAttention's layout."""
+        return tuple(t.detach().transpose(0, 1)[None].contiguous().requires_grad_(requires_grad)
+                     for t in self.packed(requires_grad))
+
     def visible_pairs(self) -> int:
         return sum(nq * nk for nq, nk in zip(self.q_lens, self.k_lens))
 
-    def variants(self) -> tuple[str, list[Variant]]:
+    def flops(self, backward: bool) -> float:
+        return _attention_flops(self.visible_pairs(), self.setting, backward)
+
+    def variants(self) -> Lineup:
         s = self.setting
         cu_q, cu_k = self.cu(self.q_lens), self.cu(self.k_lens)
         max_q, max_k = max(self.q_lens), max(self.k_lens)
@@ -177,73 +228,200 @@ class CrossProblem:
             Variant("SDPA block-diagonal mask", packed_sdpa, self.packed,
                     "dense total_q x total_k mask"),
         ]
-        if s.device != "cpu":
-            rows += _cuda_varlen_variants(self, cu_q, cu_k, max_q, max_k)
-        return "SDPA block-diagonal mask", rows
+        rivals, skipped = _build_rivals(CROSS_RIVALS, self)
+        return Lineup("SDPA block-diagonal mask", rows + rivals, skipped)
 
 
-# --------------------------------------------------------------- optional CUDA rivals
+def _cu_seqlens(lens, device: str) -> Tensor:
+    """int32 (len(lens) + 1,) segment bounds (0, ..., sum(lens))."""
+    return torch.tensor((0, *accumulate(lens)), dtype=torch.int32, device=device)
 
 
-def _flex_variant(mask_mod, batch, q_rows, k_rows, inputs, device) -> list[Variant]:
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError:
-        return []
+@dataclass(frozen=True)
+class TokenPoolProblem:
+    """TokenLearner pooling as the TTM Combiner reads: per chunk, ``tokens`` outputs pooled
+    from the memory and the chunk's tokens, all chunks packed (``seg_lens``). ``dim`` is the
+    feature width (the setting's heads and head_dim do not apply). Few FLOPs per byte: the
+    op is memory-bound, so expect a small fraction of the tensor-core peak."""
+    name: str
+    seg_lens: tuple[int, ...]
+    tokens: int = 32
+    dim: int = 1024
+    setting: Setting = Setting()
+
+    @property
+    def title(self) -> str:
+        return (f"token pooling ({self.name}): {len(self.seg_lens)} segments of "
+                f"{min(self.seg_lens)}-{max(self.seg_lens)} tokens, {self.tokens} outputs, "
+                f"d={self.dim}")
+
+    def inputs(self, requires_grad: bool) -> tuple[Tensor, ...]:
+        total, s = sum(self.seg_lens), self.setting
+        return (s.randn(total, self.dim, seed=0, requires_grad=requires_grad),
+                s.randn(total, self.tokens, seed=1, requires_grad=requires_grad))
+
+    def flops(self, backward: bool) -> float:
+        """2 FLOPs per (token, output, feature) forward (weights^T x); the backward's two
+        products (dx, dweights) double that again."""
+        return 2 * sum(self.seg_lens) * self.tokens * self.dim * (3 if backward else 1)
+
+    def variants(self) -> Lineup:
+        cu = _cu_seqlens(self.seg_lens, self.setting.device)
+        backends = dict.fromkeys((self.setting.backend, "torch"))  # triton first on CUDA
+        rows = [Variant(f"mirasol {b}",
+                        functools.partial(_token_pool_call, cu_seqlens=cu, backend=b),
+                        self.inputs, "" if b == "triton" else "masked softmax + bmm, fp32")
+                for b in backends]
+        return Lineup("mirasol torch", rows, [])
+
+
+def _token_pool_call(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor, backend: str) -> Tensor:
+    return token_pool(x, logits, cu_seqlens=cu_seqlens, backend=backend)
+
+
+# --------------------------------------------------------------------- optional rivals
+
+
+@dataclass(frozen=True)
+class Rival:
+    """A competitor from an optional package or torch feature. ``make(problem)`` builds its
+    :class:`Variant` and raises if it cannot (package missing, shape unsupported): the
+    reason is then listed as skipped. The standard rivals are CUDA only, where they are
+    compared: flash-attn's and xformers' attention need a GPU, and FlexAttention on CPU has
+    no backward."""
+    name: str
+    make: Callable[[Any], Variant]
+    cuda_only: bool = True
+
+
+def _build_rivals(rivals: list[Rival], problem) -> tuple[list[Variant], list[Skipped]]:
+    built, skipped = [], []
+    for rival in rivals:
+        if rival.cuda_only and problem.setting.device == "cpu":
+            skipped.append(Skipped(rival.name, "all", "CUDA only"))
+            continue
+        try:
+            built.append(rival.make(problem))
+        except Exception as e:  # noqa: BLE001 -- any failure of an optional rival is a skip
+            skipped.append(Skipped(rival.name, "all", _reason(e)))
+    return built, skipped
+
+
+def _flex(mask_mod, batch: int, q_rows: int, k_rows: int, inputs, device: str) -> Variant:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    # A fresh dynamo cache per table: the compiles of earlier tables would otherwise use up
+    # the recompile limit, after which torch.compile silently runs flex_attention eagerly.
+    torch._dynamo.reset()
     block_mask = create_block_mask(mask_mod, batch if batch > 1 else None, None, q_rows, k_rows,
                                    device=device)
     compiled = torch.compile(flex_attention, dynamic=False)
-    return [Variant("FlexAttention", lambda q, k, v: compiled(q, k, v, block_mask=block_mask),
-                    inputs, "compiled, same block mask")]
+    return Variant("FlexAttention", lambda q, k, v: compiled(q, k, v, block_mask=block_mask),
+                   inputs, "compiled, same block mask", optional=True)
 
 
-def _flash_causal_variant(inputs) -> list[Variant]:
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return []
+def _flex_chunked(problem: ChunkedProblem) -> Variant:
+    size = problem.chunk_size
+    return _flex(lambda b, h, i, j: j // size <= i // size, problem.batch, problem.seqlen,
+                 problem.seqlen, problem.inputs, problem.setting.device)
+
+
+def _flash_causal(problem: ChunkedProblem) -> Variant:
+    from flash_attn import flash_attn_func
+
     # flash-attn takes (B, N, H, D); token-causal does about as much work as chunk size 1.
-    return [Variant("flash-attn causal",
-                    lambda q, k, v: flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)),
-                                                    causal=True).transpose(1, 2),
-                    inputs, "token-causal, not chunked")]
+    return Variant("flash-attn causal",
+                   lambda q, k, v: flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)),
+                                                   causal=True).transpose(1, 2),
+                   problem.inputs, "token-causal, not chunked", optional=True)
 
 
-def _cuda_varlen_variants(problem: CrossProblem, cu_q, cu_k, max_q, max_k) -> list[Variant]:
-    rows = []
-    seg_q = torch.repeat_interleave(torch.arange(len(problem.q_lens), device=cu_q.device),
-                                    torch.tensor(problem.q_lens, device=cu_q.device))
-    seg_k = torch.repeat_interleave(torch.arange(len(problem.k_lens), device=cu_k.device),
-                                    torch.tensor(problem.k_lens, device=cu_k.device))
+def _flex_cross(problem: CrossProblem) -> Variant:
+    seg_q, seg_k = problem.segment_ids(problem.q_lens), problem.segment_ids(problem.k_lens)
+    return _flex(lambda b, h, i, j: seg_q[i] == seg_k[j], 1, sum(problem.q_lens),
+                 sum(problem.k_lens), problem.packed_4d, problem.setting.device)
 
-    def as_4d(inputs):
-        return lambda requires_grad: tuple(t.detach().transpose(0, 1)[None].contiguous()
-                                           .requires_grad_(requires_grad)
-                                           for t in inputs(requires_grad))
 
-    rows += _flex_variant(lambda b, h, i, j: seg_q[i] == seg_k[j], 1, sum(problem.q_lens),
-                          sum(problem.k_lens), as_4d(problem.packed), problem.setting.device)
-    try:
-        from flash_attn import flash_attn_varlen_func
+def _flash_varlen(problem: CrossProblem) -> Variant:
+    from flash_attn import flash_attn_varlen_func
 
-        rows.append(Variant("flash_attn_varlen_func",
-                            lambda q, k, v: flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q,
-                                                                   max_k),
-                            problem.packed, "packed"))
-    except ImportError:
-        pass
-    try:
-        from xformers.ops import memory_efficient_attention
-        from xformers.ops.fmha.attn_bias import BlockDiagonalMask
+    cu_q, cu_k = problem.cu(problem.q_lens), problem.cu(problem.k_lens)
+    max_q, max_k = max(problem.q_lens), max(problem.k_lens)
+    return Variant("flash_attn_varlen_func",
+                   lambda q, k, v: flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k),
+                   problem.packed, "packed", optional=True)
 
-        bias = BlockDiagonalMask.from_seqlens(list(problem.q_lens), list(problem.k_lens))
-        rows.append(Variant("xformers BlockDiagonalMask",
-                            lambda q, k, v: memory_efficient_attention(
-                                q[None], k[None], v[None], attn_bias=bias)[0],
-                            problem.packed, "packed"))
-    except ImportError:
-        pass
-    return rows
+
+def _xformers_block_diagonal(problem: CrossProblem) -> Variant:
+    from xformers.ops import memory_efficient_attention
+    from xformers.ops.fmha.attn_bias import BlockDiagonalMask
+
+    bias = BlockDiagonalMask.from_seqlens(list(problem.q_lens), list(problem.k_lens))
+    return Variant("xformers BlockDiagonalMask",
+                   lambda q, k, v: memory_efficient_attention(q[None], k[None], v[None],
+                                                              attn_bias=bias)[0],
+                   problem.packed, "packed", optional=True)
+
+
+# Looked up when a problem builds its lineup, so a caller (or a test) can change them.
+CHUNKED_RIVALS = [Rival("FlexAttention", _flex_chunked), Rival("flash-attn", _flash_causal)]
+CROSS_RIVALS = [Rival("FlexAttention", _flex_cross), Rival("flash-attn", _flash_varlen),
+                Rival("xformers", _xformers_block_diagonal)]
+
+
+# ------------------------------------------------------------------ the card's peak
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The card's dense tensor-core peak for one dtype, or why there is none."""
+    tflops: float | None   # TFLOP/s; None: unknown card or dtype, so fractions are "n/a"
+    note: str              # the matched entry and its source, or the reason for n/a
+
+
+# Dense (no 2:4 sparsity) fp16/bf16 tensor-core peaks with fp32 accumulation, TFLOP/s, keyed by
+# a pattern of torch.cuda.get_device_name(); the first match wins, so variants come before
+# the plain name, and word boundaries keep A10 from matching A100 and L4 from L40S. NVIDIA's
+# datasheets print the sparse figure: the dense one is half.
+#   A100 SXM/PCIe: A100 datasheet, BF16/FP16 312 (624 sparse), both form factors.
+#   H100 SXM / PCIe / NVL: H100 datasheet, 1,979 / 1,513 / 1,671 sparse.
+#   H200 (SXM): H200 datasheet, 1,979 sparse (the H200 NVL card is lower: not listed).
+#   L4: L4 datasheet, FP16 242 sparse.  A10: A10 datasheet, BF16 125 (250 sparse).
+#   L40S: L40S datasheet, BF16 362.05 (733 sparse).
+#   GeForce RTX 4090: Ada architecture whitepaper, FP16 with FP32 accumulate 165.2 (330.4
+#   sparse); the RTX 4090 D is cut down: not listed.
+#   B200 (HGX, 1000 W): HGX B200 datasheet, FP16/BF16 4.5 PFLOPS sparse.
+PEAKS_16BIT: tuple[tuple[str, float, str], ...] = (
+    (r"\bA100\b", 312.0, "A100 (NVIDIA A100 datasheet)"),
+    (r"\bH100\b.*\bPCIe\b", 756.0, "H100 PCIe (NVIDIA H100 datasheet)"),
+    (r"\bH100\b.*\bNVL\b", 835.0, "H100 NVL (NVIDIA H100 datasheet)"),
+    (r"\bH100\b.*\b(SXM|HBM3)\b", 989.0, "H100 SXM (NVIDIA H100 datasheet)"),
+    (r"\bH200\b(?!.*\bNVL\b)", 989.0, "H200 SXM (NVIDIA H200 datasheet)"),
+    (r"\bL4\b", 121.0, "L4 (NVIDIA L4 datasheet)"),
+    (r"\bA10\b", 125.0, "A10 (NVIDIA A10 datasheet)"),
+    (r"\bL40S\b", 362.0, "L40S (NVIDIA L40S datasheet)"),
+    (r"\bRTX 4090\b(?! D\b)", 165.0, "GeForce RTX 4090 (NVIDIA Ada architecture whitepaper)"),
+    (r"\bB200\b", 2250.0, "B200 HGX (NVIDIA HGX B200 datasheet)"),
+)
+
+
+def card_peak(device_name: str, dtype: torch.dtype) -> Peak:
+    """The dense tensor-core peak of the card named ``device_name`` (as
+    ``torch.cuda.get_device_name()`` spells it) for inputs of ``dtype``: known for fp16 and
+    bf16 on the cards of :data:`PEAKS_16BIT`, otherwise n/a with the reason (never a guess)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return Peak(None, f"no peak for {str(dtype).removeprefix('torch.')} inputs: the table "
+                          "holds dense 16-bit tensor-core peaks")
+    for pattern, tflops, source in PEAKS_16BIT:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return Peak(tflops, f"{tflops:g} TFLOP/s dense 16-bit tensor core, {source}")
+    return Peak(None, f"{device_name!r} is not in mirasol.benchmark.PEAKS_16BIT: no fraction "
+                      "rather than a guess")
+
+
+def card_slug(device_name: str) -> str:
+    """A file name for the card: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown"
 
 
 # ------------------------------------------------------------------------- measuring
@@ -259,6 +437,7 @@ class Measurement:
     ratio: float | None = None      # time / baseline time
     mem_ratio: float | None = None  # peak / baseline peak
     note: str = ""
+    peak_fraction: float | None = None  # tflops / the card's dense peak (Table.peak)
 
 
 @dataclass
@@ -268,6 +447,8 @@ class Table:
     device_name: str
     baseline: str
     rows: list[Measurement] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    peak: Peak | None = None  # None: no fraction column (CPU); Peak(None, why): "n/a"
 
 
 def _sync(device: str) -> None:
@@ -349,31 +530,44 @@ def measure(variant: Variant, problem, *, backward: bool, reps: int = 5,
 
     device = problem.setting.device
     median = _median_ms(call, device, reps, warmup)
-    per_pair = 4 * problem.setting.head_dim * (3.5 if backward else 1)  # FlashAttention's count
-    tflops = problem.visible_pairs() * problem.setting.heads * per_pair / (median * 1e-3) / 1e12
+    tflops = problem.flops(backward) / (median * 1e-3) / 1e12
     return Measurement(variant.name, "fwd+bwd" if backward else "fwd", median,
                        _peak_mib(call, device), tflops, note=variant.note)
 
 
-def run(problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"),
+def device_label(device: str) -> str:
+    """The device as tables name it: the CUDA card's name, or the CPU and its threads."""
+    return (torch.cuda.get_device_name() if device.startswith("cuda")
+            else f"CPU, {torch.get_num_threads()} threads")
+
+
+def run(problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"), peak: Peak | None = None,
         progress: Callable[[str], None] | None = None) -> Table:
-    """Measure every variant in every mode; ratios are against the problem's baseline."""
-    baseline, variants = problem.variants()
-    device = problem.setting.device
-    device_name = (torch.cuda.get_device_name() if device.startswith("cuda")
-                   else f"CPU, {torch.get_num_threads()} threads")
-    table = Table(problem.title, problem.setting, device_name, baseline)
+    """Measure every variant in every mode; ratios are against the problem's baseline. An
+    optional variant (a rival) that raises is listed in ``Table.skipped`` with the reason;
+    any other failure propagates. With ``peak``, each row also gets its fraction of it."""
+    baseline, variants, skipped = problem.variants()
+    table = Table(problem.title, problem.setting, device_label(problem.setting.device),
+                  baseline, skipped=list(skipped), peak=peak)
     for mode in modes:
         measured = []
         for variant in variants:
             if progress:
                 progress(f"{mode:8s} {variant.name}")
-            measured.append(measure(variant, problem, backward=mode == "fwd+bwd", reps=reps))
+            try:
+                measured.append(measure(variant, problem, backward=mode == "fwd+bwd",
+                                        reps=reps))
+            except Exception as e:  # noqa: BLE001 -- only rivals may fail; ours must raise
+                if not variant.optional:
+                    raise
+                table.skipped.append(Skipped(variant.name, mode, _reason(e)))
         base = next(m for m in measured if m.name == baseline)
         for m in measured:
             m.ratio = m.median_ms / base.median_ms
             if m.peak_mib is not None and base.peak_mib:
                 m.mem_ratio = m.peak_mib / base.peak_mib
+            if peak is not None and peak.tflops:
+                m.peak_fraction = m.tflops / peak.tflops
         table.rows.extend(measured)
     return table
 
@@ -390,18 +584,32 @@ def problems(setting: Setting, seqlen: int = 4096) -> dict[str, object]:
 
 
 def format_table(table: Table) -> str:
-    s = table.setting
-    head = (f"{table.title}, H={s.heads} d={s.head_dim} {str(s.dtype).removeprefix('torch.')} "
-            f"on {table.device_name}\nratios against {table.baseline!r}, measured side by side "
-            f"in this run (medians); TFLOP/s count visible pairs only")
+    dtype = str(table.setting.dtype).removeprefix("torch.")
+    head = (f"{table.title}, {dtype} on {table.device_name}\nratios against "
+            f"{table.baseline!r}, measured side by side in this run (medians); TFLOP/s count "
+            f"useful work only")
+    if table.peak is not None:
+        head += "; of peak: " + (f"TFLOP/s / {table.peak.note}" if table.peak.tflops
+                                 else f"n/a, {table.peak.note}")
+    with_peak = table.peak is not None
     cells = [("mode", "variant", "median ms", "x time", "peak MiB", "x memory", "TFLOP/s",
-              "note")]
+              *(("of peak",) if with_peak else ()), "note")]
     for m in table.rows:
+        fraction = "n/a" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"
         cells.append((m.mode, m.name, f"{m.median_ms:.2f}", f"{m.ratio:.2f}",
                       "n/a" if m.peak_mib is None else f"{m.peak_mib:.1f}",
                       "n/a" if m.mem_ratio is None else f"{m.mem_ratio:.2f}",
-                      f"{m.tflops:.3f}", m.note))
-    return head + "\n" + format_rows(cells)
+                      f"{m.tflops:.3f}", *((fraction,) if with_peak else ()), m.note))
+    lines = [head, format_rows(cells)]
+    lines += [f"skipped: {s.name} ({s.mode}): {s.reason}" for s in table.skipped]
+    return "\n".join(lines)
+
+
+def table_record(table: Table) -> dict:
+    """The table as JSON-ready data (dtypes as strings)."""
+    record = asdict(table)
+    record["setting"]["dtype"] = str(table.setting.dtype)
+    return record
 
 
 # -------------------------------------------------------------------- model scaling
@@ -475,13 +683,12 @@ def scaling(config: MirasolConfig | None = None, *, frames: tuple[int, int] = (1
     models = {"mirasol": Mirasol(config).to(device), "flat baseline": baseline}
     inputs = {f: _qa_inputs(config, f, device) for f in frames}
     chunks = [f // config.frames_per_chunk for f in frames]
-    device_name = (torch.cuda.get_device_name() if device.startswith("cuda")
-                   else f"CPU, {torch.get_num_threads()} threads")
+    card = device_label(device)
     table = ScalingTable(
         f"scaling with clip length: {frames[0]} vs {frames[1]} frames ({chunks[0]} vs "
         f"{chunks[1]} chunks of {config.frames_per_chunk}, {baseline.tokens_per_chunk} A/V "
-        f"tokens each), dim {config.dim}, batch 1, float32 on {device_name}",
-        device_name, frames, target,
+        f"tokens each), dim {config.dim}, batch 1, float32 on {card}",
+        card, frames, target,
         {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
         config.to_dict())
     for mode in ("fwd", "fwd+bwd"):

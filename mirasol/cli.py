@@ -2,7 +2,8 @@
 
     mirasol check   parity of every op and backend available here, and a short benchmark
     mirasol bench   benchmark tables of the attention ops (ratios measured side by side),
-                    and of the model's cost at 4x the frames (--op scaling)
+                    and of the model's cost at 4x the frames (--op scaling); --suite gpu:
+                    parity, benchmarks against the rivals and a report, on a CUDA machine
     mirasol params  parameter counts per component of every preset
     mirasol train   train (or resume) on synthetic audio-video QA or a manifest; torchrun-able
     mirasol eval    accuracy and exact match of a checkpoint per question kind
@@ -65,6 +66,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.suite:
+        return _gpu_suite(args)
     device = _device(args.device)
     from mirasol import benchmark
 
@@ -79,14 +82,13 @@ def cmd_bench(args) -> int:
                                     device=device.type)
         problems = benchmark.problems(setting, seqlen=args.seqlen)
         names = list(problems) if args.op == "all" else [args.op]
-        tables = [benchmark.run(problems[name], reps=args.reps, progress=_progress)
+        peak = (benchmark.card_peak(torch.cuda.get_device_name(device), dtype)
+                if device.type == "cuda" else None)
+        tables = [benchmark.run(problems[name], reps=args.reps, peak=peak, progress=_progress)
                   for name in names]
         text = "\n\n".join(benchmark.format_table(t) for t in tables)
         device_name = tables[0].device_name
-        records = {name: {"title": t.title, "baseline": t.baseline,
-                          "setting": {**asdict(setting), "dtype": str(dtype)},
-                          "rows": [asdict(m) for m in t.rows]}
-                   for name, t in zip(names, tables)}
+        records = {name: benchmark.table_record(t) for name, t in zip(names, tables)}
     print(text)
     if args.out:
         out = Path(args.out)
@@ -96,6 +98,24 @@ def cmd_bench(args) -> int:
         out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def _gpu_suite(args) -> int:
+    if not torch.cuda.is_available() or args.device not in ("auto", "cuda"):
+        why = ("--device cpu was given" if args.device not in ("auto", "cuda") else
+               f"no CUDA device (torch {torch.__version__}, "
+               f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})")
+        print(f"mirasol bench --suite gpu needs a CUDA GPU: {why}.\n"
+              "Run it on a CUDA machine (make gpu-suite). Here, `mirasol check` runs the "
+              "parity checks and `mirasol bench` the benchmark tables on the CPU.",
+              file=sys.stderr)
+        return 2
+    _device("cuda")
+    from mirasol import suite
+
+    plan = suite.gpu_plan(quick=args.quick, budget_s=args.budget)
+    command = "mirasol bench --suite gpu" + (" --quick" if args.quick else "")
+    return suite.main(plan, Path(args.out_dir), command, progress=_progress)
 
 
 def _millions(n: int) -> str:
@@ -210,6 +230,18 @@ def main(argv: list[str] | None = None) -> int:
                        help="default: float32 on CPU, bfloat16 on CUDA")
     bench.add_argument("--reps", type=int, default=5, help="timed runs per variant (median)")
     bench.add_argument("--out", help="also write the tables as JSON (and .md) to this path")
+    bench.add_argument("--suite", choices=["gpu"],
+                       help="gpu: on a CUDA machine, parity of every op and backend, all "
+                            "tables in bf16 against SDPA, FlexAttention, flash-attn and "
+                            "xformers, TFLOP/s as a fraction of the card's peak; writes "
+                            "<out-dir>/<card>.md and .json (the options above do not apply)")
+    bench.add_argument("--quick", action="store_true",
+                       help="--suite gpu: without the N=16384 and fp16 tables; 10 reps")
+    bench.add_argument("--budget", type=float, default=420.0,
+                       help="--suite gpu: seconds after which no new table is started "
+                            "(those left are listed as not run)")
+    bench.add_argument("--out-dir", default="bench/results",
+                       help="--suite gpu: where the report goes")
     bench.set_defaults(func=cmd_bench)
 
     params = sub.add_parser("params", help="parameter counts per component of the presets")
