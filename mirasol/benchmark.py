@@ -308,6 +308,7 @@ def _build_rivals(rivals: list[Rival], problem) -> tuple[list[Variant], list[Ski
 
 
 def _flex(mask_mod, batch: int, q_rows: int, k_rows: int, inputs, device: str) -> Variant:
+    import torch._dynamo
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     # A fresh dynamo cache per table: the compiles of earlier tables would otherwise use up
