@@ -1,0 +1,148 @@
+"""The CMake ahead-of-time C library (CMakeLists.txt, aot/): configured, built and tested
+with ctest, as the README says, for two archs; and the C side's launches are the Python
+launchers' launches.
+
+No GPU here: ctest's ``run`` test (every op on the GPU against the C reference) must
+report itself skipped, and ``api`` (argument checks, arch selection) must pass. The
+comparison with the Python launchers is what stands in for the GPU on this machine: for
+each layout, the variant's tile config, the grid and every kernel argument (strides, the
+scale in base 2, which tensor each pointer is) equal those ``kernels/`` builds for the
+same problem, so the cubin receives what the JIT-compiled kernel would.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = (80, 90)
+HEAD_DIM = 64
+
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None,
+                                reason="needs cmake and a C compiler")
+
+
+def _run(*cmd, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    build = tmp_path_factory.mktemp("cmake-build")
+    _run("cmake", "-S", ROOT, "-B", str(build), f"-DMIRASOL_PYTHON={sys.executable}",
+         f"-DMIRASOL_CUDA_ARCHITECTURES={';'.join(map(str, ARCHS))}",
+         "-DMIRASOL_AOT_DTYPES=bf16", f"-DMIRASOL_AOT_HEAD_DIMS={HEAD_DIM}")
+    _run("cmake", "--build", str(build), "-j", "2")
+    return build
+
+
+def test_ctest(build):
+    out = _run("ctest", "--test-dir", str(build), "--output-on-failure")
+    assert "api ...." in out and "Passed" in out.split("api ....")[1].splitlines()[0]
+    run_line = out.split("run ....")[1].splitlines()[0]
+    if torch.cuda.is_available():
+        assert "Passed" in run_line, out
+    else:
+        assert "Skipped" in run_line, out
+    assert (build / "libmirasol_kernels.so").exists()
+
+
+# (C arguments after "plan_dump ARCH bf16", the Python launch of the same problem)
+def _chunked(lengths):
+    def launch(meta, capability):
+        from mirasol.kernels.attention import attn_fwd_launch
+        from mirasol.kernels.chunked_attention import chunked_segments
+
+        B, H, H_kv, N, C = 2, 8, 2, 1000, 256
+        q, o = meta("q", B, H, N, HEAD_DIM), meta("o", B, H, N, HEAD_DIM)
+        k, v = meta("k", B, H_kv, N, HEAD_DIM), meta("v", B, H_kv, N, HEAD_DIM)
+        lse = meta("lse", B, H, N, dtype=torch.float32)
+        lens = meta("lengths", B, dtype=torch.int32) if lengths else None
+        return attn_fwd_launch(q, k, v, o, lse, chunked_segments(N, C, lens), 1 / HEAD_DIM,
+                               capability=capability)
+
+    return ["chunked", 2, 8, 2, 1000, HEAD_DIM, 256] + (["lengths"] if lengths else []), launch
+
+
+def _cross(causal):
+    def launch(meta, capability):
+        from mirasol.kernels.attention import attn_fwd_launch
+        from mirasol.kernels.cross_attention import cross_segments
+
+        S, TQ, TK, MQ, MK, H, H_kv = 3, 70, 90, 40, 50, 4, 2
+        # The (1, H, total, D) views the op passes (mirasol/ops/cross_attention.py).
+        q, o = (meta(name, TQ, H, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "qo")
+        k, v = (meta(name, TK, H_kv, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "kv")
+        lse = meta("lse", 1, H, TQ, dtype=torch.float32)
+        seg = cross_segments(cu_seqlens_q=meta("cu_seqlens_q", S + 1, dtype=torch.int32),
+                             cu_seqlens_k=meta("cu_seqlens_k", S + 1, dtype=torch.int32),
+                             k_lengths=None, max_seqlen_q=MQ, max_seqlen_k=MK, causal=causal)
+        return attn_fwd_launch(q, k, v, o, lse, seg, 1 / HEAD_DIM, capability=capability)
+
+    return ["cross", 3, 70, 90, 40, 50, 4, 2, HEAD_DIM, int(causal)], launch
+
+
+def _pool(layout, tokens):
+    def launch(meta, capability):
+        from mirasol.kernels.token_pool import token_pool_fwd_launch
+
+        S, N, D = 5, 37, 96
+        if layout == "packed":
+            x, logits = meta("x", N, D), meta("logits", N, tokens)
+        else:
+            x, logits = meta("x", S, N, D), meta("logits", S, N, tokens)
+        cu = meta("cu_seqlens", S + 1, dtype=torch.int32) if layout == "packed" else None
+        lens = meta("lengths", S, dtype=torch.int32) if layout == "lengths" else None
+        out, stats = meta("out", S, tokens, D), meta("stats", S, 2, tokens, dtype=torch.float32)
+        return token_pool_fwd_launch(x, logits, out, stats, cu, lens, capability=capability)
+
+    return ["pool", 5, 37, 96, tokens, layout], launch
+
+
+PROBLEMS = {
+    "chunked": _chunked(False), "chunked-lengths": _chunked(True),
+    "cross": _cross(False), "cross-causal": _cross(True),
+    "pool-padded": _pool("padded", 8), "pool-lengths": _pool("lengths", 20),
+    "pool-packed": _pool("packed", 64),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_launch_matches_python(build, problem, arch):
+    c_args, python_launch = PROBLEMS[problem]
+    plan = json.loads(_run(str(build / "plan_dump"), str(arch), "bf16", *map(str, c_args)))
+
+    roles = {}
+
+    def meta(role, *shape, dtype=torch.bfloat16):
+        t = torch.empty(shape, dtype=dtype, device="meta")
+        roles[id(t)] = role
+        return t
+
+    def role(t):  # a view (made here or by the launcher) is its base tensor's
+        return roles[id(t if t._base is None else t._base)]
+
+    launch = python_launch(meta, (arch // 10, arch % 10))
+    cfg = launch.config
+    assert plan["config"] == [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
+    assert plan["grid"] == [*launch.grid, 1][:3]
+    names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
+    assert list(plan["args"]) == names
+    for name, value in zip(names, launch.args):
+        got = plan["args"][name]
+        if isinstance(value, torch.Tensor):
+            assert plan["tensors"][str(got)] == role(value), name
+        elif isinstance(value, float):
+            assert math.isclose(got, value, rel_tol=1e-6), (name, got, value)
+        else:
+            assert got == value, (name, got, value)
