@@ -146,3 +146,78 @@ def test_launch_matches_python(build, problem, arch):
             assert math.isclose(got, value, rel_tol=1e-6), (name, got, value)
         else:
             assert got == value, (name, got, value)
+
+
+# ------------------------------------------- the C reference that `run` checks the GPU by
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    import ctypes
+
+    lib = tmp_path_factory.mktemp("c-reference") / "libreference.so"
+    _run("cc", "-O1", "-shared", "-fPIC", "-o", str(lib), os.path.join(ROOT, "aot/tests/reference.c"),
+         "-I", os.path.join(ROOT, "aot/include"), "-lm")
+    ref = ctypes.CDLL(str(lib))
+    ref.ref_to_bits.restype, ref.ref_to_bits.argtypes = ctypes.c_uint16, [ctypes.c_float,
+                                                                           ctypes.c_int]
+    ref.ref_from_bits.restype, ref.ref_from_bits.argtypes = ctypes.c_float, [ctypes.c_uint16,
+                                                                              ctypes.c_int]
+    return ref
+
+
+def _ptr(t: torch.Tensor):
+    import ctypes
+
+    return ctypes.c_void_p(t.data_ptr())
+
+
+@pytest.mark.parametrize("dtype,code", [(torch.float16, 0), (torch.bfloat16, 1)])
+def test_c_reference_rounds_like_torch(reference, dtype, code):
+    gen = torch.Generator().manual_seed(code)
+    x = torch.cat([torch.randn(2000, generator=gen) * 10.0 ** torch.randint(-9, 6, (2000,),
+                                                                         generator=gen),
+                   torch.tensor([0.0, -0.0, 65504.0, 65520.0, 1e6, -1e6, 2.0**-24, 2.0**-25,
+                                 3 * 2.0**-26, float("inf")])])
+    bits = [reference.ref_to_bits(float(v), code) for v in x.tolist()]
+    expected = x.to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
+    assert bits == expected.tolist()
+    back = torch.tensor([reference.ref_from_bits(b, code) for b in bits])
+    assert torch.equal(back, x.to(dtype).float())
+
+
+def test_c_reference_attention_row(reference):
+    import ctypes
+
+    from mirasol.reference import masked_attention
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 50, 32
+    q, k, v = (torch.randn(s, generator=gen) for s in ((d,), (n, d), (n, d)))
+    visible = torch.rand(n, generator=gen) < 0.6
+    out, lse = torch.zeros(d, dtype=torch.float64), ctypes.c_double()
+    vis = visible.to(torch.uint8)
+    reference.ref_attention_row(_ptr(q), _ptr(k), _ptr(v), d, _ptr(vis), n, d,
+                                ctypes.c_double(0.3), -1, _ptr(out), ctypes.byref(lse))
+    expected = masked_attention(q.double()[None, None, None], k.double()[None, None],
+                                v.double()[None, None], visible[None, None, None], 0.3)
+    torch.testing.assert_close(out, expected.flatten(), rtol=1e-12, atol=1e-12)
+    scores = (k.double() @ q.double() * 0.3)[visible]
+    assert math.isclose(lse.value, torch.logsumexp(scores, 0).item(), rel_tol=1e-12)
+    # In bf16 it lands within a few bf16 roundings of the oracle.
+    reference.ref_attention_row(_ptr(q), _ptr(k), _ptr(v), d, _ptr(vis), n, d,
+                                ctypes.c_double(0.3), 1, _ptr(out), ctypes.byref(lse))
+    assert 0 < (out - expected.flatten()).abs().max() < 8 * 2.0**-8
+
+
+def test_c_reference_token_pool(reference):
+    from mirasol.reference import token_pool
+
+    gen = torch.Generator().manual_seed(1)
+    n, d, m = 30, 16, 5
+    x, logits = torch.randn(n, d, generator=gen), torch.randn(n, m, generator=gen) * 3
+    out = torch.zeros(m, d, dtype=torch.float64)
+    reference.ref_token_pool_segment(_ptr(x), _ptr(logits), n, d, m, -1, _ptr(out))
+    expected = token_pool(x.double(), logits.double(),
+                          cu_seqlens=torch.tensor([0, n], dtype=torch.int32))
+    torch.testing.assert_close(out, expected[0], rtol=1e-12, atol=1e-12)
