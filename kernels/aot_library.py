@@ -198,9 +198,10 @@ def compile_variant(v: Variant) -> Compiled:
                               options=options.__dict__)
     meta = compiled.metadata
     if meta.global_scratch_size or meta.profile_scratch_size or meta.launch_cooperative_grid \
-            or meta.num_ctas != 1 or meta.launch_pdl:
+            or meta.num_ctas != 1 or meta.launch_pdl or meta.tensordesc_meta:
         raise RuntimeError(f"{v.name}: needs a launch feature the C library does not "
-                           "implement (scratch memory, cooperative grid, clusters or PDL)")
+                           "implement (scratch memory, cooperative grid, clusters, PDL or "
+                           "TMA descriptors)")
     cfg = launch.config
     return Compiled(v, args, cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
                     meta.shared, compiled.asm["cubin"])
