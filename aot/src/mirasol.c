@@ -137,6 +137,17 @@ static void fill_attention(mirasol_attn_fwd_args *a, const void *q, const void *
   a->qk_scale = (float)((double)scale * LOG2E);
 }
 
+static void init_request(mirasol_request *r, mirasol_kernel_id kernel, mirasol_dtype dtype,
+                         int size, int layout, int rows, int programs) {
+  memset(r, 0, sizeof *r);
+  r->kernel = kernel;
+  r->dtype = dtype;
+  r->size = size;
+  r->layout = layout;
+  r->rows = rows;
+  r->programs = programs;
+}
+
 mirasol_status mirasol_request_chunked_attention(
     mirasol_request *r, mirasol_dtype dtype, const void *q, const void *k, const void *v,
     void *o, float *lse, const int32_t *lengths, int batch, int heads, int kv_heads,
@@ -147,13 +158,9 @@ mirasol_status mirasol_request_chunked_attention(
         seqlen);
   CHECK(chunk_size >= 1, "chunk_size = %d; expected >= 1", chunk_size);
   TRY(check_elements("q", batch, heads, seqlen, head_dim));
-  memset(r, 0, sizeof *r);
-  r->kernel = MIRASOL_KERNEL_ATTN_FWD;
-  r->dtype = dtype;
-  r->size = head_dim;
-  r->layout = lengths ? MIRASOL_ATTN_FWD_CHUNKED_LENGTHS : MIRASOL_ATTN_FWD_CHUNKED;
-  r->rows = seqlen;
-  r->programs = batch * heads;
+  init_request(r, MIRASOL_KERNEL_ATTN_FWD, dtype, head_dim,
+               lengths ? MIRASOL_ATTN_FWD_CHUNKED_LENGTHS : MIRASOL_ATTN_FWD_CHUNKED, seqlen,
+               batch * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, NULL, NULL, lengths, heads, kv_heads,
                  seqlen, seqlen, head_dim, chunk_size, scale, 0);
   return MIRASOL_SUCCESS;
@@ -176,13 +183,9 @@ mirasol_status mirasol_request_cross_attention(
         "max_seqlen_k = %d; expected within [0, total_k = %d]", max_seqlen_k, total_k);
   TRY(check_elements("q", 1, total_q, heads, head_dim));
   TRY(check_elements("k", 1, total_k, kv_heads, head_dim));
-  memset(r, 0, sizeof *r);
-  r->kernel = MIRASOL_KERNEL_ATTN_FWD;
-  r->dtype = dtype;
-  r->size = head_dim;
-  r->layout = causal ? MIRASOL_ATTN_FWD_CROSS_CAUSAL : MIRASOL_ATTN_FWD_CROSS;
-  r->rows = max_seqlen_q;
-  r->programs = segments * heads;
+  init_request(r, MIRASOL_KERNEL_ATTN_FWD, dtype, head_dim,
+               causal ? MIRASOL_ATTN_FWD_CROSS_CAUSAL : MIRASOL_ATTN_FWD_CROSS, max_seqlen_q,
+               segments * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, NULL, heads,
                  kv_heads, total_q, total_k, head_dim, causal ? 1 : NO_CHUNKS, scale, 1);
   return MIRASOL_SUCCESS;
@@ -213,15 +216,12 @@ mirasol_status mirasol_request_token_pool(
   TRY(check_elements("out", segments, num_tokens, dim, 1));
   int bucket = 16;
   while (bucket < num_tokens) bucket *= 2;
-  memset(r, 0, sizeof *r);
-  r->kernel = MIRASOL_KERNEL_TOKEN_POOL_FWD;
-  r->dtype = dtype;
-  r->size = bucket;
-  r->layout = packed    ? MIRASOL_TOKEN_POOL_FWD_PACKED
-              : lengths ? MIRASOL_TOKEN_POOL_FWD_PADDED_LENGTHS
-                        : MIRASOL_TOKEN_POOL_FWD_PADDED;
-  r->rows = dim; /* one program per block of features */
-  r->programs = segments;
+  /* one program per block of features and segment */
+  init_request(r, MIRASOL_KERNEL_TOKEN_POOL_FWD, dtype, bucket,
+               packed    ? MIRASOL_TOKEN_POOL_FWD_PACKED
+               : lengths ? MIRASOL_TOKEN_POOL_FWD_PADDED_LENGTHS
+                         : MIRASOL_TOKEN_POOL_FWD_PADDED,
+               dim, segments);
   mirasol_token_pool_fwd_args *a = &r->args.pool;
   a->X = (uintptr_t)x;
   a->S = (uintptr_t)logits;
