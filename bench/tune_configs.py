@@ -8,8 +8,9 @@ shared memory on every arch of the family, for each specialization the ops launc
 grouped-query heads). Writes the table to kernels/_configs.py. A proxy for speed, not a
 timing: retune on the GPU when one is at hand.
 
-    python bench/tune_configs.py            # all kernels (an hour or more on 2 cores)
-    python bench/tune_configs.py --jobs 2   # an interrupted run resumes from its --cache
+    python bench/tune_configs.py                 # all kernels (hours on 2 cores)
+    python bench/tune_configs.py --family sm100  # one family; the others' entries are kept
+    python bench/tune_configs.py --jobs 2        # an interrupted run resumes from its --cache
 """
 
 from __future__ import annotations
@@ -27,15 +28,26 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = {"sm80": (80,), "sm86": (86, 89), "sm90": (90, 100)}
-SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
+# Compiling needs real @triton.jit functions: the kernels must not be defined under the
+# interpreter.
+os.environ.pop("TRITON_INTERPRET", None)
+
+from mirasol.kernels import KernelConfig, aot, arch_family  # noqa: E402
+from mirasol.kernels._launch import override_config  # noqa: E402
+
+
+def _families() -> dict[str, tuple[int, ...]]:
+    """The archs of each table family (kernels/_launch.arch_family): a family's entry must
+    fit every one of them."""
+    families: dict[str, tuple[int, ...]] = {}
+    for arch in aot.ARCHS:
+        family = arch_family(divmod(arch, 10))
+        families[family] = (*families.get(family, ()), arch)
+    return families
+
+
+FAMILIES = _families()
 DTYPES = {"half": torch.float16, "fp32": torch.float32}
-HEAD_DIMS = (64, 128, 256)
-OUTPUT_TOKENS = (16, 32, 64)
-KERNELS = ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq", "token_pool_fwd",
-           "token_pool_bwd")
-# The table's last key: the padded head dim for attention, the padded number of output
-# tokens for token pooling.
 TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
          (64, 16), (32, 16), (16, 32), (16, 16)]
 
@@ -65,8 +77,6 @@ def _estimate(kernel, m, n, warps, stages, head_dim, itemsize):
 
 
 def _candidates(kernel, head_dim, itemsize, limit):
-    from mirasol.kernels import KernelConfig
-
     if kernel == "attn_bwd_delta":
         yield from (KernelConfig(m, 0, 4, 1) for m in (64, 32, 16))
         return
@@ -84,28 +94,26 @@ def _candidates(kernel, head_dim, itemsize, limit):
 
 
 def _fits(kernel, family, dtype, head_dim, config) -> bool:
-    from mirasol.kernels import KernelConfig, aot
-    from mirasol.kernels._launch import override_config
-
-    launches, variants = ((aot.token_pool_launches, aot.TOKEN_POOL_VARIANTS)
-                          if kernel.startswith("token_pool") else
-                          (aot.attention_launches, aot.VARIANTS))
+    op = aot.OPS[aot.KERNELS[kernel]]
+    variants = op.variants[:1] if kernel in op.variant_free else op.variants
     for arch, variant in itertools.product(FAMILIES[family], reversed(variants)):
         # The other kernels of the op are built too (not compiled): any config will do,
         # including for a kernel the table does not know yet.
         with contextlib.ExitStack() as stack:
-            for other in KERNELS:
+            for other in aot.KERNELS:
                 stack.enter_context(override_config(other, KernelConfig(16, 16)))
             stack.enter_context(override_config(kernel, config))
-            launch = launches((arch // 10, arch % 10), dtype, head_dim, variant)[kernel]
+            launch = op.launches(divmod(arch, 10), dtype, head_dim, variant)[kernel]
         res = aot.resources(launch, arch)
-        if res.spills or res.shared_bytes > SHARED_LIMIT[arch]:
+        if res.spills or res.shared_bytes > aot.ARCHS[arch].shared_per_block:
             return False
     return True
 
 
 def _sizes(kernel: str) -> tuple[int, ...]:
-    return OUTPUT_TOKENS if kernel.startswith("token_pool") else HEAD_DIMS
+    """The table's last key: the padded head dim for attention, the padded number of
+    output tokens for token pooling."""
+    return aot.OPS[aot.KERNELS[kernel]].buckets
 
 
 def _current(kernel, family, dclass, head_dim):
@@ -117,7 +125,7 @@ def _current(kernel, family, dclass, head_dim):
 def tune(job, resume: bool = True, cache: str | None = None):
     kernel, family, dclass, head_dim = job
     dtype = DTYPES[dclass]
-    limit = min(SHARED_LIMIT[a] for a in FAMILIES[family])
+    limit = min(aot.ARCHS[a].shared_per_block for a in FAMILIES[family])
     candidates = list(_candidates(kernel, head_dim, dtype.itemsize, limit))
     # The kernels only grow more constrained between runs as a rule: start from the
     # current entry, whose larger predecessors were already rejected.
@@ -131,7 +139,7 @@ def tune(job, resume: bool = True, cache: str | None = None):
             found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps([list(job), found]) + "\n")
+                    f.write(json.dumps([list(job), found, FAMILIES[family]]) + "\n")
             return job, found
     print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config", flush=True)
     return job, None
@@ -146,15 +154,19 @@ def main():
                         help="found configs are appended here, and reused by a rerun")
     parser.add_argument("--from-scratch", action="store_true",
                         help="search from the largest tile, not from the current table entry")
+    parser.add_argument("--family", choices=list(FAMILIES),
+                        help="retune this family only, keeping the other families' entries")
     args = parser.parse_args()
-    os.environ.pop("TRITON_INTERPRET", None)
-    jobs = [(kernel, family, dclass, size) for kernel in KERNELS
+    jobs = [(kernel, family, dclass, size) for kernel in aot.KERNELS
             for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
         for line in open(args.cache):
-            job, found = json.loads(line)
-            results[tuple(job)] = tuple(found)
+            job, found, *archs = json.loads(line)
+            if archs == [list(FAMILIES[job[1]])]:  # not tuned for another arch_family
+                results[tuple(job)] = tuple(found)
+    if args.family:  # the other families' entries stay (a family new to the table has none)
+        results.update({job: _current(*job) for job in jobs if job[1] != args.family})
     todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
         results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,
@@ -163,7 +175,7 @@ def main():
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in _sizes(k)} for d in DTYPES}
-                 for f in FAMILIES} for k in KERNELS}
+                 for f in FAMILIES} for k in aot.KERNELS}
     text = pprint.pformat(table, width=92, sort_dicts=False)
     Path(args.out).write_text(
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'

@@ -5,6 +5,8 @@
                     and of the model's cost at 4x the frames (--op scaling); --suite gpu:
                     parity, benchmarks against the rivals and a report, on a CUDA machine
     mirasol params  parameter counts per component of every preset
+    mirasol profile registers, shared memory, spills, occupancy and tensor-core use of every
+                    kernel config, cross-compiled for sm_80 .. sm_100 (no GPU needed)
     mirasol train   train (or resume) on synthetic audio-video QA or a manifest; torchrun-able
     mirasol eval    accuracy and exact match of a checkpoint per question kind
     mirasol ask     answer a question about a video file
@@ -149,6 +151,18 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from mirasol import profile
+
+    try:
+        return profile.main(archs=args.arch, ops=args.op, kernels=args.kernel,
+                            dtypes=args.dtype, sizes=args.size, jobs=args.jobs, out=args.out,
+                            progress=_progress)
+    except ValueError as e:
+        print(f"mirasol profile: {e}", file=sys.stderr)
+        return 2
+
+
 def cmd_train(args) -> int:
     from mirasol.train import TrainConfig, train
 
@@ -247,6 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     params = sub.add_parser("params", help="parameter counts per component of the presets")
     params.add_argument("--preset", help="one preset (default: all of them)")
     params.set_defaults(func=cmd_params)
+
+    prof = sub.add_parser("profile", help="cross-compile every kernel config for each GPU "
+                                          "generation: registers, shared memory, spills, "
+                                          "occupancy, tensor cores")
+    prof.add_argument("--arch", type=int, nargs="+",
+                      help="compute capabilities among 80 86 89 90 100 (default: all)")
+    prof.add_argument("--op", nargs="+", help="attention and/or token_pool (default: both)")
+    prof.add_argument("--kernel", nargs="+", help="e.g. attn_fwd attn_bwd_delta attn_bwd_dkdv "
+                                                  "attn_bwd_dq token_pool_fwd token_pool_bwd")
+    prof.add_argument("--dtype", nargs="+", choices=["float16", "bfloat16", "float32"])
+    prof.add_argument("--size", type=int, nargs="+",
+                      help="only these head dims (64 80 128 256) / output tokens (16 32 64)")
+    prof.add_argument("--jobs", type=int, default=os.cpu_count(),
+                      help="compile processes (default: one per CPU core)")
+    prof.add_argument("--out", help="also write the records as JSON to this path and a "
+                                    "Markdown table beside it (.md), e.g. "
+                                    "bench/results/profile.json")
+    prof.set_defaults(func=cmd_profile)
 
     train = sub.add_parser("train", help="train on the synthetic task or a manifest "
                                          "(torchrun for several processes)")

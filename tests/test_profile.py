@@ -1,0 +1,113 @@
+"""`mirasol profile`: the occupancy arithmetic against hand-computed cases, the enumeration
+of compiles, the gate's verdict on a record, and the command end to end on one kernel."""
+
+import json
+
+import pytest
+
+from mirasol import profile
+from mirasol.cli import main
+from mirasol.kernels import aot
+
+
+@pytest.mark.parametrize("arch, warps, regs, shared, blocks, limiters", [
+    # 199 -> 200 regs/thread = 6400/warp; a 16K-register sub-partition holds 2 such warps,
+    # the SM 8: one 8-warp block (80 KiB + 1 KiB reserved would allow 2).
+    (80, 8, 199, 80 * 1024, 1, ("registers",)),
+    # Sub-partitions, not the whole register file: 65536 / 6400 = 10 warps would fit 5
+    # blocks of 2 warps; 4 x 2 warps fit only 4.
+    (80, 2, 200, 0, 4, ("registers",)),
+    # 33 regs round up to 40: 1280/warp, 12 warps per sub-partition, 48 per SM.
+    (90, 4, 33, 0, 12, ("registers",)),
+    # 48 KiB + 1 KiB reserved: 2 blocks in 100 KiB.
+    (86, 4, 64, 48 * 1024, 2, ("shared",)),
+    # 33076 + 1024 B rounds up to 34176 (128-byte granules): 3 would need 102528 > 102400.
+    (86, 4, 32, 33076, 2, ("shared",)),
+    # The per-block opt-in maximum (99 KiB on sm_86) fits once; a byte more never.
+    (86, 4, 32, 99 * 1024, 1, ("shared",)),
+    (86, 4, 32, 99 * 1024 + 1, 0, ("shared",)),
+    # 1536 threads per SM on sm_86/89: six 8-warp blocks.
+    (86, 8, 32, 0, 6, ("threads",)),
+    (89, 1, 32, 0, 24, ("blocks",)),
+    (86, 1, 32, 0, 16, ("blocks",)),
+    (100, 4, 32, 0, 16, ("registers", "threads")),
+    # 16 warps x 255 regs need 2x the register file: no block fits.
+    (90, 16, 255, 0, 0, ("registers",)),
+])
+def test_occupancy_hand_computed(arch, warps, regs, shared, blocks, limiters):
+    occ = aot.occupancy(arch, warps, regs, shared)
+    assert (occ.blocks, occ.warps, occ.limiters) == (blocks, blocks * warps, limiters)
+    assert occ.max_warps == (48 if arch in (86, 89) else 64)
+
+
+def test_occupancy_names_bad_arguments():
+    with pytest.raises(ValueError, match=r"arch must be one of \[80, 86, 89, 90, 100\]"):
+        aot.occupancy(75, 4, 32, 0)
+    with pytest.raises(ValueError, match="registers <= 255"):
+        aot.occupancy(80, 4, 256, 0)
+
+
+def test_shared_limits_per_block():
+    # The opt-in maxima of the CUDA programming guide: 163, 99, 99, 227, 227 KiB.
+    assert {a: s.shared_per_block // 1024 for a, s in aot.ARCHS.items()} == {
+        80: 163, 86: 99, 89: 99, 90: 227, 100: 227}
+
+
+def test_cases_cover_every_kernel_variant_dtype_size_and_arch():
+    everything = profile.cases()
+    # attention: 3 kernels x 3 variants + the variant-free delta, 4 head dims (64 80 128
+    # 256); token pooling: 2 kernels x 2 layouts, 3 token counts; 3 dtypes, 5 archs.
+    assert len(everything) == ((3 * 3 + 1) * 4 + 2 * 2 * 3) * 3 * 5
+    assert len(set(everything)) == len(everything)
+    assert {c.kernel for c in everything} == set(aot.KERNELS)
+    buckets = profile.cases(buckets_only=True)
+    assert {c.size for c in buckets if c.op == "attention"} == {64, 128, 256}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(archs=[75]), r"arch: unknown \[75\]"),
+    (dict(kernels=["attn"]), r"kernel: unknown \['attn'\]"),
+    (dict(dtypes=["float64"]), r"dtype: unknown"),
+    (dict(ops=["token_pool"], kernels=["attn_fwd"]), "no kernel matches"),
+])
+def test_cases_name_the_bad_filter(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        profile.cases(**kwargs)
+
+
+def _record(**changes):
+    fields = dict(arch=90, op="attention", kernel="attn_fwd", variant="chunked",
+                  dtype="bfloat16", size=64, family="sm90", size_name="head_dim",
+                  config=(128, 64, 8, 3), registers=120, shared_bytes=66560,
+                  shared_limit=232448, stack_bytes=0, local_bytes=0, blocks=2, warps=16,
+                  max_warps=64, limiters=("registers",), tensor_core_ops={"HGMMA": 16},
+                  expects_tensor_cores=True)
+    return profile.Record(**{**fields, **changes})
+
+
+def test_problems():
+    assert _record().problems() == []
+    assert _record(stack_bytes=568).problems() == ["spills: 568 B stack, 0 B local per thread"]
+    assert "shared memory" in _record(shared_bytes=232449).problems()[0]
+    assert _record(tensor_core_ops={}).problems() == ["no tensor-core instructions"]
+    assert _record(tensor_core_ops={}, expects_tensor_cores=False).problems() == []
+    where = _record().where()
+    for part in ("sm_90", "attn_fwd", "chunked", "bfloat16", "head_dim=64", "block_m=128",
+                 "num_warps=8"):
+        assert part in where
+
+
+def test_cli_profile_one_kernel(tmp_path, capsys):
+    """End to end under the interpreter's environment (conftest sets TRITON_INTERPRET):
+    the worker process compiles with it removed."""
+    out = tmp_path / "profile.json"
+    status = main(["profile", "--arch", "90", "--kernel", "attn_bwd_delta", "--dtype",
+                   "bfloat16", "--size", "64", "--jobs", "1", "--out", str(out)])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "attn_bwd_delta" in text and "sm_90" in text
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["registers"] > 0 and record["family"] == "sm90"
+    assert "| sm_90 |" in out.with_suffix(".md").read_text()
+    assert main(["profile", "--arch", "75"]) == 2
+    assert "arch: unknown [75]" in capsys.readouterr().err
