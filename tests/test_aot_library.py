@@ -56,6 +56,22 @@ def test_ctest(build):
     assert (build / "libmirasol_kernels.so").exists()
 
 
+def _cubin_param_sizes(cubin) -> list[int]:
+    """Byte sizes of a cubin's kernel parameters by ordinal (EIATTR_KPARAM_INFO)."""
+    import re
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    elf = _run(cuobjdump, "-elf", str(cubin))
+    params = {int(o, 16): int(size, 16) for o, size in
+              re.findall(r"Ordinal\s*:\s*(0x[0-9a-f]+)\s+Offset\s*:\s*0x[0-9a-f]+\s+"
+                         r"Size\s*:\s*(0x[0-9a-f]+)", elf)}
+    assert sorted(params) == list(range(len(params))), params
+    return [params[i] for i in range(len(params))]
+
+
 # (C arguments after "plan_dump ARCH bf16", the Python launch of the same problem)
 def _chunked(lengths):
     def launch(meta, capability):
@@ -136,6 +152,9 @@ def test_launch_matches_python(build, problem, arch):
     cfg = launch.config
     assert plan["config"] == [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
     assert plan["grid"] == [*launch.grid, 1][:3]
+    # The parameters the C launch passes have the sizes, in order, the cubin declares.
+    assert plan["param_sizes"] == _cubin_param_sizes(build / "generated" / "cubin" /
+                                                      plan["cubin"])
     names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
     assert list(plan["args"]) == names
     for name, value in zip(names, launch.args):

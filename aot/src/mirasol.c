@@ -325,6 +325,21 @@ mirasol_status mirasol_plan_for(const mirasol_request *r, int arch, mirasol_plan
 
 /* ------------------------------------------------------------------------ launching */
 
+static const uint64_t no_scratch = 0;
+
+int mirasol_kernel_params(const mirasol_variant *v, const mirasol_request *r,
+                          void *params[MIRASOL_MAX_PARAMS], int sizes[MIRASOL_MAX_PARAMS]) {
+  int n = 0;
+  for (int i = 0; i < v->num_args && n < MIRASOL_MAX_PARAMS - 2; i++) {
+    const mirasol_arg *a = &v->args[i];
+    if (a->rule == MIRASOL_RULE_EQUALS) continue;
+    params[n] = (void *)((const char *)&r->args + a->offset);
+    sizes[n++] = a->type == MIRASOL_ARG_PTR ? 8 : 4;
+  }
+  for (int i = 0; i < 2; i++) params[n] = (void *)&no_scratch, sizes[n++] = 8;
+  return n;
+}
+
 /* Each variant's function in each context it was loaded in (modules stay loaded for the
    life of the process, like the CUDA runtime's). */
 typedef struct {
@@ -406,16 +421,9 @@ static mirasol_status launch(const mirasol_request *r, struct CUstream_st *strea
   TRY(function_for(cu, plan.variant, context, device, &f));
 
   const mirasol_variant *v = plan.variant;
-  void *params[64];
-  int n = 0;
-  for (int i = 0; i < v->num_args; i++)
-    if (v->args[i].rule != MIRASOL_RULE_EQUALS)
-      params[n++] = (char *)&r->args + v->args[i].offset;
-  /* triton 3.9 kernels end with two scratch pointers; none of ours uses them (the
-     generator refuses kernels that would). */
-  CUdeviceptr global_scratch = 0, profile_scratch = 0;
-  params[n++] = &global_scratch;
-  params[n++] = &profile_scratch;
+  void *params[MIRASOL_MAX_PARAMS];
+  int sizes[MIRASOL_MAX_PARAMS];
+  mirasol_kernel_params(v, r, params, sizes);
   res = cu->LaunchKernel(f, plan.grid[0], plan.grid[1], plan.grid[2],
                          32u * (unsigned)v->info.num_warps, 1, 1,
                          (unsigned)v->info.shared_bytes, (CUstream)stream, params, NULL);

@@ -78,6 +78,14 @@ mirasol_status mirasol_request_token_pool(
    and the request's arguments checked against the variant's contract. */
 mirasol_status mirasol_plan_for(const mirasol_request *r, int arch, mirasol_plan *plan);
 
+/* The kernel's parameters for cuLaunchKernel: pointers to the request's arguments the
+   cubin did not compile in, in order, then triton's two scratch pointers (0: the
+   generator refuses kernels that use them). Fills params and their byte sizes; returns
+   the count. */
+#define MIRASOL_MAX_PARAMS 64
+int mirasol_kernel_params(const mirasol_variant *v, const mirasol_request *r,
+                          void *params[MIRASOL_MAX_PARAMS], int sizes[MIRASOL_MAX_PARAMS]);
+
 /* Record a failure for mirasol_last_error(); returns `status`. */
 mirasol_status mirasol_fail(mirasol_status status, const char *format, ...);
 

@@ -6,6 +6,8 @@
    plan_dump ARCH fp16|bf16 cross SEGMENTS TOTAL_Q TOTAL_K MAX_Q MAX_K H H_KV D CAUSAL
    plan_dump ARCH fp16|bf16 pool SEGMENTS SEQLEN DIM TOKENS padded|lengths|packed
 
+   Also the byte sizes of the parameters the launch passes, to compare with the cubin's.
+
    Tensors are given fake, distinct addresses (printed first) so that the test can tell
    which tensor each pointer argument is. */
 #include <inttypes.h>
@@ -67,7 +69,11 @@ int main(int argc, char **argv) {
     else if (a->type == MIRASOL_ARG_I32) printf("%d", *(const int32_t *)field);
     else printf("%.9g", (double)*(const float *)field);
   }
-  printf("}}\n");
+  void *params[MIRASOL_MAX_PARAMS];
+  int sizes[MIRASOL_MAX_PARAMS], count = mirasol_kernel_params(v, &r, params, sizes);
+  printf("}, \"param_sizes\": [");
+  for (int i = 0; i < count; i++) printf("%s%d", i ? ", " : "", sizes[i]);
+  printf("], \"cubin\": \"%s.cubin\"}\n", v->info.name);
   free(n);
   return 0;
 }
