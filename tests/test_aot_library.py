@@ -3,7 +3,8 @@ with ctest, as the README says, for two archs; and the C side's launches are the
 launchers' launches.
 
 No GPU here: ctest's ``run`` test (every op on the GPU against the C reference) must
-report itself skipped, and ``api`` (argument checks, arch selection) must pass. The
+report itself skipped; ``api`` (argument checks, arch selection) and ``launch`` (the launch
+path against a stand-in libcuda.so.1) must pass. The
 comparison with the Python launchers is what stands in for the GPU on this machine: for
 each layout, the variant's tile config, the grid and every kernel argument (strides, the
 scale in base 2, which tensor each pointer is) equal those ``kernels/`` builds for the
@@ -47,7 +48,8 @@ def build(tmp_path_factory):
 
 def test_ctest(build):
     out = _run("ctest", "--test-dir", str(build), "--output-on-failure")
-    assert "api ...." in out and "Passed" in out.split("api ....")[1].splitlines()[0]
+    for test in ("api", "launch"):  # no GPU needed
+        assert f"{test} ...." in out and "Passed" in out.split(f"{test} ....")[1].splitlines()[0]
     run_line = out.split("run ....")[1].splitlines()[0]
     if torch.cuda.is_available():
         assert "Passed" in run_line, out
