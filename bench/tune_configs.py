@@ -165,8 +165,9 @@ def main():
             job, found, *archs = json.loads(line)
             if archs == [list(FAMILIES[job[1]])]:  # not tuned for another arch_family
                 results[tuple(job)] = tuple(found)
-    if args.family:  # the other families' entries stay (a family new to the table has none)
-        results.update({job: _current(*job) for job in jobs if job[1] != args.family})
+    if args.family:  # the other families keep their table entries (or, new, the cache's)
+        results.update({job: _current(*job) for job in jobs
+                        if job[1] != args.family and _current(*job)})
     todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
         results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,

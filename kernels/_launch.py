@@ -35,9 +35,12 @@ _INTERPRETER_CONFIG = KernelConfig(16, 16, 1, 1)
 
 def arch_family(capability: tuple[int, int]) -> str:
     """The table row a compute capability uses: sm_80 (A100), sm_86/89 (small shared
-    memory: A10, RTX 30/40, L4), sm_90 and newer (H100, B200)."""
+    memory: A10, RTX 30/40, L4), sm_90 (H100, H200: wgmma), sm_100 and newer (B200:
+    tcgen05, whose code takes other registers, so other tiles fit)."""
     major, minor = capability
-    if major >= 9:
+    if major >= 10:
+        return "sm100"
+    if major == 9:
         return "sm90"
     if (major, minor) in ((8, 6), (8, 7), (8, 9)):
         return "sm86"
