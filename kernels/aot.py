@@ -39,8 +39,8 @@ _TENSOR_CORE_OPS = re.compile(r"\b(HMMA|HGMMA|UTC\w*MMA|IMMA|DMMA)\b")
 @dataclass(frozen=True)
 class Arch:
     """The per-SM limits of one compute capability that bound how many blocks of a kernel
-    are resident at once. Source: the CUDA C++ Programming Guide, "Technical
-    Specifications per Compute Capability" table, as encoded by NVIDIA's CCCL
+    are resident at once: the CUDA C++ Programming Guide's "Technical Specifications per
+    Compute Capability" table, checked against NVIDIA's own encoding of it in CCCL
     (libcudacxx/include/cuda/__device/arch_traits.h: max_threads_per_multiprocessor,
     max_blocks_per_multiprocessor, max_shared_memory_per_multiprocessor, and
     max_shared_memory_per_block_optin = that minus the 1 KiB reserved per block)."""
@@ -93,10 +93,6 @@ class Occupancy:
     warps: int  # resident warps per SM
     max_warps: int  # the SM's limit
     limiters: tuple[str, ...]  # those of "registers", "shared", "threads", "blocks" that bind
-
-    @property
-    def fraction(self) -> float:
-        return self.warps / self.max_warps
 
 
 def occupancy(arch: int, num_warps: int, registers: int, shared_bytes: int) -> Occupancy:

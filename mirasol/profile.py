@@ -114,6 +114,7 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
     ops = pick("op", ops, aot.OPS)
     kernels = pick("kernel", kernels, aot.KERNELS)
     dtypes = pick("dtype", dtypes, DTYPES)
+    sizes = None if sizes is None else set(sizes)
     selected = []
     for kernel in kernels:
         name = aot.KERNELS[kernel]
@@ -165,7 +166,7 @@ def run(selected: list[Case], jobs: int | None = None,
         progress: Callable[[str], None] | None = None) -> list[Record]:
     """Compile every case in ``jobs`` worker processes (default: one per core); the
     records come back in the order of ``selected``."""
-    jobs = jobs or os.cpu_count()
+    jobs = os.cpu_count() if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     records: list[Record | None] = [None] * len(selected)
@@ -247,8 +248,10 @@ def write(records: list[Record], path: str, *, jobs: int, wall_s: float) -> list
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"triton": version("triton"), "compiles": len(records), "jobs": jobs,
             "cpu_count": os.cpu_count(), "wall_s": round(wall_s, 1)}
-    out.write_text(json.dumps({**meta, "records": [asdict(r) for r in records]}, indent=1)
-                   + "\n")
+    # One record a line, so that reruns diff line by line.
+    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items()]
+    records_json = ",\n".join(f"  {json.dumps(asdict(r))}" for r in records)
+    out.write_text("{\n" + ",\n".join(fields) + f',\n "records": [\n{records_json}\n ]\n}}\n')
     md = out.with_suffix(".md")
     md.write_text(
         "# Kernel resources per GPU generation\n\n"
@@ -264,7 +267,7 @@ def main(archs=None, ops=None, kernels=None, dtypes=None, sizes=None, jobs=None,
     """Profile, print the table and the per-arch summary, write ``out`` if given. Returns
     the exit status: 1 if any compile fails the gate (see :meth:`Record.problems`)."""
     selected = cases(archs, ops, kernels, dtypes or DTYPES, sizes)
-    jobs = jobs or os.cpu_count()
+    jobs = os.cpu_count() if jobs is None else jobs
     start = time.perf_counter()
     records = run(selected, jobs, progress)
     wall_s = time.perf_counter() - start
