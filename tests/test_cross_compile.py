@@ -14,7 +14,7 @@ sm_89 (L4, RTX 40), sm_90 (H100), sm_100 (B200) — with
 
 The compiles are those of `mirasol profile` (mirasol/profile.py) at each table bucket
 (head dims 64, 128, 256; 16, 32, 64 output tokens), for bfloat16 and float32. float16
-shares bfloat16's entries and differs by a few registers at most (at 16 of 260 measured
+shares bfloat16's entries and differs by a few registers at most (at 17 of 260 measured
 compiles; the largest gap 8): `mirasol profile`, which exits 1 on any of these failures,
 checks it too, with a non-power-of-two head dim (bench/results/profile.md), at the cost of
 half again this test's time.
