@@ -35,9 +35,13 @@ _INTERPRETER_CONFIG = KernelConfig(16, 16, 1, 1)
 
 def arch_family(capability: tuple[int, int]) -> str:
     """The table row a compute capability uses: sm_80 (A100), sm_86/89 (small shared
-    memory: A10, RTX 30/40, L4), sm_90 (H100, H200: wgmma), sm_100 and newer (B200:
-    tcgen05, whose code takes other registers, so other tiles fit)."""
+    memory: A10, RTX 30/40, L4), sm_90 (H100, H200: wgmma), sm_100 and sm_110 (B200:
+    tcgen05, whose code takes other registers, so other tiles fit). sm_120 and newer
+    (RTX 50, GB10) have no tcgen05 and 99 KiB of shared memory per block: the sm86 row
+    (not profiled for them: the tiles fit their shared memory, their registers unchecked)."""
     major, minor = capability
+    if major >= 12:
+        return "sm86"
     if major >= 10:
         return "sm100"
     if major == 9:

@@ -53,6 +53,18 @@ def test_shared_limits_per_block():
         80: 163, 86: 99, 89: 99, 90: 227, 100: 227}
 
 
+@pytest.mark.parametrize("capability, family", [
+    ((8, 0), "sm80"), ((8, 6), "sm86"), ((8, 9), "sm86"), ((9, 0), "sm90"),
+    ((10, 0), "sm100"), ((10, 3), "sm100"),
+    # Consumer Blackwell has 99 KiB per block, like sm_86: never the 227 KiB rows.
+    ((12, 0), "sm86"), ((12, 1), "sm86"),
+])
+def test_arch_family(capability, family):
+    from mirasol.kernels import arch_family
+
+    assert arch_family(capability) == family
+
+
 def test_cases_cover_every_kernel_variant_dtype_size_and_arch():
     everything = profile.cases()
     # attention: 3 kernels x 3 variants + the variant-free delta, 4 head dims (64 80 128
