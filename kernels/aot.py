@@ -158,14 +158,11 @@ class Resources:
         return occupancy(self.arch, self.num_warps, self.registers, self.shared_bytes)
 
 
-def compile_launch(launch: Launch, arch: int):
-    """Compile ``launch`` (built from meta tensors) for ``sm_<arch>``; returns triton's
-    compiled kernel (``.asm['cubin']``, ``.asm['ptx']``, ``.metadata``).
-
-    Specializes the arguments as a real launch would (integers equal to 1 become
-    constants, pointers and integers divisible by 16 get the divisibility hint that
-    enables vectorized loads), so the code is what the GPU would run.
-    """
+def specialize(launch: Launch, arch: int):
+    """``(signature, constexprs, attrs, options)`` of ``launch`` for ``sm_<arch>``, as
+    triton's JIT would specialize a real launch with these argument values: integers equal
+    to 1 become constants, pointers and integers divisible by 16 get the divisibility hint
+    that enables vectorized loads."""
     fn = launch.kernel
     backend = make_backend(GPUTarget("cuda", arch, 32))
     kwargs = dict(launch.constexprs, num_warps=launch.config.num_warps,
@@ -174,8 +171,20 @@ def compile_launch(launch: Launch, arch: int):
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args,
                                                           specialization, options)
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return signature, constexprs, attrs, options
+
+
+def compile_source(launch: Launch, arch: int, signature, constexprs, attrs, options):
+    """Compile ``launch``'s kernel with this specialization for ``sm_<arch>``; returns
+    triton's compiled kernel (``.asm['cubin']``, ``.asm['ptx']``, ``.metadata``)."""
+    src = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+
+
+def compile_launch(launch: Launch, arch: int):
+    """Compile ``launch`` (built from meta tensors) for ``sm_<arch>``, specialized as a real
+    launch with its argument values would be, so the code is what the GPU would run."""
+    return compile_source(launch, arch, *specialize(launch, arch))
 
 
 def _cuobjdump() -> str:

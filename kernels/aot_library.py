@@ -147,19 +147,12 @@ class Compiled:
 
 
 def _specialization(v: Variant, launch):
-    """(signature, constexprs, attrs, args) of the variant, from triton's own binder."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
+    """(signature, constexprs, attrs, options, args) of the variant: triton's own
+    specialization of the probe launch, with the head dim compiled in."""
+    from .aot import specialize
 
+    signature, constexprs, attrs, options = specialize(launch, v.arch)
     fn = launch.kernel
-    backend = make_backend(GPUTarget("cuda", v.arch, 32))
-    kwargs = dict(launch.constexprs, num_warps=launch.config.num_warps,
-                  num_stages=launch.config.num_stages)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
-                                                          specialization, options)
     args = []
     values = iter(launch.args)  # the runtime parameters' values, in order
     for i, param in enumerate(fn.params):
@@ -172,7 +165,7 @@ def _specialization(v: Variant, launch):
             constexprs[(i,)], signature[param.name] = v.size, "constexpr"
             attrs.pop((i,), None)
             args.append(Arg(param.name, ctype, "equals", v.size))
-        elif (i,) in constexprs:  # a stride of 1
+        elif (i,) in constexprs:  # equal to 1: innermost strides, causal CHUNK
             args.append(Arg(param.name, ctype, "equals", constexprs[(i,)]))
         elif ["tt.divisibility", 16] in attrs.get((i,), []):
             args.append(Arg(param.name, ctype, "div16"))
@@ -182,9 +175,7 @@ def _specialization(v: Variant, launch):
 
 
 def compile_variant(v: Variant) -> Compiled:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from .aot import compile_source
 
     launches = [_probe_launch(v, p) for p in (0, 1)]
     specs = [_specialization(v, launch) for launch in launches]
@@ -193,9 +184,7 @@ def compile_variant(v: Variant) -> Compiled:
                            f"({specs[0][-1]} vs {specs[1][-1]}); choose other probes")
     signature, constexprs, attrs, options, args = specs[0]
     launch = launches[0]
-    src = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32),
-                              options=options.__dict__)
+    compiled = compile_source(launch, v.arch, signature, constexprs, attrs, options)
     meta = compiled.metadata
     if meta.global_scratch_size or meta.profile_scratch_size or meta.launch_cooperative_grid \
             or meta.num_ctas != 1 or meta.launch_pdl or meta.tensordesc_meta:

@@ -8,19 +8,8 @@
 #include <string.h>
 
 #include "cuda_driver.h"
+#include "expect.h"
 #include "variant.h"
-
-static int failures;
-
-#define EXPECT(cond, ...) \
-  do { \
-    if (!(cond)) { \
-      failures++; \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__); \
-      printf("\n"); \
-    } \
-  } while (0)
 
 /* `status` is `expected` and the message mentions `needle`. */
 static void expect_error(mirasol_status status, mirasol_status expected, const char *needle,
@@ -165,6 +154,5 @@ int main(int argc, char **argv) {
   test_refusals();
   test_planning(archs, count);
   test_without_driver();
-  printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
-  return failures != 0;
+  return expect_summary();
 }

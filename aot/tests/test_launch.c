@@ -10,19 +10,8 @@
 #include <string.h>
 
 #include "mock_cuda.h"
+#include "expect.h"
 #include "variant.h"
-
-static int failures;
-
-#define EXPECT(cond, ...) \
-  do { \
-    if (!(cond)) { \
-      failures++; \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__); \
-      printf("\n"); \
-    } \
-  } while (0)
 
 #define P(n) ((void *)(uintptr_t)(0x100000u * (n))) /* never dereferenced by the mock */
 
@@ -148,6 +137,5 @@ int main(int argc, char **argv) {
   EXPECT(status == MIRASOL_ERROR_NOT_COMPILED && strstr(mirasol_last_error(), "sm_75"),
          "sm_75: %s", mirasol_last_error());
 
-  printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
-  return failures != 0;
+  return expect_summary();
 }
