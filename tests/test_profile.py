@@ -123,3 +123,26 @@ def test_cli_profile_one_kernel(tmp_path, capsys):
     assert "| sm_90 |" in out.with_suffix(".md").read_text()
     assert main(["profile", "--arch", "75"]) == 2
     assert "arch: unknown [75]" in capsys.readouterr().err
+
+
+def test_committed_profile_matches_the_table():
+    """bench/results/profile.json is regenerated with the table: every record's config is
+    the entry its arch's family selects now (no compile needed to check)."""
+    from pathlib import Path
+
+    import torch
+
+    from mirasol.kernels import arch_family, kernel_config
+    from mirasol.kernels._launch import KernelConfig
+
+    path = Path(__file__).parents[1] / "bench" / "results" / "profile.json"
+    records = json.loads(path.read_text())["records"]
+    assert {r["arch"] for r in records} == set(aot.ARCHS)
+    for r in records:
+        capability = (r["arch"] // 10, r["arch"] % 10)
+        expected = kernel_config(r["kernel"], r["size"], getattr(torch, r["dtype"]), capability)
+        assert r["family"] == arch_family(capability)
+        assert KernelConfig(*r["config"]) == expected, (
+            f"{r['kernel']} {r['variant']} {r['dtype']} {r['size']} sm_{r['arch']}: profiled "
+            f"{r['config']}, the table now says {expected}; rerun mirasol profile --out "
+            f"{path.relative_to(path.parents[2])}")
