@@ -58,12 +58,26 @@ static mirasol_status check_tensor(const char *name, const void *p) {
   return MIRASOL_SUCCESS;
 }
 
-/* The kernels index with int32: every tensor must have fewer than 2^31 elements. */
+static mirasol_status check_dtype(mirasol_dtype dtype) {
+  CHECK(dtype == MIRASOL_FP16 || dtype == MIRASOL_BF16,
+        "dtype = %d; expected MIRASOL_FP16 or MIRASOL_BF16", (int)dtype);
+  return MIRASOL_SUCCESS;
+}
+
+/* The kernels index with int32: every tensor must have fewer than 2^31 elements. The
+   sizes are non-negative ints; the product is formed factor by factor so it never
+   overflows. */
 static mirasol_status check_elements(const char *name, int64_t a, int64_t b, int64_t c,
                                      int64_t d) {
-  CHECK(a * b * c * d < ((int64_t)1 << 31),
-        "%s has %lld elements; the kernels take fewer than 2^31", name,
-        (long long)(a * b * c * d));
+  const int64_t limit = (int64_t)1 << 31;
+  int64_t factors[4] = {a, b, c, d}, product = 1;
+  if (a == 0 || b == 0 || c == 0 || d == 0) return MIRASOL_SUCCESS;
+  for (int i = 0; i < 4; i++) {
+    CHECK(product < limit / factors[i] + (limit % factors[i] != 0),
+          "%s has %lld x %lld x %lld x %lld elements; the kernels take fewer than 2^31", name,
+          (long long)a, (long long)b, (long long)c, (long long)d);
+    product *= factors[i]; /* < limit */
+  }
   return MIRASOL_SUCCESS;
 }
 
@@ -76,8 +90,7 @@ static mirasol_status check_elements(const char *name, int64_t a, int64_t b, int
 static mirasol_status check_attention(mirasol_dtype dtype, const void *q, const void *k,
                                       const void *v, const void *o, const float *lse,
                                       int heads, int kv_heads, int head_dim, float scale) {
-  CHECK(dtype == MIRASOL_FP16 || dtype == MIRASOL_BF16,
-        "dtype = %d; expected MIRASOL_FP16 or MIRASOL_BF16", (int)dtype);
+  TRY(check_dtype(dtype));
   TRY(check_tensor("q", q));
   TRY(check_tensor("k", k));
   TRY(check_tensor("v", v));
@@ -138,7 +151,7 @@ static void fill_attention(mirasol_attn_fwd_args *a, const void *q, const void *
 }
 
 static void init_request(mirasol_request *r, mirasol_kernel_id kernel, mirasol_dtype dtype,
-                         int size, int layout, int rows, int programs) {
+                         int size, int layout, int rows, int64_t programs) {
   memset(r, 0, sizeof *r);
   r->kernel = kernel;
   r->dtype = dtype;
@@ -160,7 +173,7 @@ mirasol_status mirasol_request_chunked_attention(
   TRY(check_elements("q", batch, heads, seqlen, head_dim));
   init_request(r, MIRASOL_KERNEL_ATTN_FWD, dtype, head_dim,
                lengths ? MIRASOL_ATTN_FWD_CHUNKED_LENGTHS : MIRASOL_ATTN_FWD_CHUNKED, seqlen,
-               batch * heads);
+               (int64_t)batch * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, NULL, NULL, lengths, heads, kv_heads,
                  seqlen, seqlen, head_dim, chunk_size, scale, 0);
   return MIRASOL_SUCCESS;
@@ -185,7 +198,7 @@ mirasol_status mirasol_request_cross_attention(
   TRY(check_elements("k", 1, total_k, kv_heads, head_dim));
   init_request(r, MIRASOL_KERNEL_ATTN_FWD, dtype, head_dim,
                causal ? MIRASOL_ATTN_FWD_CROSS_CAUSAL : MIRASOL_ATTN_FWD_CROSS, max_seqlen_q,
-               segments * heads);
+               (int64_t)segments * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, NULL, heads,
                  kv_heads, total_q, total_k, head_dim, causal ? 1 : NO_CHUNKS, scale, 1);
   return MIRASOL_SUCCESS;
@@ -195,8 +208,7 @@ mirasol_status mirasol_request_token_pool(
     mirasol_request *r, mirasol_dtype dtype, const void *x, const void *logits, void *out,
     float *stats, const int32_t *cu_seqlens, const int32_t *lengths, int segments,
     int seqlen, int dim, int num_tokens) {
-  CHECK(dtype == MIRASOL_FP16 || dtype == MIRASOL_BF16,
-        "dtype = %d; expected MIRASOL_FP16 or MIRASOL_BF16", (int)dtype);
+  TRY(check_dtype(dtype));
   TRY(check_tensor("x", x));
   TRY(check_tensor("logits", logits));
   TRY(check_tensor("out", out));
@@ -313,8 +325,8 @@ mirasol_status mirasol_plan_for(const mirasol_request *r, int arch, mirasol_plan
   const mirasol_variant *v = find_variant(r, arch);
   if (!v) return not_compiled(r, arch);
   CHECK(r->programs <= MAX_GRID_Y,
-        "%s: %d programs (segments x heads) exceed CUDA's grid limit of %d; split the batch",
-        kernel_name(r->kernel), r->programs, MAX_GRID_Y);
+        "%s: %lld programs (segments x heads) exceed CUDA's grid limit of %d; split the "
+        "batch", kernel_name(r->kernel), (long long)r->programs, MAX_GRID_Y);
   TRY(check_contract(v, &r->args));
   plan->variant = v;
   plan->grid[0] = (unsigned)((r->rows + v->info.block_m - 1) / v->info.block_m);

@@ -68,6 +68,11 @@ static void test_refusals(void) {
   expect_error(mirasol_chunked_attention_fwd(NULL, MIRASOL_BF16, P(1), P(2), P(3), P(4), P(5),
                                              NULL, 1 << 12, 64, 8, 1 << 10, 128, 16, s),
                MIRASOL_ERROR_INVALID_ARGUMENT, "2^31", "too many elements");
+  /* Sizes whose product would overflow 64 bits are refused, not wrapped. */
+  expect_error(mirasol_chunked_attention_fwd(NULL, MIRASOL_BF16, P(1), P(2), P(3), P(4), P(5),
+                                             NULL, 2147483647, 2147483647, 1, 2147483647, 256,
+                                             16, s),
+               MIRASOL_ERROR_INVALID_ARGUMENT, "2^31", "elements past 2^63");
   expect_error(mirasol_cross_attention_fwd(NULL, MIRASOL_FP16, P(1), P(2), P(3), P(4), P(5),
                                            P(6), P(7), 3, 40, 50, 41, 20, 4, 4, 64, 0, s),
                MIRASOL_ERROR_INVALID_ARGUMENT, "max_seqlen_q = 41", "max_seqlen_q");
@@ -126,7 +131,13 @@ static void test_planning(int archs[], int count) {
          "head dim 240 refused early: %s", mirasol_last_error());
   expect_error(mirasol_plan_for(&r, archs[0], &plan), MIRASOL_ERROR_NOT_COMPILED,
                "head_dim 240", "head dim not built");
-  /* CUDA's grid limit. */
+  /* CUDA's grid limit, also where segments x heads passes 2^31 (an empty sequence). */
+  EXPECT(mirasol_request_chunked_attention(&r, first->info.dtype, P(1), P(2), P(3), P(4), P(5),
+                                           NULL, 1 << 20, 1 << 12, 1, 0, d, 256, 0.125f) ==
+             MIRASOL_SUCCESS,
+         "empty batch refused early: %s", mirasol_last_error());
+  expect_error(mirasol_plan_for(&r, archs[0], &plan), MIRASOL_ERROR_INVALID_ARGUMENT,
+               "4294967296 programs", "programs past 2^31");
   EXPECT(mirasol_request_token_pool(&r, MIRASOL_BF16, P(1), P(2), P(3), P(4), NULL, NULL,
                                     70000, 4, 64, 8) == MIRASOL_SUCCESS,
          "pool request: %s", mirasol_last_error());
