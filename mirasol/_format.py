@@ -1,4 +1,4 @@
-"""Plain-text tables for the command line."""
+"""Tables for the command line (plain text) and for reports (Markdown)."""
 
 from __future__ import annotations
 
@@ -8,4 +8,11 @@ def format_rows(cells: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(cells: list[tuple[str, ...]]) -> str:
+    """A Markdown table; the first row is the header."""
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines.insert(1, "|" + "---|" * len(cells[0]))
     return "\n".join(lines)

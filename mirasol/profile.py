@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-from mirasol._format import format_rows
+from mirasol._format import format_markdown, format_rows
 
 DTYPES = ("float16", "bfloat16", "float32")
 # Sizes profiled beside each op's table buckets: a head dim that is not a power of two
@@ -231,12 +231,6 @@ def format_summary(records: list[Record]) -> str:
     return format_rows(_archs_cells(records))
 
 
-def _markdown(cells: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(row) + " |" for row in cells]
-    lines.insert(1, "|" + "---|" * len(cells[0]))
-    return "\n".join(lines)
-
-
 def write(records: list[Record], path: str, *, jobs: int, wall_s: float) -> list[str]:
     """Write the records as JSON to ``path`` and as Markdown beside it (``.md``); returns
     the paths written."""
@@ -258,7 +252,8 @@ def write(records: list[Record], path: str, *, jobs: int, wall_s: float) -> list
         "Cross-compiled without a GPU by `mirasol profile` (triton "
         f"{meta['triton']}): {len(records)} compiles in {wall_s:.0f} s with {jobs} worker "
         f"processes on {os.cpu_count()} CPU cores.\n\n"
-        f"{_markdown(_archs_cells(records))}\n\n{LEGEND}\n\n{_markdown(_cells(records))}\n")
+        f"{format_markdown(_archs_cells(records))}\n\n{LEGEND}\n\n"
+        f"{format_markdown(_cells(records))}\n")
     return [str(out), str(md)]
 
 

@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 
 from mirasol import __version__, benchmark
+from mirasol._format import format_markdown
 from mirasol.testing import check
 
 # The model width the attention benchmarks keep fixed: heads = MODEL_DIM // head_dim.
@@ -181,9 +182,11 @@ def to_markdown(result: SuiteResult, plan: Plan, command: str) -> str:
              *(f"- {key}: {value}" for key, value in result.environment.items()),
              f"- timed runs per variant and mode: {plan.reps} (median); time budget for "
              f"starting a table: {plan.budget_s:g} s", "",
-             "| section | seconds | result |", "|---|---|---|",
-             *(f"| {s.name} | {s.seconds:.1f} | {s.error or 'ok'} |" for s in result.sections),
-             *(f"| {p} | - | not run: time budget spent |" for p in result.not_run)]
+             format_markdown([("section", "seconds", "result"),
+                              *((s.name, f"{s.seconds:.1f}", s.error or "ok")
+                                for s in result.sections),
+                              *((p, "-", "not run: time budget spent")
+                                for p in result.not_run)])]
     if plan.parity:
         lines += ["", "## Parity", "",
                   f"Against the float64 oracle (err <= 2x reference err + floor; 3x for "
