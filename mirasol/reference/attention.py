@@ -1,4 +1,5 @@
-"""Attention, as the equations say: dense scores, an explicit boolean mask, softmax.
+"""Attention, as the equations say: dense scores, an explicit boolean mask (the dense form
+of the op's mask in :mod:`mirasol.masks`), softmax.
 
 O(N^2) memory and float64-capable: this is the specification the kernels are tested
 against, not something to run at scale.
@@ -9,16 +10,7 @@ from __future__ import annotations
 import torch
 from einops import repeat
 
-
-def chunked_causal_mask(n: int, chunk_size: int, device=None) -> torch.Tensor:
-    """mask[i, j] = chunk(j) <= chunk(i), chunk(x) = x // chunk_size. Shape (n, n)."""
-    chunk = torch.arange(n, device=device) // chunk_size
-    return chunk[None, :] <= chunk[:, None]
-
-
-def length_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    """valid[b, i] = i < lengths[b]. Shape (B, n)."""
-    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+from mirasol import masks
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -53,46 +45,8 @@ def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q: (B, H, N, D); k, v: (B, H_kv, N, D); lengths: (B,) or None. Rows at or past a
     sample's length are 0.
     """
-    n = q.shape[2]
-    mask = chunked_causal_mask(n, chunk_size, q.device)[None, None]
-    if lengths is not None:
-        valid = length_mask(lengths, n)
-        mask = mask & valid[:, None, :, None] & valid[:, None, None, :]
-    return masked_attention(q, k, v, mask, scale)
-
-
-def segment_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """seg[i] = b for cu_seqlens[b] <= i < cu_seqlens[b + 1]. Shape (total,)."""
-    return torch.searchsorted(cu_seqlens[1:], torch.arange(total, device=cu_seqlens.device),
-                              right=True)
-
-
-def cross_attention_mask(q_rows: int, k_rows: int, *, cu_seqlens_q=None, cu_seqlens_k=None,
-                         k_lengths=None, causal: bool = False) -> torch.Tensor:
-    """mask[b, 0, i, j]: query i may attend to key j.
-
-    Packed (cu_seqlens given): i and j lie in the same segment — a block-diagonal
-    (1, 1, total_q, total_k) mask. Padded: j < k_lengths[b] — (B, 1, q_rows, k_rows).
-    causal: additionally j <= i + (k_len - q_len), positions counted within the segment
-    (bottom-right alignment: the last query sees every key).
-    """
-    if cu_seqlens_q is not None:
-        seg_q = segment_ids(cu_seqlens_q, q_rows)
-        seg_k = segment_ids(cu_seqlens_k, k_rows)
-        pos_q = torch.arange(q_rows, device=seg_q.device) - cu_seqlens_q[seg_q]
-        pos_k = torch.arange(k_rows, device=seg_k.device) - cu_seqlens_k[seg_k]
-        len_q, len_k = cu_seqlens_q.diff()[seg_q], cu_seqlens_k.diff()[seg_k]
-        mask = seg_q[:, None] == seg_k[None, :]
-        if causal:
-            mask &= pos_k[None, :] <= pos_q[:, None] + len_k[None, :] - len_q[:, None]
-        return mask[None, None]
-    device = None if k_lengths is None else k_lengths.device
-    lengths = (torch.full((1,), k_rows, device=device) if k_lengths is None else k_lengths)
-    j, i = torch.arange(k_rows, device=device), torch.arange(q_rows, device=device)
-    mask = j[None, None, :] < lengths[:, None, None]  # (B, 1, k_rows)
-    if causal:
-        mask = mask & (j[None, None, :] <= i[None, :, None] + lengths[:, None, None] - q_rows)
-    return mask[:, None]
+    mask = masks.chunked_causal(q.shape[2], chunk_size, lengths, q.device)
+    return masked_attention(q, k, v, mask.dense(), scale)
 
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seqlens_q=None,
@@ -107,7 +61,10 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cu_seq
     packed = q.dim() == 3
     if packed:  # (total, H, D) -> (1, H, total, D)
         q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))
-    mask = cross_attention_mask(q.shape[2], k.shape[2], cu_seqlens_q=cu_seqlens_q,
-                                cu_seqlens_k=cu_seqlens_k, k_lengths=k_lengths, causal=causal)
-    out = masked_attention(q, k, v, mask, scale)
+        mask = masks.cross_attention(q.shape[2], k.shape[2], cu_seqlens_q=cu_seqlens_q,
+                                     cu_seqlens_k=cu_seqlens_k, causal=causal)
+    else:
+        mask = masks.cross_attention_padded(q.shape[2], k.shape[2], k_lengths=k_lengths,
+                                            causal=causal, device=q.device)
+    out = masked_attention(q, k, v, mask.dense(), scale)
     return out[0].transpose(0, 1) if packed else out
