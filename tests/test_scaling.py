@@ -8,6 +8,7 @@ import math
 import torch
 
 from mirasol import benchmark, cli
+from mirasol.benchmark import model_scaling
 from mirasol.model import Mirasol, preset
 from mirasol.model.baseline import FlatBaseline
 
@@ -17,7 +18,7 @@ MICRO = preset("tiny", frames_per_chunk=2, dim=32, video=dict(image_size=16, wid
 
 
 def _inputs(frames: int) -> dict:
-    return benchmark._qa_inputs(MICRO, frames, "cpu")
+    return model_scaling._qa_inputs(MICRO, frames, "cpu")
 
 
 def test_baseline_trains_on_any_number_of_chunks():

@@ -80,7 +80,7 @@ class _BrokenProblem:
 
 
 def test_suite_report_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(mb, "CHUNKED_RIVALS", [
+    monkeypatch.setattr(mb.rivals, "CHUNKED_RIVALS", [
         mb.Rival("missing", _missing_package, cuda_only=False),
         mb.Rival("broken rival", _fails_when_run, cuda_only=False),
         mb.Rival("gpu rival", _missing_package)])

@@ -1,0 +1,54 @@
+"""The tables as text (aligned columns) and as JSON-ready records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from mirasol._format import format_rows
+from mirasol.benchmark.model_scaling import ScalingTable
+from mirasol.benchmark.timing import Table
+
+
+def format_table(table: Table) -> str:
+    dtype = str(table.setting.dtype).removeprefix("torch.")
+    head = (f"{table.title}, {dtype} on {table.device_name}\nratios against "
+            f"{table.baseline!r}, measured side by side in this run (medians); TFLOP/s count "
+            f"useful work only")
+    if table.peak is not None:
+        head += "; of peak: " + (f"TFLOP/s / {table.peak.note}" if table.peak.tflops
+                                 else f"n/a, {table.peak.note}")
+    with_peak = table.peak is not None
+    cells = [("mode", "variant", "median ms", "x time", "peak MiB", "x memory", "TFLOP/s",
+              *(("of peak",) if with_peak else ()), "note")]
+    for m in table.rows:
+        fraction = "n/a" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"
+        cells.append((m.mode, m.name, f"{m.median_ms:.2f}", f"{m.ratio:.2f}",
+                      "n/a" if m.peak_mib is None else f"{m.peak_mib:.1f}",
+                      "n/a" if m.mem_ratio is None else f"{m.mem_ratio:.2f}",
+                      f"{m.tflops:.3f}", *((fraction,) if with_peak else ()), m.note))
+    lines = [head, format_rows(cells)]
+    lines += [f"skipped: {s.name} ({s.mode}): {s.reason}" for s in table.skipped]
+    return "\n".join(lines)
+
+
+def table_record(table: Table) -> dict:
+    """The table as JSON-ready data (dtypes as strings)."""
+    record = asdict(table)
+    record["setting"]["dtype"] = str(table.setting.dtype)
+    return record
+
+
+def format_scaling(table: ScalingTable) -> str:
+    few, many = table.frames
+    params = ", ".join(f"{name} {n / 1e6:.1f}M parameters" for name, n in table.params.items())
+    head = (f"{table.title}\n{params}; x = cost at {many} frames / the same model and mode at "
+            f"{few} frames, measured side by side in this run (medians); target for mirasol: "
+            f"<= {table.target:g}x time and memory")
+    cells = [("mode", "model", "frames", "chunks", "median ms", "x time", "peak MiB",
+              "x memory", "target")]
+    for r in table.rows:
+        cells.append((r.mode, r.model, str(r.frames), str(r.chunks), f"{r.median_ms:.1f}",
+                      f"{r.ratio:.2f}", "n/a" if r.peak_mib is None else f"{r.peak_mib:.1f}",
+                      "n/a" if r.mem_ratio is None else f"{r.mem_ratio:.2f}",
+                      {None: "", True: "met", False: "MISSED"}[r.meets_target]))
+    return head + "\n" + format_rows(cells)

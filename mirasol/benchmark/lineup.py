@@ -1,0 +1,41 @@
+"""What a benchmark table compares: its variants (the baseline among them) and the rivals
+that could not be built here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fn: Callable[..., Tensor]
+    inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> the fn's arguments
+    note: str = ""
+    optional: bool = False  # a rival: a failure to run is recorded as skipped, not raised
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A variant that was not measured, and why."""
+    name: str
+    mode: str      # "fwd", "fwd+bwd", or "all" when it could not even be built
+    reason: str
+
+
+class Lineup(NamedTuple):
+    """What a problem measures: the baseline's name, the variants (the baseline among
+    them), and the rivals that could not be built here."""
+    baseline: str
+    variants: list[Variant]
+    skipped: list[Skipped]
+
+
+
+def reason(error: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"[:300]
