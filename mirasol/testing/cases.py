@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
+
+from mirasol.masks import cu_seqlens
 
 # Layouts an input can arrive in: contiguous (B, H, N, D); "bnhd": a (B, N, H, D) buffer
 # viewed as (B, H, N, D) (projections reshaped without a copy); "padded": a view into a
@@ -70,13 +71,9 @@ class CrossAttentionCase:
         def make(rows, heads):
             return torch.randn(rows, heads, self.head_dim, generator=gen).to(device, self.dtype)
 
-        def cu(lens):
-            return torch.tensor((0, *itertools.accumulate(lens)), dtype=torch.int32,
-                                device=device)
-
         q = make(sum(self.q_lens), self.heads)
         k, v = make(sum(self.k_lens), self.kv_heads), make(sum(self.k_lens), self.kv_heads)
-        return q, k, v, cu(self.q_lens), cu(self.k_lens)
+        return q, k, v, cu_seqlens(self.q_lens, device), cu_seqlens(self.k_lens, device)
 
     def padded(self, device="cpu"):
         """(q, k, v, k_lengths) of the same problem in SDPA's layout, zero-padded: sample b
@@ -114,9 +111,7 @@ class TokenPoolCase:
         total = sum(self.lens)
         x = torch.randn(total, self.dim, generator=gen).to(device, self.dtype)
         logits = (torch.randn(total, self.num_tokens, generator=gen) * self.logit_scale)
-        cu = torch.tensor((0, *itertools.accumulate(self.lens)), dtype=torch.int32,
-                          device=device)
-        return x, logits.to(device, self.dtype), cu
+        return x, logits.to(device, self.dtype), cu_seqlens(self.lens, device)
 
     def padded(self, device="cpu"):
         """(x (B, N, dim), logits (B, N, num_tokens), lengths) of the same problem."""

@@ -89,15 +89,58 @@ def assert_parity(reports: ParityReport | Sequence[ParityReport]) -> None:
         raise AssertionError("parity check failed:\n" + "\n".join(f"  {r}" for r in reports))
 
 
-def _run(fn: Callable[..., Tensor], inputs: Sequence, grad_idx: Sequence[int],
-         grad_out: Callable[[Tensor], Tensor]) -> tuple[Tensor, list[Tensor]]:
-    # detach() keeps each input's strides, so a non-contiguous input stays one.
-    leaves = [x.detach().requires_grad_(True) if i in grad_idx else x
-              for i, x in enumerate(inputs)]
-    out = fn(*leaves)
-    if grad_idx:
-        out.backward(grad_out(out))
-    return out.detach(), [leaves[i].grad for i in grad_idx]
+# One run of a function under comparison: (inputs, output-gradient maker) -> (output,
+# gradients), the gradients in the order the reports label them.
+_Run = Callable[[Sequence, Callable[[Tensor], Tensor]], tuple[Tensor, list[Tensor]]]
+
+
+def _runner(fn: Callable[..., Tensor], grad_idx: Sequence[int],
+            params: Callable[[], Sequence[torch.nn.Parameter]] = tuple) -> _Run:
+    """Runs ``fn`` on fresh leaves of the inputs ``grad_idx`` and backpropagates, returning
+    the output and the gradients of those inputs, then of ``params()`` (zeros for a
+    parameter the output does not depend on)."""
+    def run(inputs: Sequence, grad_out: Callable[[Tensor], Tensor]):
+        # detach() keeps each input's strides, so a non-contiguous input stays one.
+        leaves = [x.detach().requires_grad_(True) if i in grad_idx else x
+                  for i, x in enumerate(inputs)]
+        out = fn(*leaves)
+        weights = list(params())
+        if grad_idx or weights:
+            out.backward(grad_out(out))
+        grads = [leaves[i].grad for i in grad_idx]
+        grads += [p.grad if p.grad is not None else torch.zeros_like(p) for p in weights]
+        return out.detach(), grads
+    return run
+
+
+def _floating(inputs: Sequence) -> list[int]:
+    return [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point()]
+
+
+def _compare(fast: _Run, reference: _Run, oracle: _Run, inputs: Sequence,
+             grad_labels: Sequence[str], seed: int) -> list[ParityReport]:
+    """The §5 rule: ``oracle`` on float64 copies of the floating inputs, ``fast`` and
+    ``reference`` on the inputs as given, one random float64 output gradient (cast to each
+    run's dtype) backpropagated through all three; one report for the output and one per
+    gradient (``grad_labels``)."""
+    gen = torch.Generator().manual_seed(seed)
+    cache: dict[str, Tensor] = {}
+
+    def grad_out(out: Tensor) -> Tensor:
+        if "g" not in cache:
+            cache["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        return cache["g"].to(out.device, out.dtype)
+
+    floating = _floating(inputs)
+    oracle_inputs = [x.detach().double() if i in floating else x for i, x in enumerate(inputs)]
+    o_out, o_grads = oracle(oracle_inputs, grad_out)
+    f_out, f_grads = fast(inputs, grad_out)
+    r_out, r_grads = reference(inputs, grad_out)
+    mag = tolerances.magnitude(o_out, *o_grads)
+    reports = [parity_report("out", f_out, r_out, o_out, magnitude=mag)]
+    for label, fg, rg, og in zip(grad_labels, f_grads, r_grads, o_grads):
+        reports.append(parity_report(label, fg, rg, og, is_grad=True, magnitude=mag))
+    return reports
 
 
 def compare_with_oracle(fast: Callable[..., Tensor], reference: Callable[..., Tensor],
@@ -112,28 +155,10 @@ def compare_with_oracle(fast: Callable[..., Tensor], reference: Callable[..., Te
     Returns reports for "out" and "d<name>" of each floating input.
     """
     names = list(names) if names is not None else [f"x{i}" for i in range(len(inputs))]
-    floating = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point()]
-    grad_idx = floating if grads else []
-    oracle_fn = reference if oracle is None else oracle
-    oracle_inputs = [x.detach().double() if i in floating else x for i, x in enumerate(inputs)]
-
-    gen = torch.Generator().manual_seed(seed)
-    cache: dict[str, Tensor] = {}
-
-    def grad_out(out: Tensor) -> Tensor:
-        # One float64 output gradient, cast to each run's dtype.
-        if "g" not in cache:
-            cache["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device)
-        return cache["g"].to(out.dtype)
-
-    o_out, o_grads = _run(oracle_fn, oracle_inputs, grad_idx, grad_out)
-    f_out, f_grads = _run(fast, inputs, grad_idx, grad_out)
-    r_out, r_grads = _run(reference, inputs, grad_idx, grad_out)
-    mag = tolerances.magnitude(o_out, *o_grads)
-    reports = [parity_report("out", f_out, r_out, o_out, magnitude=mag)]
-    for i, fg, rg, og in zip(grad_idx, f_grads, r_grads, o_grads):
-        reports.append(parity_report(f"d{names[i]}", fg, rg, og, is_grad=True, magnitude=mag))
-    return reports
+    grad_idx = _floating(inputs) if grads else []
+    return _compare(_runner(fast, grad_idx), _runner(reference, grad_idx),
+                    _runner(reference if oracle is None else oracle, grad_idx), inputs,
+                    [f"d{names[i]}" for i in grad_idx], seed)
 
 
 def assert_identical(actual: Tensor, expected: Tensor) -> None:
@@ -153,32 +178,15 @@ def compare_module_with_oracle(module: torch.nn.Module, inputs: Sequence, *, bac
     from mirasol.layers import set_backend
 
     names = list(names) if names is not None else [f"x{i}" for i in range(len(inputs))]
-    floating = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point()]
-    gen = torch.Generator().manual_seed(seed)
-    cache: dict[str, Tensor] = {}
+    grad_idx = _floating(inputs)
 
-    def run(model: torch.nn.Module, args: Sequence):
-        leaves = [x.detach().requires_grad_(True) if i in floating else x
-                  for i, x in enumerate(args)]
+    def runner(backend: str, double: bool = False) -> _Run:
+        model = set_backend(copy.deepcopy(module), backend)
+        model = model.double() if double else model
         model.zero_grad(set_to_none=True)
-        out = model(*leaves)
-        if "g" not in cache:
-            cache["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-        out.backward(cache["g"].to(out.device, out.dtype))
-        grads = [leaves[i].grad for i in floating]
-        grads += [p.grad if p.grad is not None else torch.zeros_like(p)
-                  for p in model.parameters()]
-        return out.detach(), grads
+        return _runner(model, grad_idx, model.parameters)
 
-    oracle_args = [x.detach().double() if i in floating else x for i, x in enumerate(inputs)]
-    o_out, o_grads = run(set_backend(copy.deepcopy(module), reference_backend).double(),
-                         oracle_args)
-    f_out, f_grads = run(set_backend(copy.deepcopy(module), backend), inputs)
-    r_out, r_grads = run(set_backend(copy.deepcopy(module), reference_backend), inputs)
-    mag = tolerances.magnitude(o_out, *o_grads)
-    labels = [f"d{names[i]}" for i in floating] + [f"grad {n}" for n, _ in
+    labels = [f"d{names[i]}" for i in grad_idx] + [f"grad {n}" for n, _ in
                                                    module.named_parameters()]
-    reports = [parity_report("out", f_out, r_out, o_out, magnitude=mag)]
-    for label, fg, rg, og in zip(labels, f_grads, r_grads, o_grads):
-        reports.append(parity_report(label, fg, rg, og, is_grad=True, magnitude=mag))
-    return reports
+    return _compare(runner(backend), runner(reference_backend),
+                    runner(reference_backend, double=True), inputs, labels, seed)
