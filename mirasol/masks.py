@@ -33,7 +33,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ def visible(i: Tensor, j: Tensor, q_len, k_len, chunk: int | None) -> Tensor:
 class Mask(ABC):
     """A (q_rows, k_rows) boolean attention mask, True = may attend, one per batch entry
     when :attr:`batch` is an int (None: the same mask for every batch entry), its tensors
-    on ``device``. A subclass defines the layout (:meth:`mask_mod`); the rest derives."""
+    on ``device``. A subclass defines the layout (:meth:`sees`); the rest derives."""
     q_rows: int
     k_rows: int
     chunk: int | None
@@ -69,9 +69,17 @@ class Mask(ABC):
         """The number of batch entries the mask tells apart, or None."""
 
     @abstractmethod
-    def mask_mod(self, b: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
-        """FlexAttention's ``mask_mod(batch, head, query row, key row)``, the same for every
-        head. :meth:`dense` evaluates it on broadcast index grids."""
+    def sees(self, b: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        """Whether query row ``i`` of batch entry ``b`` sees key row ``j``: the layout's
+        segments and positions put through :func:`visible`. Tensors broadcast."""
+
+    @property
+    def mask_mod(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+        """FlexAttention's ``mask_mod(batch, head, q_idx, kv_idx)``, the same for every head
+        (a plain function: ``create_block_mask`` tells a mask_mod by its argument count)."""
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self.sees(b, q_idx, kv_idx)
+        return mask_mod
 
     def _grid(self, rows: slice) -> Tensor:
         def arange(n: int) -> Tensor:
@@ -80,8 +88,7 @@ class Mask(ABC):
         b = arange(self.batch or 1)[:, None, None, None]
         i = arange(self.q_rows)[rows][None, None, :, None]
         j = arange(self.k_rows)[None, None, None, :]
-        return self.mask_mod(b, torch.zeros_like(b), i, j).expand(b.shape[0], 1, i.shape[2],
-                                                                   self.k_rows)
+        return self.sees(b, i, j).expand(b.shape[0], 1, i.shape[2], self.k_rows)
 
     def dense(self) -> Tensor:
         """The dense mask, bool (batch or 1, 1, q_rows, k_rows): what the reference and
@@ -117,7 +124,7 @@ class PaddedMask(Mask):
         lens = self.q_lens if self.q_lens is not None else self.k_lens
         return None if lens is None else lens.shape[0]
 
-    def mask_mod(self, b, h, i, j):
+    def sees(self, b, i, j):
         q_len = self.q_rows if self.q_lens is None else self.q_lens[b]
         k_len = self.k_rows if self.k_lens is None else self.k_lens[b]
         return visible(i, j, q_len, k_len, self.chunk)
@@ -141,7 +148,7 @@ class PackedMask(Mask):
     def batch(self) -> None:
         return None
 
-    def mask_mod(self, b, h, i, j):
+    def sees(self, b, i, j):
         cu_q, cu_k = self.cu_seqlens_q, self.cu_seqlens_k
         s = self._seg_q[i]
         q_len, k_len = cu_q[s + 1] - cu_q[s], cu_k[s + 1] - cu_k[s]
