@@ -44,9 +44,23 @@ def test_piece_parity(path, dtype, rows, keys):
         (q, k, v), names="qkv"))
 
 
-def test_grouped_heads_fold_into_rows():
+def _reference_lse(q, k, scale, mask):
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    return torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_heads_fold_into_rows(masked):
+    # Each of the 3 query heads sharing a key/value head is stacked as extra rows: the
+    # output and log-sum-exp of every head (and its mask rows) must land back in place.
     q, k, v = torch.randn(2, 6, 5, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
-    o, lse = _dense.attention_lse(q, k, v, 0.25)
-    want = reference.masked_attention(q, k, v, torch.ones(5, 9, dtype=torch.bool), 0.25)
-    torch.testing.assert_close(o, want)
-    assert lse.shape == (2, 6, 5)
+    mask = torch.ones(5, 9, dtype=torch.bool).tril(4) if masked else None
+    dense = torch.ones(5, 9, dtype=torch.bool) if mask is None else mask
+    assert_parity(compare_with_oracle(
+        lambda q, k, v: _dense.attention_lse(q, k, v, 0.25, mask)[0],
+        lambda q, k, v: reference.masked_attention(q, k, v, dense, 0.25), (q, k, v),
+        names="qkv", grads=False))
+    assert_parity(compare_with_oracle(
+        lambda q, k: _dense.attention_lse(q, k, v, 0.25, mask)[1],
+        lambda q, k: _reference_lse(q, k, 0.25, dense), (q, k), names="qk", grads=False))

@@ -80,12 +80,17 @@ def test_packed_equals_padded_equals_per_segment(backend, case):
         assert_identical(padded[1][b, :n], packed[1][rows])
         assert_identical(padded[2][b, :n], packed[2][rows])
         assert not padded[1][b, n:].any() and not padded[2][b, n:].any()
-        if n:  # one sample alone: other shapes, the same sums (up to their order)
+        # One sample alone: on triton the same program over the same tokens, bitwise. The
+        # torch backend pads all segments into one batched matmul, and CPU torch.bmm rounds
+        # a batch of one differently from a larger batch (measured: 7.6e-6 apart on the same
+        # (4, 100) x (100, 1) product), so there alone vs packed is parity, which
+        # test_parity holds on packed multi-segment cases.
+        if n and backend == "triton":
             single = _grads(partial(token_pool, backend=backend), x[None, rows],
                             logits[None, rows], dout[b:b + 1])
-            torch.testing.assert_close(single[0], packed[0][b:b + 1])
-            torch.testing.assert_close(single[1][0], packed[1][rows])
-            torch.testing.assert_close(single[2][0], packed[2][rows])
+            assert_identical(single[0], packed[0][b:b + 1])
+            assert_identical(single[1][0], packed[1][rows])
+            assert_identical(single[2][0], packed[2][rows])
     assert_identical(padded[0], packed[0])
 
 
