@@ -1,10 +1,11 @@
 """The definition of each attention mask, once.
 
 Every mask of mirasol's ops is one closed-form predicate over (query row, key row) and the
-rows' segment layout, written as a FlexAttention ``mask_mod``. Everything else derives from
-it: the dense boolean mask the reference attends with (:meth:`Mask.dense`), the BlockMask
-the benchmarks hand to FlexAttention (:meth:`Mask.block_mask`), the count of visible pairs
-the benchmarks' TFLOP/s use (:meth:`Mask.visible_pairs`), and the tests that hold every
+rows' segment layout (:meth:`Mask.sees`, which puts the layout through :func:`visible`).
+Everything else derives from it: FlexAttention's ``mask_mod`` (:attr:`Mask.mask_mod`), the
+dense boolean mask the reference attends with (:meth:`Mask.dense`), the BlockMask the
+benchmarks hand to FlexAttention (:meth:`Mask.block_mask`), the count of visible pairs the
+benchmarks' TFLOP/s use (:meth:`Mask.visible_pairs`), and the tests that hold every
 backend's kernels against it (tests/test_masks.py). Depends on torch only.
 
 The rule (:func:`visible`, DESIGN.md §2a). Rows group into segments: the samples of a
