@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mirasol.ops import chunked_causal_attention
-from mirasol.testing import (ATOL_FLOOR, assert_parity, compare_with_oracle, parity_report,
-                             poison_allocations)
+from mirasol.testing import (ATOL_FLOOR, assert_parity, compare_module_with_oracle,
+                             compare_with_oracle, parity_report, poison_allocations)
 
 
 def _op(backend):
@@ -71,3 +71,27 @@ def test_an_unwritten_output_element_is_caught():
     with poison_allocations():
         reports = compare_with_oracle(forgetful, _op("reference"), _inputs(), grads=False)
     assert not reports[0].ok and math.isinf(reports[0].err)
+
+
+class _Scaled(torch.nn.Module):
+    """A one-layer module whose "torch" backend is off by ``error`` (relative): the module-
+    level harness must pass it at 0 and fail it at 0.5%, on the output and the gradients."""
+
+    def __init__(self, error: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(16, 16))
+        self.unused = torch.nn.Parameter(torch.randn(3))  # no gradient: compared as zeros
+        self.backend, self.error = "reference", error
+
+    def forward(self, x):
+        y = x @ self.weight
+        return y * (1 + self.error) if self.backend == "torch" else y
+
+
+def test_module_harness_reports_inputs_and_every_parameter_and_fails_a_wrong_module():
+    x = torch.randn(4, 16)
+    reports = compare_module_with_oracle(_Scaled(0.0), (x,), backend="torch", names=("x",))
+    assert [r.name for r in reports] == ["out", "dx", "grad weight", "grad unused"]
+    assert_parity(reports)
+    wrong = compare_module_with_oracle(_Scaled(0.005), (x,), backend="torch", names=("x",))
+    assert [r.ok for r in wrong] == [False, False, False, True]
