@@ -147,8 +147,10 @@ class CrossProblem:
         cu_q, cu_k = self.cu(self.q_lens), self.cu(self.k_lens)
         max_q, max_k = max(self.q_lens), max(self.k_lens)
         block_diagonal = self.mask.dense()
+        # (B, 1, 1, Lk), broadcast over the query rows, as SDPA users write a key mask: every
+        # row of a non-causal padded mask is the same.
         key_padding = masks.cross_attention_padded(
-            max_q, max_k, k_lengths=torch.tensor(self.k_lens, device=s.device)).dense()
+            1, max_k, k_lengths=torch.tensor(self.k_lens, device=s.device)).dense()
 
         def packed_sdpa(q, k, v):
             out = F.scaled_dot_product_attention(*(t.transpose(0, 1)[None] for t in (q, k, v)),
