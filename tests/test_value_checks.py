@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from mirasol.ops import _checks, cross_attention, cross_attention_padded, token_pool
+from mirasol.ops import _checks, _op, cross_attention, cross_attention_padded, token_pool
 from mirasol.ops._checks import Lengths, Packed, check_values
 
 # The functionals shadow their modules' names in mirasol.ops.
@@ -17,12 +17,12 @@ CU = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
 
 
 class Reads:
-    """Counts check_values calls of one op module and every Tensor.tolist of an int32
-    tensor (cu_seqlens) while active."""
+    """Counts check_values calls (of one op module and of the shared segment_maxima) and
+    every Tensor.tolist of an int32 tensor (cu_seqlens) while active."""
 
     def __init__(self, monkeypatch, module):
         self.checks, self.cu_reads = 0, 0
-        real_check, real_tolist = module.check_values, torch.Tensor.tolist
+        real_check, real_tolist = check_values, torch.Tensor.tolist
 
         def check(*args):
             self.checks += 1
@@ -32,7 +32,8 @@ class Reads:
             self.cu_reads += t.dtype == torch.int32
             return real_tolist(t)
 
-        monkeypatch.setattr(module, "check_values", check)
+        for where in (module, _op):
+            monkeypatch.setattr(where, "check_values", check)
         monkeypatch.setattr(torch.Tensor, "tolist", tolist)
 
 

@@ -81,6 +81,11 @@ def check_non_negative_int(op: str, name: str, value) -> None:
         raise ValueError(f"{op}: {name} must be a non-negative int or None, got {value!r}")
 
 
+def check_bool(op: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+
+
 def check_scale(op: str, scale) -> None:
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TypeError(f"{op}: scale must be a float or None, got {type(scale).__name__}")

@@ -25,11 +25,11 @@ from torch import Tensor
 
 from mirasol import reference
 from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
-from mirasol.ops._checks import (Lengths, Packed, attention_call, check_attention_inputs,
+from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs, check_bool,
                                  check_non_negative_int, check_packed_inputs, check_scale,
                                  check_values, default_scale)
 from mirasol.ops._dense import attention_lse, attention_lse_backward
-from mirasol.ops._op import Op, fake_host_ints, host_ints, register
+from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 
 
 def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
@@ -120,6 +120,7 @@ def _check_packed(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
         if value is not None:
             check_non_negative_int(op, name, value)
     check_scale(op, scale)
+    check_bool(op, "causal", causal)
     return attention_call(q, k, v)
 
 
@@ -129,6 +130,7 @@ def _check_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor | None =
     check_attention_inputs(op, q, k, v, lengths=k_lengths, self_attention=False,
                            lengths_name="k_lengths")
     check_scale(op, scale)
+    check_bool(op, "causal", causal)
     return attention_call(q, k, v)
 
 
@@ -137,46 +139,35 @@ PACKED = register(Op("cross_attention", BACKENDS, _check_packed))
 PADDED = register(Op("cross_attention_padded", BACKENDS, _check_padded))
 
 
-def _maxima(q: Tensor, k: Tensor, cu_q, cu_k, k_lengths, max_q, max_k) -> list[int]:
-    """Checks the segments' values (one host read) and returns the longest query and key
-    segments (the kernels' grid)."""
-    if cu_q is not None:
-        return check_values("cross_attention",
-                            Packed("cu_seqlens_q", cu_q, q.shape[2], max_q, "max_seqlen_q"),
-                            Packed("cu_seqlens_k", cu_k, k.shape[2], max_k, "max_seqlen_k"))
+def _check_k_lengths(k: Tensor, k_lengths: Tensor | None) -> None:
     if k_lengths is not None:
         check_values("cross_attention_padded", Lengths("k_lengths", k_lengths, k.shape[2]))
-    return [q.shape[2], k.shape[2]]
 
 
 @torch.library.custom_op("mirasol::cross_attention_fwd", mutates_args=())
 def _cross_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor | None,
                          cu_seqlens_k: Tensor | None, k_lengths: Tensor | None,
-                         max_seqlen_q: int | None, max_seqlen_k: int | None, causal: bool,
-                         scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (out, lse, maxima): maxima, the longest query and key segments as a CPU
-    tensor, is what the backward launches with (no second read of cu_seqlens)."""
-    maxima = _maxima(q, k, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k)
-    out, lse = _FWD[backend](q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale,
-                             *maxima)
-    return out, lse, host_ints(maxima)
+                         maxima: Tensor | None, causal: bool, scale: float,
+                         backend: str) -> tuple[Tensor, Tensor]:
+    """maxima: the longest query and key segments of packed inputs (segment_maxima)."""
+    _check_k_lengths(k, k_lengths)
+    return _FWD[backend](q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale,
+                         *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_cross_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k, causal,
-      scale, backend):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, causal, scale, backend):
     lse_dtype = torch.promote_types(q.dtype, torch.float32)
-    return (torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype),
-            fake_host_ints(2))
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
 
 
 @torch.library.custom_op("mirasol::cross_attention_bwd", mutates_args=())
 def _cross_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                          cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
-                         k_lengths: Tensor | None, maxima: Tensor, causal: bool, scale: float,
-                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                         k_lengths: Tensor | None, maxima: Tensor | None, causal: bool,
+                         scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     return _BWD[backend](do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, causal,
-                         scale, *maxima.tolist())
+                         scale, *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_cross_attention_bwd.register_fake
@@ -187,15 +178,15 @@ def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, caus
 
 class CrossAttentionFunction(torch.autograd.Function):
     """Autograd for the triton and torch backends on 4-D (batch, heads, rows, head_dim)
-    views: the forward saves (out, lse) and the segments' maxima, the backward recomputes
-    probabilities."""
+    views: the forward saves (out, lse), the backward recomputes probabilities; both
+    launch with the packed segments' maxima (a CPU tensor: read without a device sync)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q,
-                max_seqlen_k, causal: bool, scale: float, backend: str):
-        out, lse, maxima = torch.ops.mirasol.cross_attention_fwd(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k, causal,
-            scale, backend)
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, causal: bool,
+                scale: float, backend: str):
+        out, lse = torch.ops.mirasol.cross_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                         k_lengths, maxima, causal, scale,
+                                                         backend)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima)
         ctx.rest = (causal, scale, backend)
         return out
@@ -203,7 +194,7 @@ class CrossAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         dq, dk, dv = torch.ops.mirasol.cross_attention_bwd(do, *ctx.saved_tensors, *ctx.rest)
-        return dq, dk, dv, *(None,) * 8
+        return dq, dk, dv, *(None,) * 7
 
 
 def cross_attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
@@ -234,13 +225,14 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
                          causal=causal)
     name = PACKED.choose(backend, call)
     scale = default_scale(q, scale)
-    q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+    maxima = segment_maxima("cross_attention", cu_seqlens_q, q.shape[0], max_seqlen_q,
+                            cu_seqlens_k, k.shape[0], max_seqlen_k)
     if name == "reference":
-        _maxima(q4, k4, cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q, max_seqlen_k)
         return reference.cross_attention(q, k, v, cu_seqlens_q=cu_seqlens_q,
                                          cu_seqlens_k=cu_seqlens_k, causal=causal, scale=scale)
-    out = CrossAttentionFunction.apply(q4, k4, v4, cu_seqlens_q, cu_seqlens_k, None,
-                                       max_seqlen_q, max_seqlen_k, causal, scale, name)
+    q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+    out = CrossAttentionFunction.apply(q4, k4, v4, cu_seqlens_q, cu_seqlens_k, None, maxima,
+                                       causal, scale, name)
     return out.transpose(1, 2).squeeze(0)
 
 
@@ -262,8 +254,8 @@ def cross_attention_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor
     name = PADDED.choose(backend, call)
     scale = default_scale(q, scale)
     if name == "reference":
-        _maxima(q, k, None, None, k_lengths, None, None)
+        _check_k_lengths(k, k_lengths)
         return reference.cross_attention(q, k, v, k_lengths=k_lengths, causal=causal,
                                          scale=scale)
-    return CrossAttentionFunction.apply(q, k, v, None, None, k_lengths, None, None, causal,
-                                        scale, name)
+    return CrossAttentionFunction.apply(q, k, v, None, None, k_lengths, None, causal, scale,
+                                        name)

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from mirasol import reference
 from mirasol.ops._backends import ELEMENTS, Call, Limit, span, standard_backends
-from mirasol.ops._checks import (Lengths, Packed, check_cu_seqlens, check_lengths, check_like,
+from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
                                  check_tensor, check_values, shape_of)
-from mirasol.ops._op import Op, fake_host_ints, host_ints, register
+from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 
 MAX_OUTPUT_TOKENS = 64
 OUTPUT_TOKENS = Limit("number of output tokens", MAX_OUTPUT_TOKENS,
@@ -154,38 +154,35 @@ def _check(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
 OP = register(Op(OP_NAME, standard_backends(OUTPUT_TOKENS), _check))
 
 
-def _longest(x: Tensor, cu: Tensor | None, lengths: Tensor | None) -> int:
-    """Checks the segments' values (one host read) and returns the longest segment."""
-    if cu is not None:
-        return check_values(OP_NAME, Packed("cu_seqlens", cu, x.shape[0]))[0]
+def _check_lengths(x: Tensor, lengths: Tensor | None) -> None:
     if lengths is not None:
         check_values(OP_NAME, Lengths("lengths", lengths, x.shape[1]))
-    return x.shape[1]
 
 
 @torch.library.custom_op("mirasol::token_pool_fwd", mutates_args=())
 def _token_pool_fwd(x: Tensor, logits: Tensor, cu_seqlens: Tensor | None,
-                    lengths: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (out, stats, longest): longest, the longest segment as a CPU tensor, is
-    what the backward launches with (no second read of cu_seqlens)."""
-    longest = _longest(x, cu_seqlens, lengths)
-    out, stats = _FWD[backend](x, logits, cu_seqlens, lengths)
-    return out, stats, host_ints([longest])
+                    lengths: Tensor | None, longest: Tensor | None,
+                    backend: str) -> tuple[Tensor, Tensor]:
+    """longest: the longest packed segment (segment_maxima). Only the backward launches
+    with it; the forward takes it so that the check that made it runs first, compiled too."""
+    _check_lengths(x, lengths)
+    return _FWD[backend](x, logits, cu_seqlens, lengths)
 
 
 @_token_pool_fwd.register_fake
-def _(x, logits, cu_seqlens, lengths, backend):
+def _(x, logits, cu_seqlens, lengths, longest, backend):
     batch = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     stats_dtype = torch.promote_types(x.dtype, torch.float32)
     return (x.new_empty(batch, logits.shape[-1], x.shape[-1]),
-            x.new_empty(batch, 2, logits.shape[-1], dtype=stats_dtype), fake_host_ints(1))
+            x.new_empty(batch, 2, logits.shape[-1], dtype=stats_dtype))
 
 
 @torch.library.custom_op("mirasol::token_pool_bwd", mutates_args=())
 def _token_pool_bwd(dout: Tensor, x: Tensor, logits: Tensor, out: Tensor, stats: Tensor,
-                    cu_seqlens: Tensor | None, lengths: Tensor | None, longest: Tensor,
+                    cu_seqlens: Tensor | None, lengths: Tensor | None, longest: Tensor | None,
                     backend: str) -> tuple[Tensor, Tensor]:
-    return _BWD[backend](dout, x, logits, out, stats, cu_seqlens, lengths, int(longest[0]))
+    return _BWD[backend](dout, x, logits, out, stats, cu_seqlens, lengths,
+                         *maxima_or(longest, x.shape[1]))
 
 
 @_token_pool_bwd.register_fake
@@ -194,13 +191,14 @@ def _(dout, x, logits, out, stats, cu_seqlens, lengths, longest, backend):
 
 
 class TokenPoolFunction(torch.autograd.Function):
-    """Autograd for the triton and torch backends: the forward saves (out, stats) and the
-    longest segment, the backward recomputes the weights from them."""
+    """Autograd for the triton and torch backends: the forward saves (out, stats), the
+    backward recomputes the weights from them and launches with the longest packed segment
+    (a CPU tensor: read without a device sync)."""
 
     @staticmethod
-    def forward(ctx, x, logits, cu_seqlens, lengths, backend: str):
-        out, stats, longest = torch.ops.mirasol.token_pool_fwd(x, logits, cu_seqlens, lengths,
-                                                               backend)
+    def forward(ctx, x, logits, cu_seqlens, lengths, longest, backend: str):
+        out, stats = torch.ops.mirasol.token_pool_fwd(x, logits, cu_seqlens, lengths, longest,
+                                                      backend)
         ctx.save_for_backward(x, logits, out, stats, cu_seqlens, lengths, longest)
         ctx.backend = backend
         return out
@@ -208,7 +206,7 @@ class TokenPoolFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         dx, dlogits = torch.ops.mirasol.token_pool_bwd(dout, *ctx.saved_tensors, ctx.backend)
-        return dx, dlogits, None, None, None
+        return dx, dlogits, None, None, None, None
 
 
 def token_pool(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
@@ -231,7 +229,8 @@ def token_pool(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
         Accumulation in fp32; error within 2x the same-dtype reference's.
     """
     name = OP.choose(backend, _check(x, logits, cu_seqlens=cu_seqlens, lengths=lengths))
+    longest = None if cu_seqlens is None else segment_maxima(OP_NAME, cu_seqlens, x.shape[0])
     if name == "reference":
-        _longest(x, cu_seqlens, lengths)
+        _check_lengths(x, lengths)
         return reference.token_pool(x, logits, cu_seqlens=cu_seqlens, lengths=lengths)
-    return TokenPoolFunction.apply(x, logits, cu_seqlens, lengths, name)
+    return TokenPoolFunction.apply(x, logits, cu_seqlens, lengths, longest, name)
