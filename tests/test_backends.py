@@ -152,6 +152,7 @@ def test_device_limits(op, monkeypatch):
     call = OPS[op].check(*args, **kwargs)
     # Under the interpreter the kernels run on CPU tensors only ...
     assert _refused(op, _on_cuda(call)) == [("device", "cuda")]
+    assert OPS[op].choose("auto", _on_cuda(call)) == "torch"
     # ... compiled, on CUDA only.
     monkeypatch.setitem(_backends._TRITON_STATE, "mode", "compiled")
     assert _refused(op, call) == [("device", "cpu")]
