@@ -152,8 +152,8 @@ class BackendSpec:
     min_capability: tuple[int, int] | None = None  # on CUDA devices
     limits: tuple[Limit, ...] = ()
     auto_devices: frozenset[str] | None = frozenset()  # where auto may pick it; None: any
-    triton: bool = False   # runs Triton kernels: needs triton; its mode narrows the devices
-    #                        and dtypes (TRITON_MODES)
+    triton: bool = False   # runs Triton kernels: needs triton, and the mode it is in
+    #                        narrows the devices and dtypes (TRITON_MODES)
 
     def refusals(self, call: Call) -> tuple[Refusal, ...]:
         """Every reason this backend cannot run ``call`` (empty: it can)."""
@@ -165,7 +165,9 @@ class BackendSpec:
                 found.append(Refusal("triton", None, "triton is not installed"))
             else:
                 mode = TRITON_MODES[key]
-        devices = mode.devices if mode else self.devices
+        devices = self.devices
+        if mode:
+            devices = mode.devices if devices is None else devices & mode.devices
         if devices is not None and call.device.type not in devices:
             why = f": {mode.device_why}" if mode else ""
             found.append(Refusal("device", call.device.type,
@@ -199,9 +201,9 @@ def standard_backends(*limits: Limit) -> dict[str, BackendSpec]:
     32-bit offsets and the op's own ``limits``; the composites and the reference take fp64
     too, on any device, at any size. Order is auto's preference."""
     return {
-        "triton": BackendSpec("triton", KERNEL_DTYPES, min_capability=(8, 0),
-                              limits=(ELEMENTS, *limits), auto_devices=frozenset({"cuda"}),
-                              triton=True),
+        "triton": BackendSpec("triton", KERNEL_DTYPES, devices=frozenset({"cuda", "cpu"}),
+                              min_capability=(8, 0), limits=(ELEMENTS, *limits),
+                              auto_devices=frozenset({"cuda"}), triton=True),
         "torch": BackendSpec("torch", ALL_DTYPES, auto_devices=None),
         "reference": BackendSpec("reference", ALL_DTYPES),
     }
