@@ -116,7 +116,7 @@ def test_empty_segment_gives_zeros_and_no_nan(backend):
 
 def test_bad_inputs_name_the_argument():
     x, logits, cu = _case([3, 5]).packed()
-    with pytest.raises(TypeError, match="cu_seqlens must be a torch.int32 tensor, got torch.int64"):
+    with pytest.raises(TypeError, match="cu_seqlens must be int32 .*got torch.int64"):
         token_pool(x, logits, cu_seqlens=cu.long())
     with pytest.raises(ValueError, match=r"cu_seqlens must start at 0, never decrease and end "
                                          r"at the number of tokens \(8\)"):

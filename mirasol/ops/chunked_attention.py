@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import standard_backends, choose_backend
-from mirasol.ops._checks import check_attention_inputs, check_lengths_values
+from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
+from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs,
+                                 check_positive_int, check_scale, check_values,
+                                 default_scale)
 from mirasol.ops._dense import attention_lse, attention_lse_backward
-
-BACKENDS = standard_backends()
+from mirasol.ops._op import Op, register
 
 
 # ----------------------------------------------------------------- the torch backend
@@ -98,14 +99,31 @@ _FWD = {"triton": _triton_fwd, "torch": _torch_fwd}
 _BWD = {"triton": _triton_bwd, "torch": _torch_bwd}
 
 
-# ------------------------------------------------------------ custom ops and autograd
+# ------------------------------------------------------------ the chain of the op
+
+OP_NAME = "chunked_causal_attention"
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *, scale: float | None = None,
+           lengths: Tensor | None = None) -> Call:
+    check_attention_inputs(OP_NAME, q, k, v, lengths=lengths, self_attention=True)
+    check_positive_int(OP_NAME, "chunk_size", chunk_size)
+    check_scale(OP_NAME, scale)
+    return attention_call(q, k, v)
+
+
+OP = register(Op(OP_NAME, standard_backends(HEAD_DIM), _check))
+
+
+def _check_values(q: Tensor, lengths: Tensor | None) -> None:
+    if lengths is not None:
+        check_values(OP_NAME, Lengths("lengths", lengths, q.shape[2]))
 
 
 @torch.library.custom_op("mirasol::chunked_attention_fwd", mutates_args=())
 def _chunked_attention_fwd(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None,
                            chunk_size: int, scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    if lengths is not None:
-        check_lengths_values(lengths, q.shape[2])
+    _check_values(q, lengths)
     return _FWD[backend](q, k, v, lengths, chunk_size, scale)
 
 
@@ -171,17 +189,11 @@ def chunked_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *
         against a float64 oracle is at most twice that of the reference computed in q's
         dtype (``mirasol.testing``).
     """
-    check_attention_inputs("chunked_causal_attention", q, k, v, lengths=lengths,
-                           self_attention=True)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunked_causal_attention: chunk_size must be a positive int, "
-                         f"got {chunk_size!r}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    name = choose_backend("chunked_causal_attention", backend, BACKENDS, q.device, q.dtype,
-                          q.shape[-1])
+    call = _check(q, k, v, chunk_size, scale=scale, lengths=lengths)
+    name = OP.choose(backend, call)
+    scale = default_scale(q, scale)
     if name == "reference":
-        if lengths is not None:
-            check_lengths_values(lengths, q.shape[2])
+        _check_values(q, lengths)
         return reference.chunked_causal_attention(q, k, v, chunk_size, scale=scale,
                                                   lengths=lengths)
     return ChunkedAttentionFunction.apply(q, k, v, lengths, chunk_size, scale, name)

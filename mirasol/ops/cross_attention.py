@@ -24,12 +24,12 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import standard_backends, choose_backend
-from mirasol.ops._checks import (check_attention_inputs, check_cu_seqlens_values,
-                                 check_lengths_values, check_packed_inputs)
+from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
+from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs, check_bool,
+                                 check_non_negative_int, check_packed_inputs, check_scale,
+                                 check_values, default_scale)
 from mirasol.ops._dense import attention_lse, attention_lse_backward
-
-BACKENDS = standard_backends()
+from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 
 
 def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
@@ -98,40 +98,65 @@ def _triton_bwd(do, q, k, v, out, lse, cu_q, cu_k, k_lengths, causal, scale, max
                           causal=causal)
 
 
-def _max_seqlens(q_rows: int, k_rows: int, cu_q, cu_k, k_lengths, max_q,
-                 max_k) -> tuple[int, int]:
-    """Validates the segments' values (a device sync on CUDA) and returns the longest query
-    and key segments (the kernels' grid)."""
-    if cu_q is None:
-        if k_lengths is not None:
-            check_lengths_values(k_lengths, k_rows, "k_lengths")
-        return q_rows, k_rows
-    longest_q = check_cu_seqlens_values("cu_seqlens_q", cu_q, q_rows)
-    longest_k = check_cu_seqlens_values("cu_seqlens_k", cu_k, k_rows)
-    for name, given, longest in (("max_seqlen_q", max_q, longest_q),
-                                 ("max_seqlen_k", max_k, longest_k)):
-        if given is not None and given < longest:
-            raise ValueError(f"{name} = {given} is shorter than the longest segment "
-                             f"({longest}): rows past it would be silently skipped")
-    return longest_q, longest_k
+# Called as fwd(q, k, v, *segments, max_q, max_k) and bwd(do, q, k, v, out, lse, *segments,
+# max_q, max_k). The maxima size the kernels' grid; the torch path walks the segments.
+_FWD = {"triton": _triton_fwd, "torch": lambda *args: _torch_fwd(*args[:-2])}
+_BWD = {"triton": _triton_bwd, "torch": lambda *args: _torch_bwd(*args[:-2])}
+
+
+# ------------------------------------------------------------ the chain of the op
+#
+# Both functionals share one custom op pair on 4-D (batch, heads, rows, head_dim) views: a
+# packed (total, H, D) tensor travels as its (1, H, total, D) view.
+
+
+def _check_packed(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
+                  cu_seqlens_k: Tensor, max_seqlen_q: int | None = None,
+                  max_seqlen_k: int | None = None, scale: float | None = None,
+                  causal: bool = False) -> Call:
+    op = "cross_attention"
+    check_packed_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k)
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if value is not None:
+            check_non_negative_int(op, name, value)
+    check_scale(op, scale)
+    check_bool(op, "causal", causal)
+    return attention_call(q, k, v)
+
+
+def _check_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor | None = None,
+                  scale: float | None = None, causal: bool = False) -> Call:
+    op = "cross_attention_padded"
+    check_attention_inputs(op, q, k, v, lengths=k_lengths, self_attention=False,
+                           lengths_name="k_lengths")
+    check_scale(op, scale)
+    check_bool(op, "causal", causal)
+    return attention_call(q, k, v)
+
+
+BACKENDS = standard_backends(HEAD_DIM)
+PACKED = register(Op("cross_attention", BACKENDS, _check_packed))
+PADDED = register(Op("cross_attention_padded", BACKENDS, _check_padded))
+
+
+def _check_k_lengths(k: Tensor, k_lengths: Tensor | None) -> None:
+    if k_lengths is not None:
+        check_values("cross_attention_padded", Lengths("k_lengths", k_lengths, k.shape[2]))
 
 
 @torch.library.custom_op("mirasol::cross_attention_fwd", mutates_args=())
 def _cross_attention_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor | None,
                          cu_seqlens_k: Tensor | None, k_lengths: Tensor | None,
-                         max_seqlen_q: int | None, max_seqlen_k: int | None, causal: bool,
-                         scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale)
-    bounds = _max_seqlens(q.shape[2], k.shape[2], cu_seqlens_q, cu_seqlens_k, k_lengths,
-                          max_seqlen_q, max_seqlen_k)
-    if backend == "torch":
-        return _torch_fwd(q, k, v, *segments)
-    return _triton_fwd(q, k, v, *segments, *bounds)
+                         maxima: Tensor | None, causal: bool, scale: float,
+                         backend: str) -> tuple[Tensor, Tensor]:
+    """maxima: the longest query and key segments of packed inputs (segment_maxima)."""
+    _check_k_lengths(k, k_lengths)
+    return _FWD[backend](q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale,
+                         *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_cross_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k, causal,
-      scale, backend):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, causal, scale, backend):
     lse_dtype = torch.promote_types(q.dtype, torch.float32)
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
 
@@ -139,48 +164,37 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k
 @torch.library.custom_op("mirasol::cross_attention_bwd", mutates_args=())
 def _cross_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                          cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
-                         k_lengths: Tensor | None, max_seqlen_q: int | None,
-                         max_seqlen_k: int | None, causal: bool, scale: float,
-                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, causal, scale)
-    if backend == "torch":
-        return _torch_bwd(do, q, k, v, out, lse, *segments)
-    bounds = _max_seqlens(q.shape[2], k.shape[2], cu_seqlens_q, cu_seqlens_k, k_lengths,
-                          max_seqlen_q, max_seqlen_k)
-    return _triton_bwd(do, q, k, v, out, lse, *segments, *bounds)
+                         k_lengths: Tensor | None, maxima: Tensor | None, causal: bool,
+                         scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _BWD[backend](do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, causal,
+                         scale, *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_cross_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q,
-      max_seqlen_k, causal, scale, backend):
+def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, causal, scale,
+      backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 class CrossAttentionFunction(torch.autograd.Function):
     """Autograd for the triton and torch backends on 4-D (batch, heads, rows, head_dim)
-    views: the forward saves (out, lse), the backward recomputes probabilities."""
+    views: the forward saves (out, lse), the backward recomputes probabilities; both
+    launch with the packed segments' maxima (a CPU tensor: read without a device sync)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q,
-                max_seqlen_k, causal: bool, scale: float, backend: str):
-        segments = (cu_seqlens_q, cu_seqlens_k, k_lengths, max_seqlen_q, max_seqlen_k,
-                    causal, scale, backend)
-        out, lse = torch.ops.mirasol.cross_attention_fwd(q, k, v, *segments)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths)
-        ctx.rest = segments[3:]
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima, causal: bool,
+                scale: float, backend: str):
+        out, lse = torch.ops.mirasol.cross_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                         k_lengths, maxima, causal, scale,
+                                                         backend)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, k_lengths, maxima)
+        ctx.rest = (causal, scale, backend)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, cu_q, cu_k, k_lengths = ctx.saved_tensors
-        dq, dk, dv = torch.ops.mirasol.cross_attention_bwd(do, q, k, v, out, lse, cu_q, cu_k,
-                                                           k_lengths, *ctx.rest)
-        return dq, dk, dv, *(None,) * 8
-
-
-def _resolve(op: str, q: Tensor, scale: float | None, backend: str) -> tuple[float, str]:
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return scale, choose_backend(op, backend, BACKENDS, q.device, q.dtype, q.shape[-1])
+        dq, dk, dv = torch.ops.mirasol.cross_attention_bwd(do, *ctx.saved_tensors, *ctx.rest)
+        return dq, dk, dv, *(None,) * 7
 
 
 def cross_attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
@@ -206,17 +220,19 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
         before the first key under ``causal``) gets 0 and passes no gradient. Accumulation
         in fp32; error within 2x the same-dtype reference's (``mirasol.testing``).
     """
-    op = "cross_attention"
-    check_packed_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k)
-    scale, name = _resolve(op, q, scale, backend)
+    call = _check_packed(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                         max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, scale=scale,
+                         causal=causal)
+    name = PACKED.choose(backend, call)
+    scale = default_scale(q, scale)
+    maxima = segment_maxima("cross_attention", cu_seqlens_q, q.shape[0], max_seqlen_q,
+                            cu_seqlens_k, k.shape[0], max_seqlen_k)
     if name == "reference":
-        _max_seqlens(q.shape[0], k.shape[0], cu_seqlens_q, cu_seqlens_k, None, max_seqlen_q,
-                     max_seqlen_k)
         return reference.cross_attention(q, k, v, cu_seqlens_q=cu_seqlens_q,
                                          cu_seqlens_k=cu_seqlens_k, causal=causal, scale=scale)
     q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
-    out = CrossAttentionFunction.apply(q4, k4, v4, cu_seqlens_q, cu_seqlens_k, None,
-                                       max_seqlen_q, max_seqlen_k, causal, scale, name)
+    out = CrossAttentionFunction.apply(q4, k4, v4, cu_seqlens_q, cu_seqlens_k, None, maxima,
+                                       causal, scale, name)
     return out.transpose(1, 2).squeeze(0)
 
 
@@ -234,14 +250,12 @@ def cross_attention_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor
     Returns:
         (B, H, Lq, D); a sample with no keys gives 0 and no gradient.
     """
-    op = "cross_attention_padded"
-    check_attention_inputs(op, q, k, v, lengths=k_lengths, self_attention=False,
-                           lengths_name="k_lengths")
-    scale, name = _resolve(op, q, scale, backend)
+    call = _check_padded(q, k, v, k_lengths=k_lengths, scale=scale, causal=causal)
+    name = PADDED.choose(backend, call)
+    scale = default_scale(q, scale)
     if name == "reference":
-        if k_lengths is not None:
-            check_lengths_values(k_lengths, k.shape[2], "k_lengths")
+        _check_k_lengths(k, k_lengths)
         return reference.cross_attention(q, k, v, k_lengths=k_lengths, causal=causal,
                                          scale=scale)
-    return CrossAttentionFunction.apply(q, k, v, None, None, k_lengths, None, None, causal,
-                                        scale, name)
+    return CrossAttentionFunction.apply(q, k, v, None, None, k_lengths, None, causal, scale,
+                                        name)

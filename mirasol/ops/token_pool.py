@@ -20,12 +20,14 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import choose_backend, standard_backends
-from mirasol.ops._checks import check_cu_seqlens_values, check_lengths_values, shape_of
+from mirasol.ops._backends import ELEMENTS, Call, Limit, span, standard_backends
+from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
+                                 check_tensor, check_values, shape_of)
+from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 
-# The backward holds a (tokens x tokens) block of out·dOutᵀ in registers (see the kernel).
 MAX_OUTPUT_TOKENS = 64
-BACKENDS = standard_backends(MAX_OUTPUT_TOKENS, "number of output tokens")
+OUTPUT_TOKENS = Limit("number of output tokens", MAX_OUTPUT_TOKENS,
+                      "the backward holds an m x m block of out·dOutᵀ in registers")
 
 
 # ----------------------------------------------------------------- the torch backend
@@ -105,37 +107,70 @@ def _triton_fwd(x, logits, cu, lengths):
     return token_pool_fwd(x, logits, batch, cu, lengths)
 
 
-def _triton_bwd(dout, x, logits, out, stats, cu, lengths):
+def _triton_bwd(dout, x, logits, out, stats, cu, lengths, longest):
     from mirasol.kernels import token_pool_bwd
 
-    longest = x.shape[1] if cu is None else check_cu_seqlens_values("cu_seqlens", cu,
-                                                                     x.shape[0])
     return token_pool_bwd(dout, x, logits, out, stats, longest, cu, lengths)
 
 
 _FWD = {"triton": _triton_fwd, "torch": _torch_fwd}
-_BWD = {"triton": _triton_bwd, "torch": _torch_bwd}
+# Called as bwd(dout, x, logits, out, stats, cu, lengths, longest): the longest segment
+# sizes the kernel's grid; the torch path pads to it itself.
+_BWD = {"triton": _triton_bwd, "torch": lambda *args: _torch_bwd(*args[:-1])}
 
 
-# ------------------------------------------------------------ custom ops and autograd
+# ------------------------------------------------------------ the chain of the op
+
+OP_NAME = "token_pool"
 
 
-def _check_values(x: Tensor, cu: Tensor | None, lengths: Tensor | None) -> None:
-    if cu is not None:
-        check_cu_seqlens_values("cu_seqlens", cu, x.shape[0])
-    elif lengths is not None:
-        check_lengths_values(lengths, x.shape[1])
+def _check(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
+           lengths: Tensor | None = None) -> Call:
+    op = OP_NAME
+    packed = cu_seqlens is not None
+    if packed and lengths is not None:
+        raise ValueError(f"{op}: give cu_seqlens (packed) or lengths (padded), not both")
+    rank, layout = (2, "(total_tokens, dim) with cu_seqlens") if packed else (
+        3, "(batch, tokens, dim)")
+    check_tensor(op, "x", x, dim=rank, layout=layout)
+    check_tensor(op, "logits", logits)
+    check_like(op, "logits", logits, "x", x)
+    if logits.dim() != rank or logits.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"{op}: logits must have shape {(*x.shape[:-1], 'num_tokens')} "
+                         f"(one column per output token), got {shape_of(logits)}")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{op}: logits must have at least one column (output token)")
+    if packed:
+        check_cu_seqlens(op, "cu_seqlens", cu_seqlens, "x", x)
+    else:
+        check_lengths(op, "lengths", lengths, x.shape[0], "x", x)
+    batch = cu_seqlens.numel() - 1 if packed else x.shape[0]
+    m, d = logits.shape[-1], x.shape[-1]
+    # The kernels also write out (B, m, d) and stats (B, 2, m).
+    elements = max(span(x), span(logits), batch * m * d, batch * 2 * m)
+    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements})
+
+
+OP = register(Op(OP_NAME, standard_backends(OUTPUT_TOKENS), _check))
+
+
+def _check_lengths(x: Tensor, lengths: Tensor | None) -> None:
+    if lengths is not None:
+        check_values(OP_NAME, Lengths("lengths", lengths, x.shape[1]))
 
 
 @torch.library.custom_op("mirasol::token_pool_fwd", mutates_args=())
 def _token_pool_fwd(x: Tensor, logits: Tensor, cu_seqlens: Tensor | None,
-                    lengths: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
-    _check_values(x, cu_seqlens, lengths)
+                    lengths: Tensor | None, longest: Tensor | None,
+                    backend: str) -> tuple[Tensor, Tensor]:
+    """longest: the longest packed segment (segment_maxima). Only the backward launches
+    with it; the forward takes it so that the check that made it runs first, compiled too."""
+    _check_lengths(x, lengths)
     return _FWD[backend](x, logits, cu_seqlens, lengths)
 
 
 @_token_pool_fwd.register_fake
-def _(x, logits, cu_seqlens, lengths, backend):
+def _(x, logits, cu_seqlens, lengths, longest, backend):
     batch = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     stats_dtype = torch.promote_types(x.dtype, torch.float32)
     return (x.new_empty(batch, logits.shape[-1], x.shape[-1]),
@@ -144,70 +179,34 @@ def _(x, logits, cu_seqlens, lengths, backend):
 
 @torch.library.custom_op("mirasol::token_pool_bwd", mutates_args=())
 def _token_pool_bwd(dout: Tensor, x: Tensor, logits: Tensor, out: Tensor, stats: Tensor,
-                    cu_seqlens: Tensor | None, lengths: Tensor | None,
+                    cu_seqlens: Tensor | None, lengths: Tensor | None, longest: Tensor | None,
                     backend: str) -> tuple[Tensor, Tensor]:
-    return _BWD[backend](dout, x, logits, out, stats, cu_seqlens, lengths)
+    return _BWD[backend](dout, x, logits, out, stats, cu_seqlens, lengths,
+                         *maxima_or(longest, x.shape[1]))
 
 
 @_token_pool_bwd.register_fake
-def _(dout, x, logits, out, stats, cu_seqlens, lengths, backend):
+def _(dout, x, logits, out, stats, cu_seqlens, lengths, longest, backend):
     return torch.empty_like(x), torch.empty_like(logits)
 
 
 class TokenPoolFunction(torch.autograd.Function):
     """Autograd for the triton and torch backends: the forward saves (out, stats), the
-    backward recomputes the weights from them."""
+    backward recomputes the weights from them and launches with the longest packed segment
+    (a CPU tensor: read without a device sync)."""
 
     @staticmethod
-    def forward(ctx, x, logits, cu_seqlens, lengths, backend: str):
-        out, stats = torch.ops.mirasol.token_pool_fwd(x, logits, cu_seqlens, lengths, backend)
-        ctx.save_for_backward(x, logits, out, stats, cu_seqlens, lengths)
+    def forward(ctx, x, logits, cu_seqlens, lengths, longest, backend: str):
+        out, stats = torch.ops.mirasol.token_pool_fwd(x, logits, cu_seqlens, lengths, longest,
+                                                      backend)
+        ctx.save_for_backward(x, logits, out, stats, cu_seqlens, lengths, longest)
         ctx.backend = backend
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, logits, out, stats, cu_seqlens, lengths = ctx.saved_tensors
-        dx, dlogits = torch.ops.mirasol.token_pool_bwd(dout, x, logits, out, stats,
-                                                       cu_seqlens, lengths, ctx.backend)
-        return dx, dlogits, None, None, None
-
-
-def _check_inputs(x, logits, cu_seqlens, lengths) -> None:
-    op = "token_pool"
-    for name, t in (("x", x), ("logits", logits)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
-    if logits.dtype != x.dtype:
-        raise TypeError(f"{op}: logits.dtype ({logits.dtype}) must match x.dtype ({x.dtype})")
-    if logits.device != x.device:
-        raise ValueError(f"{op}: logits is on {logits.device} but x is on {x.device}")
-    packed = cu_seqlens is not None
-    if packed and lengths is not None:
-        raise ValueError(f"{op}: give cu_seqlens (packed) or lengths (padded), not both")
-    rank, layout = (2, "(total_tokens, dim)") if packed else (3, "(batch, tokens, dim)")
-    if x.dim() != rank:
-        raise ValueError(f"{op}: x must be {rank}-D {layout}"
-                         f"{' with cu_seqlens' if packed else ''}, got shape {shape_of(x)}")
-    if logits.dim() != rank or logits.shape[:-1] != x.shape[:-1]:
-        raise ValueError(f"{op}: logits must have shape {(*x.shape[:-1], 'num_tokens')} "
-                         f"(one column per output token), got {shape_of(logits)}")
-    if logits.shape[-1] == 0:
-        raise ValueError(f"{op}: logits must have at least one column (output token)")
-    for name, t, dtypes, size in (("cu_seqlens", cu_seqlens, (torch.int32,), None),
-                                  ("lengths", lengths, (torch.int32, torch.int64), x.shape[0])):
-        if t is None:
-            continue
-        if not isinstance(t, Tensor) or t.dtype not in dtypes:
-            raise TypeError(f"{op}: {name} must be a {' or '.join(map(str, dtypes))} tensor, "
-                            f"got {t.dtype if isinstance(t, Tensor) else type(t).__name__}")
-        if t.dim() != 1 or (size is not None and t.numel() != size) or t.numel() < 1:
-            expected = f"({size},)" if size is not None else "(batch + 1,)"
-            raise ValueError(f"{op}: {name} must have shape {expected}, got {shape_of(t)}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+        dx, dlogits = torch.ops.mirasol.token_pool_bwd(dout, *ctx.saved_tensors, ctx.backend)
+        return dx, dlogits, None, None, None, None
 
 
 def token_pool(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
@@ -229,9 +228,9 @@ def token_pool(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
         logits do not overflow (the softmax is taken relative to each column's max).
         Accumulation in fp32; error within 2x the same-dtype reference's.
     """
-    _check_inputs(x, logits, cu_seqlens, lengths)
-    name = choose_backend("token_pool", backend, BACKENDS, x.device, x.dtype, logits.shape[-1])
+    name = OP.choose(backend, _check(x, logits, cu_seqlens=cu_seqlens, lengths=lengths))
+    longest = None if cu_seqlens is None else segment_maxima(OP_NAME, cu_seqlens, x.shape[0])
     if name == "reference":
-        _check_values(x, cu_seqlens, lengths)
+        _check_lengths(x, lengths)
         return reference.token_pool(x, logits, cu_seqlens=cu_seqlens, lengths=lengths)
-    return TokenPoolFunction.apply(x, logits, cu_seqlens, lengths, name)
+    return TokenPoolFunction.apply(x, logits, cu_seqlens, lengths, longest, name)

@@ -1,6 +1,6 @@
 """``mirasol check``: parity of every op and backend the machine can run, at small shapes,
 as one table; a non-zero exit if any check fails. Backends that cannot run here are listed
-with the reason."""
+with the reason; on CUDA a triton row skipped in a dtype the kernels declare fails."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from functools import partial
 import torch
 
 from mirasol._format import format_rows
-from mirasol.ops import (BackendUnavailable, chunked_causal_attention, choose_backend,
-                         cross_attention, cross_attention_padded, token_pool)
-from mirasol.ops._backends import standard_backends
-from mirasol.ops.token_pool import BACKENDS as TOKEN_POOL_BACKENDS
+from mirasol.ops import (OPS, chunked_causal_attention, cross_attention, cross_attention_padded,
+                         explain, token_pool)
 from mirasol.testing.cases import AttentionCase, CrossAttentionCase, TokenPoolCase
-from mirasol.testing.parity import ParityReport, compare_with_oracle
+from mirasol.testing.parity import compare_with_oracle
 
 # Small problems that still cross tile and chunk boundaries: grouped heads, lengths that
 # are not multiples of anything, one token per chunk, one chunk, non-power-of-two heads,
@@ -35,40 +33,33 @@ CROSS_CASES = (
 )
 
 
-def _chunked(case: AttentionCase, backend: str, device) -> list[ParityReport]:
+def _chunked(case: AttentionCase, device):
     q, k, v, lengths = case.tensors(device)
-    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=lengths)
-    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
-                               (q, k, v), names="qkv", seed=case.seed)
+    return (q, k, v), dict(chunk_size=case.chunk_size, lengths=lengths), "qkv"
 
 
-def _cross_packed(case: CrossAttentionCase, backend: str, device) -> list[ParityReport]:
+def _cross_packed(case: CrossAttentionCase, device):
     q, k, v, cu_q, cu_k = case.packed(device)
-    op = partial(cross_attention, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=case.causal)
-    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
-                               (q, k, v), names="qkv", seed=case.seed)
+    return (q, k, v), dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=case.causal), "qkv"
 
 
-def _cross_padded(case: CrossAttentionCase, backend: str, device) -> list[ParityReport]:
+def _cross_padded(case: CrossAttentionCase, device):
     q, k, v, k_lengths = case.padded(device)
-    op = partial(cross_attention_padded, k_lengths=k_lengths, causal=case.causal)
-    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
-                               (q, k, v), names="qkv", seed=case.seed)
+    return (q, k, v), dict(k_lengths=k_lengths, causal=case.causal), "qkv"
 
 
-def _token_pool(case: TokenPoolCase, backend: str, device) -> list[ParityReport]:
+def _token_pool(case: TokenPoolCase, device):
     x, logits, cu = case.packed(device)
-    op = partial(token_pool, cu_seqlens=cu)
-    return compare_with_oracle(partial(op, backend=backend), partial(op, backend="reference"),
-                               (x, logits), names=("x", "logits"), seed=case.seed)
+    return (x, logits), dict(cu_seqlens=cu), ("x", "logits")
 
 
-# op name -> (how one case is checked, the cases, the op's backend declarations)
+# op name -> (the functional, how one case becomes its (inputs, keyword arguments, input
+# names), the cases)
 CHECKS = {
-    "chunked_causal_attention": (_chunked, CHUNKED_CASES, standard_backends()),
-    "cross_attention": (_cross_packed, CROSS_CASES, standard_backends()),
-    "cross_attention_padded": (_cross_padded, CROSS_CASES, standard_backends()),
-    "token_pool": (_token_pool, TOKEN_POOL_CASES, TOKEN_POOL_BACKENDS),
+    "chunked_causal_attention": (chunked_causal_attention, _chunked, CHUNKED_CASES),
+    "cross_attention": (cross_attention, _cross_packed, CROSS_CASES),
+    "cross_attention_padded": (cross_attention_padded, _cross_padded, CROSS_CASES),
+    "token_pool": (token_pool, _token_pool, TOKEN_POOL_CASES),
 }
 
 
@@ -79,21 +70,36 @@ class CheckRow:
     dtype: torch.dtype
     cases: int
     worst_ratio: float | None  # max over cases and tensors of err / allowed
-    skipped: str = ""
+    skipped: str = ""          # why the backend refused a case (then nothing ran)
+    required: bool = False     # a skip fails: triton on CUDA in a dtype it declares
 
     @property
     def ok(self) -> bool:
-        return self.skipped != "" or (self.worst_ratio is not None and self.worst_ratio <= 1.0)
+        if self.skipped:
+            return not self.required
+        return self.worst_ratio is not None and self.worst_ratio <= 1.0
+
+
+def _required(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """On CUDA the kernels must run in every dtype they declare: a suite that skipped
+    them would pass without testing triton."""
+    return (device.type == "cuda" and backend == "triton"
+            and dtype in OPS[op].backends["triton"].dtypes)
 
 
 def _row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
-    run, cases, backends = CHECKS[op]
-    try:
-        choose_backend(op, backend, backends, device, dtype, 64)
-    except BackendUnavailable as e:
-        return CheckRow(op, backend, dtype, 0, None, skipped=str(e).split(": ", 2)[-1])
-    worst = max(r.ratio for case in cases
-                for r in run(replace(case, dtype=dtype), backend, device))
+    fn, build, cases = CHECKS[op]
+    cases = [replace(case, dtype=dtype) for case in cases]
+    problems = [build(case, device) for case in cases]
+    for inputs, kwargs, _ in problems:
+        refusals = explain(op, *inputs, **kwargs).refusals[backend]
+        if refusals:
+            return CheckRow(op, backend, dtype, 0, None, "; ".join(map(str, refusals)),
+                            _required(op, backend, dtype, device))
+    worst = max(r.ratio for case, (inputs, kwargs, names) in zip(cases, problems)
+                for r in compare_with_oracle(partial(fn, **kwargs, backend=backend),
+                                             partial(fn, **kwargs, backend="reference"),
+                                             inputs, names=names, seed=case.seed))
     return CheckRow(op, backend, dtype, len(cases), worst)
 
 
@@ -105,7 +111,10 @@ def run_check(device: torch.device) -> list[CheckRow]:
 def format_check(rows: list[CheckRow]) -> str:
     cells = [("op", "backend", "dtype", "cases", "worst err/allowed", "result")]
     for r in rows:
-        result = f"skipped: {r.skipped}" if r.skipped else ("ok" if r.ok else "FAIL")
+        result = "ok" if r.ok else "FAIL"
+        if r.skipped:
+            result = (f"FAIL: skipped ({r.skipped}), but {r.backend} must run {r.dtype} here"
+                      if r.required else f"skipped: {r.skipped}")
         ratio = "" if r.worst_ratio is None else f"{r.worst_ratio:.3f}"
         cells.append((r.op, r.backend, str(r.dtype).removeprefix("torch."),
                       str(r.cases), ratio, result))
