@@ -34,7 +34,8 @@ def _device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         # The triton backend runs on CPU through Triton's interpreter, which must be
-        # switched on before triton is first imported (torch._dynamo imports it too).
+        # switched on before a kernel is defined (@triton.jit reads it then); mirasol's
+        # kernels are defined on first use, after this.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return torch.device(name)
 
@@ -322,12 +323,17 @@ COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, 
             add_demo)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """The ``mirasol`` command line, every command's arguments included."""
+    top = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return args.func(args)
 
 
