@@ -16,12 +16,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,8 +36,7 @@ def _device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         # The triton backend runs on CPU through Triton's interpreter, which must be
-        # switched on before a kernel is defined (@triton.jit reads it then); mirasol's
-        # kernels are defined on first use, after this.
+        # switched on before triton is first imported (torch._dynamo imports it too).
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return torch.device(name)
 
@@ -275,26 +276,55 @@ def add_profile(sub) -> None:
     prof.set_defaults(func=cmd_profile)
 
 
-def _config_parser(sub, name: str, help: str, config: type):
-    """A command whose arguments are the fields of dataclass ``config``, defaults shown."""
-    parser = sub.add_parser(name, help=help, description=help,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_options(parser, config)
-    return parser
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser that can add its arguments only when the command is parsed or its
+    help printed: the config dataclasses live beside the model, and importing the model
+    imports triton, which must wait until :func:`_device` may have switched on the
+    interpreter."""
+
+    def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None]
+                 | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _complete(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _config_command(sub, name: str, help: str, config: str, func) -> None:
+    """Command ``name`` whose arguments are the fields of the dataclass ``config``
+    ("module:Class"), defaults shown in its help."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        module, cls = config.split(":")
+        add_options(parser, getattr(importlib.import_module(module), cls))
+
+    sub.add_parser(name, help=help, description=help, add_arguments=add_arguments,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter
+                   ).set_defaults(func=func)
 
 
 def add_train(sub) -> None:
-    from mirasol.train import TrainConfig
-
-    _config_parser(sub, "train", "train on the synthetic task or a manifest (torchrun for "
-                                 "several processes)", TrainConfig).set_defaults(func=cmd_train)
+    _config_command(sub, "train", "train on the synthetic task or a manifest (torchrun for "
+                                  "several processes)", "mirasol.train:TrainConfig", cmd_train)
 
 
 def add_eval(sub) -> None:
-    from mirasol.train import EvalConfig
-
-    _config_parser(sub, "eval", "accuracy and exact match of a checkpoint, per question kind",
-                   EvalConfig).set_defaults(func=cmd_eval)
+    _config_command(sub, "eval", "accuracy and exact match of a checkpoint, per question kind",
+                    "mirasol.train:EvalConfig", cmd_eval)
 
 
 def add_ask(sub) -> None:
@@ -312,11 +342,9 @@ def add_ask(sub) -> None:
 
 
 def add_demo(sub) -> None:
-    from mirasol.demo import DemoConfig
-
-    _config_parser(sub, "demo", "train the tiny model and its ablations on the synthetic "
-                                "task, report, ask about a real clip",
-                   DemoConfig).set_defaults(func=cmd_demo)
+    _config_command(sub, "demo", "train the tiny model and its ablations on the synthetic "
+                                 "task, report, ask about a real clip",
+                    "mirasol.demo:DemoConfig", cmd_demo)
 
 
 COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, add_ask,
@@ -326,7 +354,7 @@ COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, 
 def parser() -> argparse.ArgumentParser:
     """The ``mirasol`` command line, every command's arguments included."""
     top = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for add in COMMANDS:
         add(sub)
     return top

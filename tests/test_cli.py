@@ -88,3 +88,13 @@ def test_a_config_field_without_help_is_refused():
 
     with pytest.raises(TypeError, match="Bare.steps is not declared with option"):
         add_options(argparse.ArgumentParser(), Bare)
+
+
+def test_the_command_line_imports_no_triton_before_a_command_runs():
+    # `_device` switches on Triton's interpreter for CPU runs, which must happen before
+    # triton is first imported: building the parser (the config commands' arguments come
+    # from dataclasses beside the model) must not import it.
+    code = ("import sys; from mirasol import cli; cli.parser().parse_args(['check']); "
+            "assert 'triton' not in sys.modules, 'triton imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
