@@ -16,16 +16,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from mirasol._format import format_rows
+from mirasol._options import add_options, from_options
 
 
 def _device(name: str) -> torch.device:
@@ -166,31 +169,18 @@ def cmd_profile(args) -> int:
 def cmd_train(args) -> int:
     from mirasol.train import TrainConfig, train
 
-    config = TrainConfig(
-        out=args.out, preset=args.preset, model=json.loads(args.model), combiner=args.combiner,
-        data=args.data, val_data=args.val_data, ablation=args.ablation, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup=args.warmup, stop_at=args.stop_at, grad_clip=args.grad_clip,
-        log_every=args.log_every,
-        eval_every=args.eval_every, eval_size=args.eval_size,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, backend=args.backend,
-        fsdp=args.fsdp, num_workers=args.num_workers, resume=not args.no_resume,
-        progress=not args.no_progress)
-    train(config)
+    train(from_options(TrainConfig, args))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from mirasol.train import evaluate_checkpoint
+    from mirasol.train import EvalConfig, evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, split=args.split, size=args.size,
-                                 ablation=args.ablation, data=args.data, device=args.device)
+    result = evaluate_checkpoint(from_options(EvalConfig, args))
     rows = [("kind", "accuracy", "exact match", "count")]
     for kind, r in [*result["by_kind"].items(), ("all", result)]:
         rows.append((kind, f"{r['accuracy']:.1%}", f"{r['exact_match']:.1%}", str(r["count"])))
     print(format_rows(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -214,20 +204,21 @@ def cmd_ask(args) -> int:
 def cmd_demo(args) -> int:
     from mirasol.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=args.out, steps=args.steps, ablation_steps=args.ablation_steps,
-                        test_size=args.test_size, progress=not args.no_progress))
+    run_demo(from_options(DemoConfig, args))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- the command line: one function per command adds its parser ---------------------------
 
+
+def add_check(sub) -> None:
     check = sub.add_parser("check", help="parity of every op and backend available here")
     check.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     check.add_argument("--no-bench", action="store_true", help="skip the short benchmark")
     check.set_defaults(func=cmd_check)
 
+
+def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="the attention ops against SDPA (and FlexAttention, "
                                          "flash-attn, xformers on CUDA), side by side")
     bench.add_argument("--op", default="all",
@@ -258,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                        help="--suite gpu: where the report goes")
     bench.set_defaults(func=cmd_bench)
 
+
+def add_params(sub) -> None:
     params = sub.add_parser("params", help="parameter counts per component of the presets")
     params.add_argument("--preset", help="one preset (default: all of them)")
     params.set_defaults(func=cmd_params)
 
+
+def add_profile(sub) -> None:
     prof = sub.add_parser("profile", help="cross-compile every kernel config for each GPU "
                                           "generation: registers, shared memory, spills, "
                                           "occupancy, tensor cores")
@@ -280,48 +275,59 @@ def main(argv: list[str] | None = None) -> int:
                                     "bench/results/profile.json")
     prof.set_defaults(func=cmd_profile)
 
-    train = sub.add_parser("train", help="train on the synthetic task or a manifest "
-                                         "(torchrun for several processes)")
-    train.add_argument("--out", default="runs/tiny", help="run folder (resumed if present)")
-    train.add_argument("--preset", default="tiny")
-    train.add_argument("--model", default="{}",
-                       help='JSON of config changes, e.g. \'{"text": {"depth": 4}}\'')
-    train.add_argument("--combiner", choices=["transformer", "ttm"])
-    train.add_argument("--data", default="synthetic", help="synthetic, or a JSONL manifest")
-    train.add_argument("--val-data", help="validation manifest (with --data MANIFEST)")
-    train.add_argument("--ablation", default="full",
-                       choices=["full", "video-only", "audio-only", "text-only"])
-    train.add_argument("--steps", type=int, default=1000, help="length of the schedule")
-    train.add_argument("--stop-at", type=int, help="stop after this step (resume later)")
-    train.add_argument("--batch-size", type=int, default=32, help="global, all processes")
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--warmup", type=int, default=100)
-    train.add_argument("--grad-clip", type=float, default=1.0)
-    train.add_argument("--log-every", type=int, default=10)
-    train.add_argument("--eval-every", type=int, default=0)
-    train.add_argument("--eval-size", type=int, default=256)
-    train.add_argument("--checkpoint-every", type=int, default=500)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--backend", default="auto")
-    train.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
-    train.add_argument("--num-workers", type=int, default=0)
-    train.add_argument("--no-resume", action="store_true")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="accuracy and exact match of a checkpoint, per "
-                                           "question kind")
-    evaluate.add_argument("checkpoint", help="a checkpoint folder (model.safetensors)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--size", type=int, default=512)
-    evaluate.add_argument("--ablation", choices=["full", "video-only", "audio-only",
-                                                 "text-only"])
-    evaluate.add_argument("--data", help="a manifest instead of the training data")
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--out", help="also write the result as JSON")
-    evaluate.set_defaults(func=cmd_eval)
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser that can add its arguments only when the command is parsed or its
+    help printed: the config dataclasses live beside the model, and importing the model
+    imports triton, which must wait until :func:`_device` may have switched on the
+    interpreter."""
 
+    def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None]
+                 | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _complete(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _config_command(sub, name: str, help: str, config: str, func) -> None:
+    """Command ``name`` whose arguments are the fields of the dataclass ``config``
+    ("module:Class"), defaults shown in its help."""
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        module, cls = config.split(":")
+        add_options(parser, getattr(importlib.import_module(module), cls))
+
+    sub.add_parser(name, help=help, description=help, add_arguments=add_arguments,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter
+                   ).set_defaults(func=func)
+
+
+def add_train(sub) -> None:
+    _config_command(sub, "train", "train on the synthetic task or a manifest (torchrun for "
+                                  "several processes)", "mirasol.train:TrainConfig", cmd_train)
+
+
+def add_eval(sub) -> None:
+    _config_command(sub, "eval", "accuracy and exact match of a checkpoint, per question kind",
+                    "mirasol.train:EvalConfig", cmd_eval)
+
+
+def add_ask(sub) -> None:
     ask = sub.add_parser("ask", help="answer a question about a video file")
     ask.add_argument("video")
     ask.add_argument("question")
@@ -334,16 +340,28 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--device", default="cpu")
     ask.set_defaults(func=cmd_ask)
 
-    demo = sub.add_parser("demo", help="train the tiny model and its ablations on the "
-                                       "synthetic task, report, ask about a real clip")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=2000)
-    demo.add_argument("--ablation-steps", type=int, default=300)
-    demo.add_argument("--test-size", type=int, default=512, help="held-out clips per run")
-    demo.add_argument("--no-progress", action="store_true")
-    demo.set_defaults(func=cmd_demo)
 
-    args = parser.parse_args(argv)
+def add_demo(sub) -> None:
+    _config_command(sub, "demo", "train the tiny model and its ablations on the synthetic "
+                                 "task, report, ask about a real clip",
+                    "mirasol.demo:DemoConfig", cmd_demo)
+
+
+COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, add_ask,
+            add_demo)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``mirasol`` command line, every command's arguments included."""
+    top = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    for add in COMMANDS:
+        add(sub)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return args.func(args)
 
 

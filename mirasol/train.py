@@ -31,59 +31,69 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from mirasol.data import ByteTokenizer
-from mirasol.data.synthetic import ABLATIONS, SyntheticAVQA, SyntheticConfig, ablate, collate
-from mirasol.model import Mirasol, MirasolConfig, load_checkpoint, preset, save_checkpoint
-from mirasol.model.generation import greedy_search
+from mirasol._options import option
+from mirasol.data import ByteTokenizer, media_args
+from mirasol.data.synthetic import (ABLATIONS, SPLITS, SyntheticAVQA, SyntheticConfig, ablate,
+                                    collate)
+from mirasol.model import (PRESETS, Mirasol, MirasolConfig, load_checkpoint, preset,
+                           save_checkpoint)
+from mirasol.model.config import COMBINERS
+from mirasol.ops import BACKENDS
 
 TOKENIZER = ByteTokenizer()
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved in each checkpoint's ``trainer.json``.
+    """Everything a run needs; saved in each checkpoint's ``trainer.json``. Every field is a
+    flag of ``mirasol train`` (its help below).
 
     The model is ``preset(preset, **model)`` (``model``: :meth:`MirasolConfig.replace`
-    changes), with ``combiner`` ("transformer" or "ttm") as a shortcut.
-    ``data``: "synthetic" (:mod:`mirasol.data.synthetic`) or a JSON-lines manifest
-    (:mod:`mirasol.data.manifest`), with ``val_data`` its validation manifest.
-    ``ablation``: train (and evaluate) with a modality removed, see
-    :data:`mirasol.data.synthetic.ABLATIONS`. ``lr`` peaks after ``warmup`` linear steps and
+    changes), with ``combiner`` as a shortcut. ``lr`` peaks after ``warmup`` linear steps and
     follows a cosine to 0 at ``steps``. The audio-video side (everything but the text
     decoder) stays at learning rate 0 for the first ``av_warmup_steps`` and then learns at
     ``av_lr_scale`` × lr: trained jointly from the start, the untrained decoder's gradients
     wash the chunk content out of the latents and the model sits at chance (measured on the
-    synthetic task); a decoder that first learns to read the initial latents keeps it.
-    ``stop_at`` ends this process earlier (a run split
-    across time-limited jobs: the next one resumes). ``batch_size`` is global (all ranks
-    together)."""
+    synthetic task); a decoder that first learns to read the initial latents keeps it."""
 
-    out: str = "runs/tiny"
-    preset: str = "tiny"
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    combiner: str | None = None
-    data: str = "synthetic"
-    val_data: str | None = None
-    ablation: str = "full"
-    steps: int = 1000
-    stop_at: int | None = None
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 100
-    grad_clip: float = 1.0
-    av_warmup_steps: int = 800
-    av_lr_scale: float = 0.3
-    log_every: int = 10
-    eval_every: int = 0
-    eval_size: int = 256
-    checkpoint_every: int = 500
-    seed: int = 0
-    backend: str = "auto"
-    fsdp: bool = False
-    num_workers: int = 0
-    resume: bool = True
-    progress: bool = True
+    out: str = option("runs/tiny", help="run folder (resumed when it holds a checkpoint)")
+    preset: str = option("tiny", help="model preset", choices=tuple(PRESETS))
+    model: dict[str, Any] = option(
+        default_factory=dict,
+        help='JSON of MirasolConfig.replace changes, e.g. \'{"text": {"depth": 4}}\'')
+    combiner: str | None = option(None, help="the Combiner, instead of the preset's",
+                                  choices=COMBINERS)
+    data: str = option("synthetic", help="synthetic (mirasol.data.synthetic), or a JSON-lines "
+                                         "manifest (mirasol.data.manifest)")
+    val_data: str | None = option(None, help="validation manifest (with a manifest as data)")
+    ablation: str = option("full", choices=ABLATIONS,
+                           help="the modalities kept in training and evaluation (a removed "
+                                "video or audio is zeros; the question is always kept)")
+    steps: int = option(1000, help="length of the schedule (the cosine reaches 0 here)")
+    stop_at: int | None = option(None, help="stop after this step; the same command again "
+                                            "resumes (a run split across time-limited jobs)")
+    batch_size: int = option(32, help="global batch size: all processes together")
+    lr: float = option(2e-3, help="peak learning rate (AdamW)")
+    weight_decay: float = option(0.05, help="AdamW weight decay of matrices (none on norms "
+                                            "and biases)")
+    warmup: int = option(100, help="steps of linear warm-up to lr")
+    grad_clip: float = option(1.0, help="largest global gradient norm")
+    av_warmup_steps: int = option(800, help="steps the audio-video side stays at learning "
+                                            "rate 0 while the text decoder learns to read its "
+                                            "latents (without it the model stays at chance)")
+    av_lr_scale: float = option(0.3, help="the audio-video side's learning rate after "
+                                          "av_warmup_steps, as a multiple of the schedule's")
+    log_every: int = option(10, help="steps between records in metrics.jsonl")
+    eval_every: int = option(0, help="steps between validation evaluations (0: none)")
+    eval_size: int = option(256, help="validation examples per evaluation")
+    checkpoint_every: int = option(500, help="steps between checkpoints, the last step and "
+                                             "stop_at included (0: none)")
+    seed: int = option(0, help="seed of the initial weights and the synthetic data")
+    backend: str = option("auto", choices=BACKENDS, help="backend of every fast layer")
+    fsdp: bool = option(False, help="under torchrun: FSDP2 (fully_shard) instead of DDP")
+    num_workers: int = option(0, help="DataLoader worker processes")
+    resume: bool = option(True, help="continue from the run folder's last checkpoint")
+    progress: bool = option(True, help="show a progress bar")
 
     def model_config(self) -> MirasolConfig:
         config = preset(self.preset, **self.model)
@@ -106,12 +116,7 @@ def dataset(config: TrainConfig, model_config: MirasolConfig, split: str,
     path = config.data if split == "train" else config.val_data
     if path is None:
         raise ValueError("evaluating a manifest-trained model needs val_data (a manifest)")
-    audio = model_config.audio
-    return ManifestDataset(path, fps=model_config.fps,
-                           image_size=model_config.video.image_size,
-                           sample_rate=audio.sample_rate if audio else 16000,
-                           frames_multiple=model_config.frames_per_chunk,
-                           require_audio=audio is not None)
+    return ManifestDataset(path, **media_args(model_config))
 
 
 def step_indices(step: int, batch_size: int, rank: int, world: int) -> list[int]:
@@ -395,7 +400,7 @@ def _answer_logprob(model: Mirasol, latents: Tensor, questions: list[str],
     ids, masks = zip(*(TOKENIZER.example(q, a) for q, a in zip(questions, answers)))
     text, lengths, mask = TOKENIZER.pad(list(ids), list(masks))
     text, mask = text.to(latents.device), mask.to(latents.device)
-    logp = model.text(text, latents).float().log_softmax(-1)[:, :-1]
+    logp = model.text_logits(text, latents).float().log_softmax(-1)[:, :-1]
     token = logp.gather(-1, text[:, 1:, None])[..., 0]
     return (token * mask[:, 1:]).sum(1)
 
@@ -420,7 +425,6 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
         chunk = examples[first:first + batch_size]
         batch = _to(ablate(collate(chunk, TOKENIZER), ablation), device)
         _, latents = model.encode(batch["video"], batch["audio"])
-        latents = model.context(latents)
         pairs = [(i, a) for i, e in enumerate(chunk) for a in candidates[e.kind]]
         rows = torch.tensor([i for i, _ in pairs], device=latents.device)
         scores = _answer_logprob(model, latents[rows], [chunk[i].question for i, _ in pairs],
@@ -429,11 +433,11 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
         for (i, a), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, a)
-        # greedy decoding straight from the latents above (generate() would encode again)
-        generated = greedy_search(model.text, latents, batch["prompt"], batch["prompt_lengths"],
-                                  max_new_tokens=max(len(a.encode()) for e in chunk
-                                                     for a in candidates[e.kind]) + 1,
-                                  eos_token_id=TOKENIZER.EOS, pad_token_id=TOKENIZER.PAD)
+        generated = model.generate(prompt=batch["prompt"], prompt_lengths=batch["prompt_lengths"],
+                                   latents=latents, eos_token_id=TOKENIZER.EOS,
+                                   pad_token_id=TOKENIZER.PAD,
+                                   max_new_tokens=max(len(a.encode()) for e in chunk
+                                                      for a in candidates[e.kind]) + 1)
         for i, e in enumerate(chunk):
             said = TOKENIZER.decode(generated[i]).strip()
             hits[e.kind].append((best[i][1] == e.answer, said == e.answer))
@@ -448,18 +452,35 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
     return {**score(everything), "by_kind": {k: score(h) for k, h in sorted(hits.items())}}
 
 
-def evaluate_checkpoint(folder: str | Path, *, split: str = "test", size: int = 512,
-                        ablation: str | None = None, data: str | None = None,
-                        device: str = "cpu") -> dict[str, Any]:
-    """Evaluate a checkpoint folder (a run's ``checkpoints/step-…`` or any
-    :func:`save_checkpoint` output) on a split of its training data."""
-    folder = Path(folder)
-    model = load_checkpoint(folder, device=device)
+@dataclass
+class EvalConfig:
+    """What ``mirasol eval`` evaluates (every field is one of its arguments)."""
+
+    checkpoint: str = option(help="a checkpoint folder (model.safetensors + config.json), "
+                                  "e.g. a run's checkpoints/step-...")
+    split: str = option("test", choices=SPLITS, help="the split of the training data")
+    size: int = option(512, help="examples evaluated")
+    ablation: str | None = option(None, choices=ABLATIONS,
+                                  help="the modalities kept, instead of the run's")
+    data: str | None = option(None, help="a manifest instead of the run's data")
+    device: str = option("cpu", help="torch device")
+    out: str | None = option(None, help="also write the result as JSON to this path")
+
+
+def evaluate_checkpoint(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``config.checkpoint`` (a run's ``checkpoints/step-…`` or any
+    :func:`save_checkpoint` output) on a split of its training data; the result is also
+    written to ``config.out`` when given."""
+    folder = Path(config.checkpoint)
+    model = load_checkpoint(folder, device=config.device)
     trainer = folder / "trainer.json"
-    config = (TrainConfig(**json.loads(trainer.read_text())["config"]) if trainer.exists()
-              else TrainConfig())
-    if data is not None:
-        config = dataclasses.replace(config, data=data, val_data=data)
-    return evaluate(model, dataset(config, model.config, split, size),
-                    ablation=config.ablation if ablation is None else ablation,
-                    device=device)
+    run = (TrainConfig(**json.loads(trainer.read_text())["config"]) if trainer.exists()
+           else TrainConfig())
+    if config.data is not None:
+        run = dataclasses.replace(run, data=config.data, val_data=config.data)
+    result = evaluate(model, dataset(run, model.config, config.split, config.size),
+                      ablation=run.ablation if config.ablation is None else config.ablation,
+                      device=config.device)
+    if config.out:
+        Path(config.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

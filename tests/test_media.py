@@ -15,6 +15,7 @@ av = pytest.importorskip("av")
 from mirasol.data import (ByteTokenizer, ManifestDataset, load_media,  # noqa: E402
                           sample_clip_path)
 from mirasol.model import Mirasol, preset  # noqa: E402
+from mirasol.testing import tolerances  # noqa: E402
 
 SETTINGS = dict(fps=4, image_size=32, sample_rate=8000)
 
@@ -105,8 +106,9 @@ def test_frames_are_the_covering_source_frames(clip, clip_path, source_frames, s
                                                **SETTINGS)
     index = [_source_index(start, k) for k in range(len(media.video))]
     for k, i in enumerate(index):
-        torch.testing.assert_close(media.video[k], source_frames[i], atol=1e-5, rtol=0)
-    assert any(not torch.allclose(media.video[k], source_frames[i + 1], atol=1e-3)
+        torch.testing.assert_close(media.video[k], source_frames[i], **tolerances.PYAV_FRAME)
+    assert any(not torch.allclose(media.video[k], source_frames[i + 1],
+                                  atol=tolerances.PYAV_FRAME_CHANGE)
                for k, i in enumerate(index))
 
 
@@ -116,7 +118,7 @@ def test_audio_matches_direct_decode(clip, clip_path, source_audio, start):
                                                **SETTINGS)
     first = int(start * 8000)
     expected = source_audio[first:first + len(media.audio)]
-    torch.testing.assert_close(media.audio, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(media.audio, expected, **tolerances.PYAV_AUDIO)
     assert media.audio.pow(2).mean().sqrt() > 0.01
 
 

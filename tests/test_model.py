@@ -7,9 +7,10 @@ from torch import nn
 
 from mirasol.data import ByteTokenizer
 from mirasol.model import Mirasol, MirasolConfig, preset
-from mirasol.testing import assert_parity, compare_module_with_oracle
+from mirasol.testing import assert_identical, assert_parity, compare_module_with_oracle
 
 TOK = ByteTokenizer()
+IDS = dict(eos_token_id=TOK.EOS, pad_token_id=TOK.PAD)  # generate's special tokens
 KINDS = pytest.mark.parametrize("kind", ["transformer", "ttm"])
 
 # Smaller than "tiny" so the triton backend (the interpreter) runs the model quickly:
@@ -143,7 +144,7 @@ def test_generation_with_and_without_cache_agree(num_beams):
     video, audio = _clip(MICRO, B=3)
     prompts = [TOK.prompt(q) for q in ("a?", "what colour?", "")]
     prompt, lengths = TOK.pad(prompts)
-    kw = dict(prompt_lengths=lengths, max_new_tokens=7, num_beams=num_beams)
+    kw = dict(prompt_lengths=lengths, max_new_tokens=7, num_beams=num_beams, **IDS)
     cached = model.generate(video, audio, prompt, **kw)
     full = model.generate(video, audio, prompt, use_cache=False, **kw)
     torch.testing.assert_close(cached, full, rtol=0, atol=0)
@@ -151,8 +152,26 @@ def test_generation_with_and_without_cache_agree(num_beams):
     # each right-padded prompt gives what it gives alone
     for b in range(3):
         alone = model.generate(video[b:b + 1], audio[b:b + 1], prompt[b:b + 1, :lengths[b]],
-                               max_new_tokens=7, num_beams=num_beams)
+                               max_new_tokens=7, num_beams=num_beams, **IDS)
         torch.testing.assert_close(alone[0], cached[b], rtol=0, atol=0)
+
+
+def test_generation_and_logits_from_precomputed_latents():
+    """generate(latents=...) answers what generate(video, audio) does, and text_logits
+    gives forward's logits: one encoding serves many prompts (as in evaluation)."""
+    torch.manual_seed(0)
+    model = Mirasol(MICRO).eval()
+    video, audio = _clip(MICRO)
+    prompt, lengths = TOK.pad([TOK.prompt("q?"), TOK.prompt("longer q?")])
+    kw = dict(prompt_lengths=lengths, max_new_tokens=5, **IDS)
+    _, latents = model.encode(video, audio)
+    assert_identical(model.generate(prompt=prompt, latents=latents, **kw),
+                     model.generate(video, audio, prompt, **kw))
+    text, text_lengths, answer = _qa()
+    out = model(video, audio, text, answer_mask=answer, text_lengths=text_lengths)
+    assert_identical(model.text_logits(text, latents), out.logits)
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(video, audio, prompt, latents=latents, **kw)
 
 
 def test_cached_decoding_logits_equal_a_full_forward():
@@ -174,7 +193,8 @@ def test_beam_search_with_one_beam_is_greedy_and_beams_score_at_least_greedy():
     model = Mirasol(MICRO).eval()
     video, audio = _clip(MICRO)
     prompt, lengths = TOK.pad([TOK.prompt("q?"), TOK.prompt("longer q?")])
-    greedy = model.generate(video, audio, prompt, prompt_lengths=lengths, max_new_tokens=5)
+    greedy = model.generate(video, audio, prompt, prompt_lengths=lengths, max_new_tokens=5,
+                            **IDS)
     from mirasol.model.generation import beam_search
     _, latents = model.encode(video, audio)
     one = beam_search(model.text, model.context(latents), prompt, lengths, max_new_tokens=5,
@@ -308,4 +328,4 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="video-only model"):
         Mirasol(MICRO.replace(audio=None))(video, audio)
     with pytest.raises(ValueError, match="prompt"):
-        model.generate(video, audio, None)
+        model.generate(video, audio, None, **IDS)

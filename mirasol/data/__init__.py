@@ -1,10 +1,12 @@
-"""Data utilities: a download-free byte-level tokenizer."""
+"""Data for the model: a download-free byte-level tokenizer, the synthetic audio-video QA
+task, decoding of real clips (PyAV) and manifests of them. Builds on :mod:`mirasol.model`
+(clips come in a model's format); the model never imports this package."""
 
 from mirasol.data.manifest import ManifestDataset, ManifestEntry, ManifestExample, read_manifest
-from mirasol.data.media import Media, load_media, sample_clip_path
+from mirasol.data.media import Media, load_media, media_args, sample_clip_path
 from mirasol.data.synthetic import SyntheticAVQA, SyntheticConfig, ablate, collate, make_example
 from mirasol.data.tokenizer import ByteTokenizer
 
 __all__ = ["ByteTokenizer", "ManifestDataset", "ManifestEntry", "ManifestExample", "Media",
            "SyntheticAVQA", "SyntheticConfig", "ablate", "collate", "load_media",
-           "make_example", "read_manifest", "sample_clip_path"]
+           "make_example", "media_args", "read_manifest", "sample_clip_path"]

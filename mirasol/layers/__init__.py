@@ -3,9 +3,9 @@
 
 from torch import nn
 
-from mirasol.layers.attention import (CausalSelfAttention, ChunkedCausalSelfAttention,
-                                     CrossModalAttention, KVCache)
+from mirasol.layers.attention import ChunkedCausalSelfAttention, CrossModalAttention
 from mirasol.layers.combiner import TransformerCombiner, TTMCombiner
+from mirasol.layers.decoder import CausalSelfAttention, DecoderLayer, KVCache
 from mirasol.layers.rotary import RotaryEmbedding
 from mirasol.layers.token_learner import TokenLearner
 from mirasol.layers.transformer import Block, Mlp
@@ -20,6 +20,5 @@ def set_backend(module: nn.Module, backend: str) -> nn.Module:
 
 
 __all__ = ["Block", "CausalSelfAttention", "ChunkedCausalSelfAttention", "CrossModalAttention",
-           "KVCache", "Mlp",
-           "RotaryEmbedding", "TokenLearner", "TransformerCombiner", "TTMCombiner",
-           "set_backend"]
+           "DecoderLayer", "KVCache", "Mlp", "RotaryEmbedding", "TokenLearner",
+           "TransformerCombiner", "TTMCombiner", "set_backend"]

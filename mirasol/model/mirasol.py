@@ -9,7 +9,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mirasol.data.tokenizer import ByteTokenizer
 from mirasol.layers import TransformerCombiner, TTMCombiner, set_backend
 from mirasol.model.av import AVTransformer
 from mirasol.model.config import MirasolConfig
@@ -178,24 +177,37 @@ class Mirasol(nn.Module):
         return MirasolOutput(lm + self.config.latent_loss_weight * latent, lm, latent, logits,
                              latents)
 
+    def text_logits(self, text: Tensor, latents: Tensor) -> Tensor:
+        """Next-token logits (B, L, vocab) of ``text`` (B, L) token ids given A/V ``latents``
+        (B, T, m, dim), as :meth:`encode` returns them: what :meth:`forward` computes for
+        its LM loss, without encoding again (e.g. to score many texts per clip)."""
+        self._check_text("text", text, None, latents.shape[0])
+        return self.text(text, self.context(latents))
+
     @torch.no_grad()
     def generate(self, video: Tensor | None = None, audio: Tensor | None = None,
-                 prompt: Tensor | None = None, *, prompt_lengths: Tensor | None = None,
-                 max_new_tokens: int = 32, num_beams: int = 1, length_penalty: float = 1.0,
-                 use_cache: bool = True, video_features: Tensor | None = None,
-                 audio_features: Tensor | None = None,
-                 eos_token_id: int = ByteTokenizer.EOS,
-                 pad_token_id: int = ByteTokenizer.PAD) -> Tensor:
+                 prompt: Tensor | None = None, *, eos_token_id: int, pad_token_id: int,
+                 prompt_lengths: Tensor | None = None, max_new_tokens: int = 32,
+                 num_beams: int = 1, length_penalty: float = 1.0, use_cache: bool = True,
+                 video_features: Tensor | None = None, audio_features: Tensor | None = None,
+                 latents: Tensor | None = None) -> Tensor:
         """Answer tokens (B, max_new_tokens) continuing each right-padded ``prompt`` (B, P)
         of ``prompt_lengths`` (default P): greedy (``num_beams=1``) or beam search, each
-        answer ending with EOS (when produced within the budget) and then padding."""
+        answer ending with ``eos_token_id`` (when produced within the budget) and then
+        ``pad_token_id`` (the tokenizer's ids, e.g. :class:`mirasol.data.ByteTokenizer`'s).
+        The clip comes as ``video``/``audio`` (or their features), or as the ``latents``
+        (B, T, m, dim) that :meth:`encode` computed for it."""
         if prompt is None:
             raise ValueError("generate needs a prompt (B, P) of token ids")
         if max_new_tokens < 1 or num_beams < 1:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) and num_beams ({num_beams}) "
                              "must be at least 1")
-        _, latents = self.encode(video, audio, video_features=video_features,
-                                 audio_features=audio_features)
+        if latents is None:
+            _, latents = self.encode(video, audio, video_features=video_features,
+                                     audio_features=audio_features)
+        elif any(x is not None for x in (video, audio, video_features, audio_features)):
+            raise ValueError("generate takes the clip as video/audio (or their features) or "
+                             "as latents, not both")
         self._check_text("prompt", prompt, prompt_lengths, latents.shape[0])
         if prompt_lengths is None:
             prompt_lengths = torch.full((prompt.shape[0],), prompt.shape[1], device=prompt.device)

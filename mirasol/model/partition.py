@@ -7,9 +7,9 @@ starts at ``floor(t·fpc·sr/fps)``, computed in exact rational arithmetic from 
 so starts never drift however many chunks there are. When fpc·sr/fps is not an integer,
 adjacent windows overlap by one sample at most.
 
-A float ``fps`` is read as the nearest fraction with denominator <= 1001
-(``Fraction(fps).limit_denominator(1001)``): 29.97 means 2997/100 and 30000/1001 (NTSC,
-as a float) means exactly that; pass a :class:`fractions.Fraction` to choose the rate.
+A float ``fps`` is read as the nearest fraction with denominator <= ``FPS_MAX_DENOMINATOR``
+= 1001 (:func:`frame_rate`): 29.97 means 2997/100 and 30000/1001 (NTSC, as a float) means
+exactly that; pass a :class:`fractions.Fraction` to choose the rate.
 
 The frame count must be a multiple of ``frames_per_chunk``: we raise rather than pad,
 since what to do with a partial chunk (drop the frames, repeat the last one, pad with
@@ -24,6 +24,11 @@ from fractions import Fraction
 
 import torch
 from torch import Tensor
+
+
+# NTSC rates are n·1000/1001 frames per second: the smallest bound that reads each of them,
+# given as a float, exactly.
+FPS_MAX_DENOMINATOR = 1001
 
 
 @dataclass(frozen=True)
@@ -52,16 +57,21 @@ def _num_chunks(num_frames: int, frames_per_chunk: int) -> int:
     return num_frames // frames_per_chunk
 
 
+def frame_rate(fps: float | Fraction) -> Fraction:
+    """``fps`` as an exact rate: an int or Fraction as given, a float as the nearest fraction
+    with denominator <= ``FPS_MAX_DENOMINATOR``. ValueError for a non-finite float."""
+    if isinstance(fps, (int, Fraction)):
+        return Fraction(fps)
+    if not math.isfinite(fps):
+        raise ValueError(f"fps must be finite; got {fps}")
+    return Fraction(fps).limit_denominator(FPS_MAX_DENOMINATOR)
+
+
 @torch.compiler.assume_constant_result
 def _rate(fps: float | Fraction) -> tuple[int, int]:
     """fps as (numerator, denominator). Kept out of torch.compile's trace (fps is a
     constant of the model), so the rest is integer arithmetic that traces."""
-    if isinstance(fps, (int, Fraction)):
-        rate = Fraction(fps)
-    elif not math.isfinite(fps):
-        raise ValueError(f"fps must be finite; got {fps}")
-    else:
-        rate = Fraction(fps).limit_denominator(1001)
+    rate = frame_rate(fps)
     return rate.numerator, rate.denominator
 
 

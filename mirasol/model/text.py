@@ -1,6 +1,7 @@
-"""The text decoder: causal self-attention (with a key/value cache for generation) and
-cross-attention to the A/V latents in every ``cross_attention_every``-th layer. Text never
-flows back into the A/V model."""
+"""The text decoder: a stack of :class:`mirasol.layers.DecoderLayer` (causal self-attention
+with a key/value cache for generation) cross-attending to the A/V latents in every
+``cross_attention_every``-th layer, its decoding state, the latents' normalization, and
+the LM loss. Text never flows back into the A/V model."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirasol.layers import CausalSelfAttention, CrossModalAttention, KVCache, Mlp
+from mirasol.layers import DecoderLayer, KVCache
+from mirasol.layers.decoder import ContextKV
 from mirasol.model.config import TextConfig
-
-ContextKV = tuple[Tensor, Tensor] | None
 
 
 @dataclass
@@ -71,28 +71,6 @@ class ContextNorm(nn.Module):
         if self.training:
             self._update(latents)
         return (latents - self.mean) * torch.rsqrt(self.var + self.eps)
-
-
-class DecoderLayer(nn.Module):
-    """x + self_attn(norm(x)) [+ cross_attn(norm(x), latents)] + mlp(norm(x))."""
-
-    def __init__(self, width: int, context_dim: int, num_heads: int, mlp_ratio: float,
-                 cross: bool, backend: str):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.self_attn = CausalSelfAttention(width, num_heads, backend=backend)
-        self.norm_cross = nn.LayerNorm(width) if cross else None
-        self.cross_attn = (CrossModalAttention(width, context_dim, num_heads, backend=backend)
-                           if cross else None)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = Mlp(width, int(width * mlp_ratio))
-
-    def forward(self, x: Tensor, context: ContextKV, cache: KVCache | None = None,
-                cache_lengths: Tensor | None = None) -> Tensor:
-        x = x + self.self_attn(self.norm1(x), cache, cache_lengths)
-        if self.cross_attn is not None:
-            x = x + self.cross_attn.attend(self.norm_cross(x), *context)
-        return x + self.mlp(self.norm2(x))
 
 
 class TextDecoder(nn.Module):

@@ -49,3 +49,63 @@ def floor(dtype: torch.dtype, magnitude: float) -> float:
 
 def factor(is_grad: bool) -> float:
     return GRAD_FACTOR if is_grad else OUTPUT_FACTOR
+
+
+# -- Tolerances outside the parity rule --------------------------------------------------
+# These compare against something other than a float64 run of the same computation (a
+# formula, another decoder path, another process count), so the rule above cannot set them.
+# Each figure is here with why it holds; the tests that use them name them. The dicts are
+# keyword arguments of torch.testing.assert_close / numpy.testing.assert_allclose.
+
+# The Slaney mel filterbank, computed in float64 and stored as float32, against the float64
+# formulas: one rounding to float32 (relative 2^-24 = 6e-8; measured 5.7e-8), so 1e-6 is
+# 16 roundings; entries outside every triangle must be 0 to within 1e-9 (measured: exactly 0).
+MEL_FILTERBANK = {"rtol": 1e-6, "atol": 1e-9}
+# Each triangle's area (its sum over FFT bins times the bin width) is 1 up to the Riemann sum
+# of a piecewise-linear function: for a symmetric triangle W bins wide the error is at most
+# 2/W^2 (one eighth of each kink's slope change), 3.1% at W = 8. Checked on triangles wider
+# than MEL_AREA_MIN_BINS bins (measured worst 1.2%).
+MEL_AREA = {"rtol": 0.05}
+MEL_AREA_MIN_BINS = 8
+# Log-mel spectrogram (values of magnitude up to ~4) against a float64 numpy STFT: in float32,
+# the STFT and the mel matmul over a few hundred terms (measured worst 2.4e-6); in float64,
+# limited by the float32-stored filterbank (6e-8 relative, measured worst 2.5e-7).
+LOG_MEL_FLOAT32 = {"rtol": 0.0, "atol": 1e-5}
+LOG_MEL_FLOAT64 = {"rtol": 0.0, "atol": 1e-6}
+# torch.compile's log-mel against eager, float32: the same sums in inductor's order, so a few
+# float32 roundings of the few-hundred-term STFT and mel sums apart.
+LOG_MEL_COMPILED = {"rtol": 1e-5, "atol": 1e-5}
+
+# load_media's frames against the same source frame decoded, cropped and resized directly:
+# the same float32 arithmetic, apart from load_media's clamp to [0, 1] (antialiased bilinear
+# interpolation overshoots it by a few float32 roundings); measured: identical. A frame
+# differs from the next source frame by far more than PYAV_FRAME_CHANGE (measured >= 0.12),
+# which shows the test can tell the frames apart.
+PYAV_FRAME = {"rtol": 0.0, "atol": 1e-5}
+PYAV_FRAME_CHANGE = 1e-3
+# load_media's audio (decoded from a seek 0.2 s before the clip, resampled to mono)
+# against the whole track decoded and resampled in one pass: an AAC decoder restarted at a
+# seek reconstructs its first frame only approximately and the resampler's filter restarts,
+# both inside the preroll; 1e-4 is -80 dB of full scale (measured here: identical).
+PYAV_AUDIO = {"rtol": 0.0, "atol": 1e-4}
+
+# Parameters after a few steps of 2-process data-parallel training against 1 process on the
+# same global batch. ContextNorm divides by each feature's std (gain up to 1/sqrt(eps) = 31),
+# so the rounding of the all-reduced moments (another summation order than one process)
+# reaches the gradients amplified, and Adam's normalization amplifies it again where
+# gradients are small: 1e-4 after 4 steps (measured worst 6e-5 relative), while the losses
+# agree to float32 rounding.
+DATA_PARALLEL_PARAMETERS = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def adam_drift(steps: int, lr: float) -> float:
+    """The most two runs can differ in a parameter whose true gradient is 0 (e.g. a key bias,
+    which softmax ignores): what is left is rounding noise, which Adam's normalization turns
+    into steps of up to ``lr`` either way in each run."""
+    return 2 * steps * lr
+
+
+# A change is a dependence, not rounding, when it moves float32 outputs of magnitude ~1 by
+# more than this: 100x a few roundings of their sums (~1e-6), while a real dependence moves
+# them by ~1e-2 (the flat baseline's first chunk when the last changes: measured 0.05).
+DEPENDENCE = 1e-4
