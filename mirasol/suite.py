@@ -396,15 +396,19 @@ def write_report(result: SuiteResult, plan: Plan, out_dir: Path, command: str
     return md, js
 
 
-def _say(message: str) -> None:
-    print(message, flush=True)
+def main(plan: Plan, out_dir: Path, command: str) -> int:
+    """Run the plan, saving the report after every section and printing every row with its
+    numbers as it is measured (stdout and ``<out_dir>/suite.log``): 0 if everything passed,
+    1 on a failure, :data:`INTERRUPTED` when the deadline or SIGTERM cut the run (after
+    writing the partial report)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (out_dir / "suite.log").open("a")
 
+    def progress(message: str) -> None:
+        print(message, flush=True)
+        log.write(message + "\n")
+        log.flush()
 
-def main(plan: Plan, out_dir: Path, command: str,
-         progress: Callable[[str], None] = _say) -> int:
-    """Run the plan, saving the report after every section: 0 if everything passed, 1 on a
-    failure, :data:`INTERRUPTED` when the deadline or SIGTERM cut the run (after writing the
-    partial report)."""
     name = benchmark.device_label(plan.device)
     slug = benchmark.card_slug(name)
     result = SuiteResult(name, "rehearsal-" + slug if plan.rehearsal else slug,
@@ -437,6 +441,7 @@ def main(plan: Plan, out_dir: Path, command: str,
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        log.close()
     save()
     md = out_dir / f"{result.slug}.md"
     print(md.read_text(), flush=True)
