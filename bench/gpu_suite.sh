@@ -48,7 +48,8 @@ from_here() {
   "$py" - "$repo" 2>/dev/null <<'EOF'
 import pathlib, sys
 import mirasol, mirasol.kernels
-sys.exit(pathlib.Path(mirasol.__file__).resolve().parent != pathlib.Path(sys.argv[1], "mirasol").resolve())
+here = pathlib.Path(sys.argv[1], "mirasol").resolve()
+sys.exit(pathlib.Path(mirasol.__file__).resolve().parent != here)
 EOF
 }
 

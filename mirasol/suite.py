@@ -140,7 +140,7 @@ def gpu_plan(quick: bool = False, deadline_s: float | None = None,
                   chunked(16384, 128, estimate=70.0), chunked(4096, 64, torch.float16))
     default = QUICK_DEADLINE_S if quick else DEFAULT_DEADLINE_S
     return Plan("cuda", steps, deadline_s=deadline_s or default,
-                started_at=started_at or time.time())
+                started_at=started_at or time.time(), policy=TimingPolicy(warmup_s=0.25))
 
 
 def rehearsal_plan(deadline_s: float = 60.0, started_at: float | None = None) -> Plan:

@@ -95,8 +95,9 @@ def test_timed_loop_has_no_sync_inside():
     # 1 warm-up call, 1 sizing call (1 ms: 4 calls per 4 ms sample), 3 samples of 4 calls.
     assert (result.warmup_calls, result.calls, result.samples) == (1, 4, 3)
     assert timer.calls == 1 + 1 + 3 * 4
-    # Syncs: after the warm-up, after the sizing call, once after the last sample.
-    assert timer.syncs == [1, 2, 14]
+    # Syncs: after the first call, after the warm-up, after the sizing call, once after the
+    # last sample.
+    assert timer.syncs == [1, 1, 2, 14]
     assert timer.marks == [1, 2, 2, 6, 6, 10, 10, 14]  # pairs around each sample's 4 calls
     assert result.device_ms == pytest.approx(1 / 4)
 
@@ -106,6 +107,27 @@ def test_cpu_timer_counts_a_sleep():
                                timing.TimingPolicy(warmup_s=0.0, sample_s=0.01, samples=2))
     assert result.calls >= 2 and 1.9 <= result.device_ms < 20
     assert result.host_ms == pytest.approx(result.device_ms, rel=0.05)  # one clock on CPU
+
+
+def test_a_variant_is_measured_inside_its_context():
+    import contextlib
+    entered = []
+
+    @contextlib.contextmanager
+    def held():
+        entered.append("in")
+        yield
+        entered.append("out")
+
+    def fn(x, logits):
+        assert entered == ["in"], "called outside the variant's context"
+        return x.sum() * logits.sum()
+
+    variant = mb.Variant("in context", fn, POOL.inputs, context=held)
+    for backward in (False, True):
+        entered.clear()
+        m = timing.measure(variant, POOL, backward=backward, policy=FAST)
+        assert entered == ["in", "out"] and m.calls >= 1 and m.host_syncs is None
 
 
 def _missing_package(problem):

@@ -90,8 +90,9 @@ class ChunkedProblem:
         unmasked = Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
                            "all N^2 scores")
         built, skipped = rivals.build(rivals.CHUNKED_RIVALS, self)
-        return Lineup("SDPA dense mask",
-                      rows + sdpa + [unmasked] + rivals.sdpa_backends(sdpa) + built, skipped)
+        by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
+        return Lineup("SDPA dense mask", rows + sdpa + [unmasked] + by_backend + built,
+                      not_here + skipped)
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,9 @@ class CrossProblem:
                     "dense total_q x total_k mask"),
         ]
         built, skipped = rivals.build(rivals.CROSS_RIVALS, self)
-        return Lineup("SDPA block-diagonal mask", rows + sdpa + rivals.sdpa_backends(sdpa) + built,
-                      skipped)
+        by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
+        return Lineup("SDPA block-diagonal mask", rows + sdpa + by_backend + built,
+                      not_here + skipped)
 
 
 @dataclass(frozen=True)

@@ -119,13 +119,16 @@ def _sdpa_kernel(backend: str):
     return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
 
 
-def sdpa_backends(variants: list[Variant]) -> list[Variant]:
+def sdpa_backends(variants: list[Variant], device: str) -> tuple[list[Variant], list[Skipped]]:
     """Each SDPA variant again with SDPA held to one backend at a time (entered around the
-    measurement, not per call). Optional: a backend that does not serve the mask, dtype or
-    device here raises, and is listed as skipped with SDPA's reason."""
+    measurement, not per call), on CUDA, where SDPA has several. Optional: a backend that
+    does not serve the mask or dtype there raises, and is listed as skipped with SDPA's
+    reason. On CPU they are listed as skipped."""
+    if device == "cpu":
+        return [], [Skipped(f"SDPA [{backend}]", "all", "CUDA only") for backend in SDPA_BACKENDS]
     return [replace(v, name=f"{v.name} [{backend}]", optional=True,
                     context=functools.partial(_sdpa_kernel, backend))
-            for v in variants for backend in SDPA_BACKENDS]
+            for v in variants for backend in SDPA_BACKENDS], []
 
 
 # Looked up when a problem builds its lineup, so a caller (or a test) can change them.

@@ -1,8 +1,8 @@
 """Timing: every variant of a problem measured in the same process, one after the other
 (median time, peak memory, TFLOP/s of useful work), with ratios to the problem's baseline.
 
-How a call is timed (:func:`time_calls`): warm-up by time, not by count (compiles and
-autotuning happen there); one synced call sizes the loop so that a sample lasts at least
+How a call is timed (:func:`time_calls`): a first call (compiles, autotuning), then warm-up
+by time, not by count; one synced call sizes the loop so that a sample lasts at least
 ``sample_s``; each sample is a loop of back-to-back calls between two timer marks, with no
 host sync inside; the timer is read once, after the last sample. The median over samples,
 divided by the calls per sample, is the time of one call. Beside it, the host's time to
@@ -73,8 +73,9 @@ def timer_for(device: str) -> CpuTimer | CudaTimer:
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    """How long to warm up, how long one sample lasts at least, and how many samples."""
-    warmup_s: float = 0.2
+    """How long to warm up (after a first call), how long one sample lasts at least, and how
+    many samples."""
+    warmup_s: float = 0.1
     sample_s: float = 0.02
     samples: int = 5
     max_calls: int = 10_000  # per sample: bounds a sample of a call measured as ~0
@@ -92,8 +93,10 @@ class Timing:
 def time_calls(fn: Callable[[], object], timer, policy: TimingPolicy = TimingPolicy()
                ) -> Timing:
     """Time ``fn`` as described in the module docstring."""
-    warmup_calls, start = 0, time.perf_counter()
-    while warmup_calls == 0 or time.perf_counter() - start < policy.warmup_s:
+    fn()  # compiles, autotunes, allocates: the warm-up's time starts after it
+    timer.sync()
+    warmup_calls, start = 1, time.perf_counter()
+    while time.perf_counter() - start < policy.warmup_s:
         fn()
         warmup_calls += 1
     timer.sync()
