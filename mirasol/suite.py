@@ -422,9 +422,8 @@ def main(plan: Plan, out_dir: Path, command: str) -> int:
         write_report(result, plan, out_dir, command)
 
     def interrupt(why: str) -> None:
-        # Once: the report is being written; a second signal must not cut that.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        # Again in a second, should a library's broad except swallow this one.
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
         raise Interrupted(why)
 
     previous = {sig: signal.signal(sig, lambda *_, w=why: interrupt(w))
@@ -434,6 +433,10 @@ def main(plan: Plan, out_dir: Path, command: str) -> int:
     try:
         run_suite(plan, result, save, progress)
     except Interrupted as cut:
+        # The report is being written: no further signal may cut that.
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
         result.interrupted = str(cut)
         result.seconds = time.time() - plan.started_at
         _not_run_after_cut(plan, result, f"cut by {cut}")

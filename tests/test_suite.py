@@ -289,6 +289,27 @@ def test_the_deadline_cuts_a_section_and_keeps_its_rows(tmp_path):
     assert "cut by deadline" in next(tmp_path.glob("*.md")).read_text()
 
 
+def test_a_swallowed_cut_comes_again(tmp_path):
+    class Swallowing:
+        title, setting = "swallows the first cut", SETTING
+
+        def variants(self):
+            def fn(q, k, v):
+                try:
+                    time.sleep(30)
+                except BaseException:  # noqa: BLE001 -- as a library's broad handler might
+                    pass
+                time.sleep(30)
+            return mb.Lineup("x", [mb.Variant("x", fn, CHUNKED.inputs)], [])
+
+    plan = _plan(suite.TableStep(Swallowing(), 0.0), deadline_s=2.0, reserve_s=0.5)
+    start = time.perf_counter()
+    assert suite.main(plan, tmp_path, "swallow") == suite.INTERRUPTED
+    assert time.perf_counter() - start < 4.0
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["sections"][-1]["status"] == "cut: deadline"
+
+
 def test_gpu_plan():
     full, quick = suite.gpu_plan(), suite.gpu_plan(quick=True)
     assert set(quick.steps) < set(full.steps)
