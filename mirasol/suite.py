@@ -104,8 +104,9 @@ class Plan:
         return self.started_at + self.deadline_s
 
 
-def _parity_steps(estimates: dict[str, float], dtypes) -> tuple[ParityStep, ...]:
-    return tuple(ParityStep(op, tuple(dtypes), estimate) for op, estimate in estimates.items())
+def _parity_steps(per_dtype: dict[str, float], dtypes) -> tuple[ParityStep, ...]:
+    return tuple(ParityStep(op, tuple(dtypes), estimate * len(dtypes))
+                 for op, estimate in per_dtype.items())
 
 
 def gpu_plan(quick: bool = False, deadline_s: float | None = None,

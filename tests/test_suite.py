@@ -130,6 +130,17 @@ def test_a_variant_is_measured_inside_its_context():
         assert entered == ["in", "out"] and m.calls >= 1 and m.host_syncs is None
 
 
+def test_sm_clock_says_why_it_has_no_reading(monkeypatch):
+    assert timing.sm_clock_mhz("cpu") == (None, "n/a on CPU")
+
+    def no_pynvml(device=None):
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+    monkeypatch.setattr(torch.cuda, "clock_rate", no_pynvml)
+    monkeypatch.setattr(timing.shutil, "which", lambda name: None)
+    assert timing.sm_clock_mhz("cuda") == (
+        None, "ModuleNotFoundError: pynvml does not seem to be installed; no nvidia-smi")
+
+
 def _missing_package(problem):
     raise ImportError("No module named 'rival_pkg'")
 
