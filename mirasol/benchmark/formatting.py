@@ -26,7 +26,8 @@ def format_table(table: Table) -> str:
     cells = [("mode", "variant", "median ms", "host ms", "x time", "peak MiB", "x memory",
               "TFLOP/s", *(("of peak",) if with_peak else ()), "note")]
     for m in table.rows:
-        note = "; ".join(n for n in (m.note, m.failed and f"FAIL: {m.failed}") if n)
+        note = "; ".join(n for n in (m.note, m.host_bound and "host-bound: launch overhead",
+                                     m.failed and f"FAIL: {m.failed}") if n)
         cells.append((m.mode, m.name, f"{m.median_ms:.4f}", _opt(m.host_ms, ".4f"),
                       _opt(m.ratio, ".2f"), _opt(m.peak_mib, ".1f"), _opt(m.mem_ratio, ".2f"),
                       f"{m.tflops:.3f}", *((_opt(m.peak_fraction, ".1%"),) if with_peak else ()),

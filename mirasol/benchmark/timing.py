@@ -173,6 +173,9 @@ class Measurement:
     samples: int = 1
     host_syncs: int | None = None   # synchronizing CUDA operations in one call (CUDA only)
     sync_free: bool = False         # the variant promises no host sync (see Variant)
+    # CUDA only: the host took about as long to issue a call as the device to run it, so
+    # the time is the launch overhead's, an upper bound on the kernels'.
+    host_bound: bool | None = None
 
     @property
     def failed(self) -> str:
@@ -255,6 +258,10 @@ def median_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) -> 
     return statistics.median(times)
 
 
+# Host time per call at or above this fraction of the device time: the queue ran empty.
+HOST_BOUND = 0.9
+
+
 def measure(variant: Variant, problem, *, backward: bool,
             policy: TimingPolicy = TimingPolicy()) -> Measurement:
     """Time the variant's forward (and backward) on its inputs, inside its context."""
@@ -287,7 +294,9 @@ def measure(variant: Variant, problem, *, backward: bool,
     return Measurement(variant.name, "fwd+bwd" if backward else "fwd", timing.device_ms,
                        memory, tflops, note=variant.note, host_ms=timing.host_ms,
                        calls=timing.calls, samples=timing.samples, host_syncs=syncs,
-                       sync_free=variant.sync_free)
+                       sync_free=variant.sync_free,
+                       host_bound=(timing.host_ms >= HOST_BOUND * timing.device_ms
+                                   if device.startswith("cuda") else None))
 
 
 def device_label(device: str) -> str:
