@@ -12,8 +12,8 @@ One process runs a :class:`Plan`: steps in order of value, each a section of the
    per mode, its block mask built and timed apart) and flash-attn / xformers when importable.
    A variant of ours that raises is a failed row; the table goes on.
 3. **report**: ``<out_dir>/<slug>.md`` and ``.json``, rewritten atomically after every
-   section (a row printed to stdout as soon as it is measured), so that a run cut short
-   leaves what it measured.
+   row and section (each row also printed, with its numbers, as soon as it is measured),
+   so that a run cut short leaves what it measured.
 
 The deadline counts everything from ``started_at`` (the device command's start: install,
 interpreter start-up, imports, parity, compiles, tables). A step whose estimated cost does
@@ -296,11 +296,17 @@ def run_suite(plan: Plan, result: SuiteResult, save: Callable[[], None],
         say(f"[{t0 - plan.started_at:6.1f} s] {step.label}")
         section = Section(step.label, step.estimate_s, 0.0)
         result.sections.append(section)
+        def row(message: str) -> None:
+            # After every row too: a kill that no handler sees (SIGKILL, a hung kernel)
+            # loses at most the row being measured.
+            say(message)
+            save()
+
         try:
             if isinstance(step, ParityStep):
-                _parity(step, plan.device, result, say)
+                _parity(step, plan.device, result, row)
             else:
-                _table(step, plan, result, say)
+                _table(step, plan, result, row)
         except Interrupted as cut:
             section.status = f"cut: {cut}"
             raise
