@@ -5,17 +5,17 @@
 #
 # With the machine's own python3 (PYTHON overrides it): no virtual environment, nothing
 # fetched. mirasol is installed with `pip install --no-deps --no-build-isolation --no-index
-# -e .` unless python3 already imports it from this checkout; if pip fails (no setuptools,
-# a read-only site-packages), it runs from the checkout as is. Everything lands in OUT_DIR,
-# flat: <card>.md, <card>.json (rewritten after every section) and suite.log.
+# -e .`, and the suite runs from this checkout either way (if pip fails: no setuptools, a
+# read-only site-packages). Everything lands in OUT_DIR, flat: <card>.md, <card>.json
+# (rewritten after every row) and suite.log.
 #
 # The deadline (default 300 s, --quick 150 s, --rehearsal 60 s) counts from this script's
 # start: install, interpreter start-up, parity, compiles, tables. The suite stops itself a
 # few seconds before it with the report written; as a backstop, timeout(1) sends SIGTERM
 # (the suite writes its partial report) 2 s before it and SIGKILL at it.
 # --rehearsal runs the same path on the CPU (tiny shapes, Triton's interpreter), labelled
-# as such. SUITE_NO_INSTALL=1 runs from the checkout without trying pip (what the
-# rehearsal test does); SUITE_DRY_RUN=1 prints the suite's command line and exits.
+# as such. SUITE_NO_INSTALL=1 skips pip (the rehearsal test: it must not reinstall the
+# environment it runs in); SUITE_DRY_RUN=1 prints the suite's command line and exits.
 set -u
 started=$(date +%s.%N)
 out=${1:?usage: bash bench/gpu_suite.sh OUT_DIR [--quick] [--deadline S] [--rehearsal]}
@@ -43,39 +43,22 @@ mkdir -p "$out"
 log="$out/suite.log"
 say() { echo "gpu_suite.sh: $*" | tee -a "$log"; }
 
-# Does python import mirasol (and its kernels) from this checkout?
-from_here() {
-  "$py" - "$repo" 2>/dev/null <<'EOF'
-import pathlib, sys
-import mirasol, mirasol.kernels
-here = pathlib.Path(sys.argv[1], "mirasol").resolve()
-sys.exit(pathlib.Path(mirasol.__file__).resolve().parent != here)
-EOF
-}
-
-installed=1
-if [ "${SUITE_NO_INSTALL:-0}" = 1 ]; then
-  installed=0
-elif from_here; then
-  say "mirasol already imports from $repo: no install"
-else
+if [ "${SUITE_NO_INSTALL:-0}" != 1 ]; then
   say "pip install --no-deps --no-build-isolation --no-index -e ."
-  PIP_BREAK_SYSTEM_PACKAGES=1 timeout 120 "$py" -m pip install --quiet --no-deps \
-    --no-build-isolation --no-index -e . >>"$log" 2>&1 || say "pip install failed (see above)"
-  from_here || installed=0
+  if PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 timeout 60 \
+      "$py" -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >>"$log" 2>&1
+  then say "installed"
+  else say "pip install failed (see above): running from the checkout all the same"
+  fi
 fi
-if [ $installed = 1 ]; then
-  run=("$py" -u -m mirasol)
-else
-  # From the checkout: mirasol on the path, and kernels/ as mirasol.kernels (pyproject's
-  # package-dir mapping) by adding the repository root to the package's path.
-  say "running mirasol from the checkout, not installed"
-  export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" MIRASOL_ROOT="$repo"
-  run=("$py" -u -c 'import os, sys, mirasol
+# Run from the checkout whatever pip did: mirasol first on the path, and kernels/ as
+# mirasol.kernels (pyproject's package-dir mapping) by adding the repository root to the
+# package's path. An installed copy elsewhere is not what runs.
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" MIRASOL_ROOT="$repo"
+run=("$py" -u -c 'import os, sys, mirasol
 mirasol.__path__.append(os.environ["MIRASOL_ROOT"])
 from mirasol.cli import main
 sys.exit(main(sys.argv[1:]))')
-fi
 
 suite=(bench --suite gpu --out-dir "$out" --started-at "$started" "${args[@]}")
 # The backstop: SIGTERM 2 s before the deadline, SIGKILL at it.

@@ -6,8 +6,8 @@ stand-in device, tiny shapes, the triton backend through the interpreter.
 It is cut at its deadline, and by SIGTERM, and the partial report must be on disk, flat
 in the output folder (what comes back from the GPU machine: at most 8 files). Not GPU
 verification: no kernel runs on a GPU here, and the report says so. The pip step is not
-exercised (SUITE_NO_INSTALL=1: this checkout is installed in the test environment, and
-the test must not reinstall it)."""
+exercised (SUITE_NO_INSTALL=1: the test must not reinstall the environment it runs in);
+the suite runs from the checkout the same way with or without it."""
 
 import json
 import os
