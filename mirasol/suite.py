@@ -278,8 +278,15 @@ def _table(step: TableStep, plan: Plan, result: SuiteResult, say) -> None:
 
 def run_suite(plan: Plan, result: SuiteResult, save: Callable[[], None],
               say: Callable[[str], None]) -> None:
-    """Run the plan's steps into ``result``, calling ``save`` after each section. Returns
-    when the plan is done; raises :class:`Interrupted` when cut (the cut section recorded)."""
+    """Run the plan's steps into ``result``, calling ``save`` after each row and section.
+    Returns when the plan is done; raises :class:`Interrupted` when cut (the cut section
+    recorded)."""
+    def row(message: str) -> None:
+        # Saved after every row too: a kill that no handler sees (SIGKILL, a kernel hung
+        # inside a CUDA call) loses at most the row being measured.
+        say(message)
+        save()
+
     start = time.time()
     result.sections.append(Section("start-up (install, interpreter, imports)", 0.0,
                                    start - plan.started_at))
@@ -296,12 +303,6 @@ def run_suite(plan: Plan, result: SuiteResult, save: Callable[[], None],
         say(f"[{t0 - plan.started_at:6.1f} s] {step.label}")
         section = Section(step.label, step.estimate_s, 0.0)
         result.sections.append(section)
-        def row(message: str) -> None:
-            # After every row too: a kill that no handler sees (SIGKILL, a hung kernel)
-            # loses at most the row being measured.
-            say(message)
-            save()
-
         try:
             if isinstance(step, ParityStep):
                 _parity(step, plan.device, result, row)
