@@ -106,21 +106,11 @@ def cmd_bench(args) -> int:
 
 
 def _gpu_suite(args) -> int:
-    if not torch.cuda.is_available() or args.device not in ("auto", "cuda"):
-        why = ("--device cpu was given" if args.device not in ("auto", "cuda") else
-               f"no CUDA device (torch {torch.__version__}, "
-               f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})")
-        print(f"mirasol bench --suite gpu needs a CUDA GPU: {why}.\n"
-              "Run it on a CUDA machine (make gpu-suite). Here, `mirasol check` runs the "
-              "parity checks and `mirasol bench` the benchmark tables on the CPU.",
-              file=sys.stderr)
-        return 2
-    _device("cuda")
+    if args.rehearsal:
+        _device("cpu")  # before the suite's imports: triton's interpreter
     from mirasol import suite
 
-    plan = suite.gpu_plan(quick=args.quick, budget_s=args.budget)
-    command = "mirasol bench --suite gpu" + (" --quick" if args.quick else "")
-    return suite.main(plan, Path(args.out_dir), command, progress=_progress)
+    return suite.command(args)
 
 
 def _millions(n: int) -> str:
@@ -241,10 +231,16 @@ def add_bench(sub) -> None:
                             "xformers, TFLOP/s as a fraction of the card's peak; writes "
                             "<out-dir>/<card>.md and .json (the options above do not apply)")
     bench.add_argument("--quick", action="store_true",
-                       help="--suite gpu: without the N=16384 and fp16 tables; 10 reps")
-    bench.add_argument("--budget", type=float, default=420.0,
-                       help="--suite gpu: seconds after which no new table is started "
-                            "(those left are listed as not run)")
+                       help="--suite gpu: bf16 parity and two tables; deadline 150 s")
+    bench.add_argument("--deadline", type=float, default=None,
+                       help="--suite gpu: seconds from --started-at by which the run ends, "
+                            "report written (default 300, --quick 150)")
+    bench.add_argument("--started-at", type=float, default=None,
+                       help="--suite gpu: when the device command started (epoch seconds)")
+    bench.add_argument("--rehearsal", action="store_true",
+                       help="--suite gpu: rehearse on the CPU (tiny shapes, interpreter)")
+    bench.add_argument("--no-estimates", action="store_true",
+                       help="--suite gpu: start every section; only the deadline cuts")
     bench.add_argument("--out-dir", default="bench/results",
                        help="--suite gpu: where the report goes")
     bench.set_defaults(func=cmd_bench)

@@ -22,7 +22,7 @@ def built_on_cpu(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_on_cuda_a_skipped_triton_row_fails(dtype, built_on_cpu, monkeypatch):
     monkeypatch.setitem(_backends._TRITON_STATE, "mode", None)  # say, triton missing
-    row = check._row("token_pool", "triton", dtype, CUDA)
+    row = check.check_row("token_pool", "triton", dtype, CUDA)
     assert row.skipped == "triton is not installed" and row.required and not row.ok
     assert "FAIL: skipped (triton is not installed)" in check.format_check([row])
 
@@ -30,14 +30,14 @@ def test_on_cuda_a_skipped_triton_row_fails(dtype, built_on_cpu, monkeypatch):
 def test_a_skip_in_a_dtype_the_kernels_do_not_declare_is_not_a_failure(built_on_cpu,
                                                                       monkeypatch):
     monkeypatch.setitem(_backends._TRITON_STATE, "mode", "compiled")
-    row = check._row("cross_attention", "triton", torch.float64, CUDA)
+    row = check.check_row("cross_attention", "triton", torch.float64, CUDA)
     assert row.skipped.startswith("device type 'cpu' is not supported")
     assert "dtype torch.float64 is not supported" in row.skipped
     assert not row.required and row.ok
 
 
 def test_off_cuda_a_skip_is_listed_not_failed():
-    row = check._row("chunked_causal_attention", "triton", torch.bfloat16, CPU)
+    row = check.check_row("chunked_causal_attention", "triton", torch.bfloat16, CPU)
     assert row.skipped.startswith("the Triton interpreter computes bf16 tl.dot incorrectly")
     assert row.ok and not row.required and row.cases == 0
     assert "skipped: the Triton interpreter" in check.format_check([row])

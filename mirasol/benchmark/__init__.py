@@ -19,10 +19,14 @@ Tables:
 * ``scaling`` (:func:`scaling`): the whole model, not one op (:mod:`.model_scaling`).
 
 On CUDA the triton backend runs, and the optional rivals (:mod:`.rivals`: FlexAttention
-compiled with the op's mask from :mod:`mirasol.masks` as its block mask, flash-attn,
-xformers) join where they can: one that cannot be built or fails to run is listed as
-skipped with the reason, never raised. Given the card's :class:`Peak`, a table also reports
-TFLOP/s as a fraction of the card's dense 16-bit tensor-core peak.
+compiled with the op's mask from :mod:`mirasol.masks` as its block mask, SDPA held to each
+of its backends, flash-attn, xformers) join where they can: one that cannot be built or
+fails to run is listed as skipped with the reason, never raised; one of mirasol's variants
+that fails is a failed row (``Table.failed``) and the others still run. Timing
+(:mod:`.timing`): loops of back-to-back calls between two marks of a timer (CUDA events;
+``perf_counter`` as the CPU stand-in), with the host's time per call beside it. Given the
+card's :class:`Peak`, a table also reports TFLOP/s as a fraction of the card's dense 16-bit
+tensor-core peak.
 
 One module per job: :mod:`.problems` (shapes, inputs, lineups), :mod:`.lineup` (what a
 table compares), :mod:`.rivals`, :mod:`.peaks` (the card table), :mod:`.timing`,

@@ -9,25 +9,34 @@ from mirasol.benchmark.model_scaling import ScalingTable
 from mirasol.benchmark.timing import Table
 
 
+def _opt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_table(table: Table) -> str:
     dtype = str(table.setting.dtype).removeprefix("torch.")
     head = (f"{table.title}, {dtype} on {table.device_name}\nratios against "
-            f"{table.baseline!r}, measured side by side in this run (medians); TFLOP/s count "
-            f"useful work only")
+            f"{table.baseline!r}, measured side by side in this run (medians over samples of "
+            f"back-to-back calls, timer: {table.timer or 'n/a'}; 'host ms' is the host's time "
+            f"to issue one call); TFLOP/s count useful work only")
     if table.peak is not None:
         head += "; of peak: " + (f"TFLOP/s / {table.peak.note}" if table.peak.tflops
                                  else f"n/a, {table.peak.note}")
     with_peak = table.peak is not None
-    cells = [("mode", "variant", "median ms", "x time", "peak MiB", "x memory", "TFLOP/s",
-              *(("of peak",) if with_peak else ()), "note")]
+    cells = [("mode", "variant", "median ms", "host ms", "x time", "peak MiB", "x memory",
+              "TFLOP/s", *(("of peak",) if with_peak else ()), "note")]
     for m in table.rows:
-        fraction = "n/a" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"
-        cells.append((m.mode, m.name, f"{m.median_ms:.2f}", f"{m.ratio:.2f}",
-                      "n/a" if m.peak_mib is None else f"{m.peak_mib:.1f}",
-                      "n/a" if m.mem_ratio is None else f"{m.mem_ratio:.2f}",
-                      f"{m.tflops:.3f}", *((fraction,) if with_peak else ()), m.note))
+        note = "; ".join(n for n in (m.note, m.host_bound and "host-bound: launch overhead",
+                                     m.failed and f"FAIL: {m.failed}") if n)
+        cells.append((m.mode, m.name, f"{m.median_ms:.4f}", _opt(m.host_ms, ".4f"),
+                      _opt(m.ratio, ".2f"), _opt(m.peak_mib, ".1f"), _opt(m.mem_ratio, ".2f"),
+                      f"{m.tflops:.3f}", *((_opt(m.peak_fraction, ".1%"),) if with_peak else ()),
+                      note))
     lines = [head, format_rows(cells)]
+    lines += [f"FAILED: {f.name} ({f.mode}): {f.reason}" for f in table.failed]
     lines += [f"skipped: {s.name} ({s.mode}): {s.reason}" for s in table.skipped]
+    lines += [f"SM clock ({c['mode']}): {c['before_mhz']} -> {c['after_mhz']} MHz "
+              f"({c['source']})" for c in table.clocks if c["before_mhz"] is not None]
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ that could not be built here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 from torch import Tensor
 
@@ -15,7 +15,11 @@ class Variant:
     fn: Callable[..., Tensor]
     inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> the fn's arguments
     note: str = ""
-    optional: bool = False  # a rival: a failure to run is recorded as skipped, not raised
+    optional: bool = False  # a rival: a failure to run is recorded as skipped, not failed
+    # Entered around the whole measurement (e.g. SDPA's backend choice), not per call.
+    context: Callable[[], ContextManager] | None = None
+    # Ours, given its maximum lengths: a host sync in a call (seen on CUDA) fails the row.
+    sync_free: bool = False
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,8 @@ class Skipped:
     """A variant that was not measured, and why."""
     name: str
     mode: str      # "fwd", "fwd+bwd", or "all" when it could not even be built
-    reason: str
+    reason: str    # one line
+    traceback: str = ""
 
 
 class Lineup(NamedTuple):
@@ -32,7 +37,6 @@ class Lineup(NamedTuple):
     baseline: str
     variants: list[Variant]
     skipped: list[Skipped]
-
 
 
 def reason(error: BaseException) -> str:

@@ -77,18 +77,22 @@ class ChunkedProblem:
         rows = [
             Variant(f"mirasol {s.backend}",
                     lambda q, k, v: chunked_causal_attention(q, k, v, C, backend=s.backend),
-                    self.inputs),
+                    self.inputs, sync_free=True),
+        ]
+        sdpa = [
             Variant("SDPA dense mask",
                     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                     self.inputs, "N x N bool mask"),
-            Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
-                    "all N^2 scores"),
             Variant("SDPA causal",
                     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                     self.inputs, "token-causal, not chunked"),
         ]
+        unmasked = Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
+                           "all N^2 scores")
         built, skipped = rivals.build(rivals.CHUNKED_RIVALS, self)
-        return Lineup("SDPA dense mask", rows + built, skipped)
+        by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
+        return Lineup("SDPA dense mask", rows + sdpa + [unmasked] + by_backend + built,
+                      not_here + skipped)
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,9 @@ class CrossProblem:
                     lambda q, k, v: cross_attention(q, k, v, cu_seqlens_q=cu_q,
                                                     cu_seqlens_k=cu_k, max_seqlen_q=max_q,
                                                     max_seqlen_k=max_k, backend=s.backend),
-                    self.packed, "packed"),
+                    self.packed, "packed, given its max lengths", sync_free=True),
+        ]
+        sdpa = [
             Variant("SDPA padded + key mask",
                     lambda q, k, v: F.scaled_dot_product_attention(q, k, v,
                                                                    attn_mask=key_padding),
@@ -171,7 +177,9 @@ class CrossProblem:
                     "dense total_q x total_k mask"),
         ]
         built, skipped = rivals.build(rivals.CROSS_RIVALS, self)
-        return Lineup("SDPA block-diagonal mask", rows + built, skipped)
+        by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
+        return Lineup("SDPA block-diagonal mask", rows + sdpa + by_backend + built,
+                      not_here + skipped)
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,6 @@ class TokenPoolProblem:
 
 def _token_pool_call(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor, backend: str) -> Tensor:
     return token_pool(x, logits, cu_seqlens=cu_seqlens, backend=backend)
-
 
 
 def problems(setting: Setting, seqlen: int = 4096) -> dict[str, object]:

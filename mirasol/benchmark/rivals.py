@@ -1,6 +1,7 @@
 """Optional rivals of the mirasol ops: FlexAttention (compiled, with the op's mask from
-:mod:`mirasol.masks` as its BlockMask), flash-attn and xformers. A rival that cannot be
-built or fails to run is listed as skipped with the reason, never raised.
+:mod:`mirasol.masks` as its BlockMask, built and timed apart), each of SDPA's backends
+(:func:`sdpa_backends`), flash-attn and xformers. A rival that cannot be built or fails to
+run is listed as skipped with the reason, never raised.
 
 The rival lists are looked up when a problem builds its lineup, so a caller (or a test)
 can change them: ``monkeypatch.setattr(rivals, "CHUNKED_RIVALS", [...])``.
@@ -8,8 +9,12 @@ can change them: ``monkeypatch.setattr(rivals, "CHUNKED_RIVALS", [...])``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
+
+import torch
 
 from mirasol.benchmark.lineup import Skipped, Variant, reason
 from mirasol.masks import Mask
@@ -51,10 +56,16 @@ def _flex(mask: Mask, inputs) -> Variant:
     # A fresh dynamo cache per table: the compiles of earlier tables would otherwise use up
     # the recompile limit, after which torch.compile silently runs flex_attention eagerly.
     torch._dynamo.reset()
+    start = time.perf_counter()
     block_mask = mask.block_mask()
+    if torch.device(mask.device).type == "cuda":
+        torch.cuda.synchronize()
+    build_ms = (time.perf_counter() - start) * 1e3
+    # Compiled once per table; each mode (no_grad forward, forward+backward) is one graph.
     compiled = torch.compile(flex_attention, dynamic=False)
     return Variant("FlexAttention", lambda q, k, v: compiled(q, k, v, block_mask=block_mask),
-                   inputs, "compiled, same block mask", optional=True)
+                   inputs, f"compiled, same block mask (built in {build_ms:.1f} ms, not in "
+                   "the time)", optional=True)
 
 
 def _flex_chunked(problem: ChunkedProblem) -> Variant:
@@ -94,6 +105,30 @@ def _xformers_block_diagonal(problem: CrossProblem) -> Variant:
                    lambda q, k, v: memory_efficient_attention(q[None], k[None], v[None],
                                                               attn_bias=bias)[0],
                    problem.packed, "packed", optional=True)
+
+
+# SDPA's backends by the names the tables use; math is the dispatcher's last resort, and the
+# default dispatch is already a row of its own.
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "cudnn": "CUDNN_ATTENTION"}
+
+
+def _sdpa_kernel(backend: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
+
+
+def sdpa_backends(variants: list[Variant], device: str) -> tuple[list[Variant], list[Skipped]]:
+    """Each SDPA variant again with SDPA held to one backend at a time (entered around the
+    measurement, not per call), on CUDA, where SDPA has several. Optional: a backend that
+    does not serve the mask or dtype there raises, and is listed as skipped with SDPA's
+    reason. On CPU they are listed as skipped."""
+    if device == "cpu":
+        return [], [Skipped(f"SDPA [{backend}]", "all", "CUDA only") for backend in SDPA_BACKENDS]
+    return [replace(v, name=f"{v.name} [{backend}]", optional=True,
+                    context=functools.partial(_sdpa_kernel, backend))
+            for v in variants for backend in SDPA_BACKENDS], []
 
 
 # Looked up when a problem builds its lineup, so a caller (or a test) can change them.

@@ -87,7 +87,9 @@ def _required(op: str, backend: str, dtype: torch.dtype, device: torch.device) -
             and dtype in OPS[op].backends["triton"].dtypes)
 
 
-def _row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
+def check_row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
+    """One row of the table: ``op`` on ``backend`` in ``dtype`` over its cases (the GPU suite
+    runs the rows one at a time, saving each)."""
     fn, build, cases = CHECKS[op]
     cases = [replace(case, dtype=dtype) for case in cases]
     problems = [build(case, device) for case in cases]
@@ -104,7 +106,7 @@ def _row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> Che
 
 
 def run_check(device: torch.device) -> list[CheckRow]:
-    return [_row(op, backend, dtype, device) for op in CHECKS for backend in ("triton", "torch")
+    return [check_row(op, backend, dtype, device) for op in CHECKS for backend in ("triton", "torch")
             for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)]
 
 
