@@ -191,7 +191,7 @@ def test_suite_report_on_cpu(tmp_path, monkeypatch):
         mb.Rival("missing", _missing_package, cuda_only=False),
         mb.Rival("broken rival", _fails_when_run, cuda_only=False),
         mb.Rival("gpu rival", _missing_package)])
-    monkeypatch.setattr(check, "_row", _rows)
+    monkeypatch.setattr(check, "check_row", _rows)
     plan = _plan(suite.ParityStep("token_pool", (torch.float32, torch.float16), 1.0),
                  suite.ParityStep("cross_attention", (torch.float32,), 1.0),
                  *(suite.TableStep(p, 1.0) for p in (CHUNKED, _BrokenProblem(),
