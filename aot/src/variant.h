@@ -81,8 +81,7 @@ mirasol_status mirasol_plan_for(const mirasol_request *r, int arch, mirasol_plan
 /* The kernel's parameters for cuLaunchKernel: pointers to the request's arguments the
    cubin did not compile in, in order, then triton's two scratch pointers (0: the
    generator refuses kernels that use them). Fills params and their byte sizes; returns
-   the count. */
-#define MIRASOL_MAX_PARAMS 64
+   the count (at most MIRASOL_MAX_PARAMS, from mirasol_kernels.h). */
 int mirasol_kernel_params(const mirasol_variant *v, const mirasol_request *r,
                           void *params[MIRASOL_MAX_PARAMS], int sizes[MIRASOL_MAX_PARAMS]);
 
