@@ -62,6 +62,25 @@ def test_ctest(build):
     assert (build / "libmirasol_kernels.so").exists()
 
 
+def test_generated_constants_are_the_python_ones(build):
+    """The C side's constants come from the generated header, whose values are the Python
+    side's: the op's token limit is the C library's (the kernels' last bucket)."""
+    import re
+
+    from mirasol.kernels.aot.archs import SHARED_WITHOUT_OPTIN
+    from mirasol.kernels.aot.library import MAX_PARAMS, TOKEN_BUCKETS
+    from mirasol.kernels.attention import LOG2E, NO_CHUNKS
+    from mirasol.ops.token_pool import MAX_OUTPUT_TOKENS
+
+    header = (build / "generated" / "mirasol_kernels.h").read_text()
+    defines = dict(re.findall(r"^#define MIRASOL_(\w+) (.+)$", header, re.MULTILINE))
+    assert defines == {
+        "NO_CHUNKS": str(NO_CHUNKS), "LOG2E": repr(LOG2E.value),
+        "TOKEN_BUCKETS": "{" + ", ".join(map(str, TOKEN_BUCKETS)) + "}",
+        "MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
+        "SHARED_WITHOUT_OPTIN": str(SHARED_WITHOUT_OPTIN), "MAX_PARAMS": str(MAX_PARAMS)}
+
+
 # (C arguments after "plan_dump ARCH bf16", the Python launch of the same problem)
 def _chunked(lengths):
     B, H, H_kv, N, C = 2, 8, 2, 1000, 256
