@@ -1,7 +1,11 @@
 """`mirasol profile`: the occupancy arithmetic against hand-computed cases, the enumeration
-of compiles, the gate's verdict on a record, and the command end to end on one kernel."""
+of compiles, the gate's verdict on a record, the command end to end on one kernel, and the
+store that lets processes share a compile."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -125,6 +129,45 @@ def test_cli_profile_one_kernel(tmp_path, capsys):
     assert "| sm_90 |" in out.with_suffix(".md").read_text()
     assert main(["profile", "--arch", "75"]) == 2
     assert "arch: unknown [75]" in capsys.readouterr().err
+
+
+_STORE_ONCE = """
+import os, sys, time
+from mirasol.kernels.aot import cache
+
+log, role = sys.argv[1], sys.argv[2]
+
+
+def compute():
+    with open(log, "a") as f:
+        f.write(role + "\\n")
+    # Hold the key until the other process has asked for it.
+    deadline = time.monotonic() + 120
+    while not os.path.exists(log + ".asked") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"by": role}
+
+
+if role == "second":
+    while not os.path.exists(log):  # the first is computing, holding the key
+        time.sleep(0.02)
+    open(log + ".asked", "w").close()
+print(cache.stored("0" * 64, "test", compute)["by"])
+"""
+
+
+def test_a_key_is_computed_once_across_processes(tmp_path):
+    """Two processes ask for the same key at once: the second waits for the first and is
+    served its result, which it never computes."""
+    log = tmp_path / "computed"
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", _STORE_ONCE, str(log), role], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role in ("first", "second")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert [out for out, _ in results] == ["first\n", "first\n"]
+    assert log.read_text() == "first\n"
 
 
 def test_committed_profile_matches_the_table():
