@@ -10,7 +10,10 @@ same records with :meth:`Record.problems`.
 
 Compiles are CPU-bound and independent (about 1 s each): they run in a pool of worker
 processes, started fresh ("spawn") with TRITON_INTERPRET removed, because kernels defined
-under the interpreter cannot be compiled. Importing this module does not import triton.
+under the interpreter cannot be compiled. A compile any process has already done (the
+same kernel, specialization, arch and options; e.g. head dim 80, which compiles to the
+code of 128: its loads are masked at run time) is read back from the store beside triton's
+cache, not repeated (kernels/aot/cache.py). Importing this module does not import triton.
 """
 
 from __future__ import annotations
