@@ -4,7 +4,7 @@ For every kernel, arch family, dtype class and head-dim bucket, walks candidates
 pipelined ones (2-3 stages) first, each group from the largest tile down, more warps and
 stages first — and keeps the first that compiles with no register spills and within
 shared memory on every arch of the family, for each specialization the ops launch
-(aot.VARIANTS, aot.TOKEN_POOL_VARIANTS: padded with lengths, packed, packed causal;
+(kernels/aot/registry.py: padded with lengths, packed, packed causal;
 grouped-query heads). Writes the table to kernels/_configs.py. A proxy for speed, not a
 timing: retune on the GPU when one is at hand.
 
@@ -32,15 +32,18 @@ import torch
 # interpreter.
 os.environ.pop("TRITON_INTERPRET", None)
 
-from mirasol.kernels import KernelConfig, aot, arch_family  # noqa: E402
+from mirasol.kernels import KernelConfig, arch_family  # noqa: E402
 from mirasol.kernels._launch import override_config  # noqa: E402
+from mirasol.kernels.aot.archs import ARCHS  # noqa: E402
+from mirasol.kernels.aot.cubin import resources  # noqa: E402
+from mirasol.kernels.aot.registry import KERNELS, OPS  # noqa: E402
 
 
 def _families() -> dict[str, tuple[int, ...]]:
     """The archs of each table family (kernels/_launch.arch_family): a family's entry must
     fit every one of them."""
     families: dict[str, tuple[int, ...]] = {}
-    for arch in aot.ARCHS:
+    for arch in ARCHS:
         family = arch_family(divmod(arch, 10))
         families[family] = (*families.get(family, ()), arch)
     return families
@@ -94,18 +97,18 @@ def _candidates(kernel, head_dim, itemsize, limit):
 
 
 def _fits(kernel, family, dtype, head_dim, config) -> bool:
-    op = aot.OPS[aot.KERNELS[kernel]]
+    op = OPS[KERNELS[kernel]]
     variants = op.variants[:1] if kernel in op.variant_free else op.variants
     for arch, variant in itertools.product(FAMILIES[family], reversed(variants)):
         # The other kernels of the op are built too (not compiled): any config will do,
         # including for a kernel the table does not know yet.
         with contextlib.ExitStack() as stack:
-            for other in aot.KERNELS:
+            for other in KERNELS:
                 stack.enter_context(override_config(other, KernelConfig(16, 16)))
             stack.enter_context(override_config(kernel, config))
             launch = op.launches(divmod(arch, 10), dtype, head_dim, variant)[kernel]
-        res = aot.resources(launch, arch)
-        if res.spills or res.shared_bytes > aot.ARCHS[arch].shared_per_block:
+        res = resources(launch, arch)
+        if res.spills or res.shared_bytes > ARCHS[arch].shared_per_block:
             return False
     return True
 
@@ -113,7 +116,7 @@ def _fits(kernel, family, dtype, head_dim, config) -> bool:
 def _sizes(kernel: str) -> tuple[int, ...]:
     """The table's last key: the padded head dim for attention, the padded number of
     output tokens for token pooling."""
-    return aot.OPS[aot.KERNELS[kernel]].buckets
+    return OPS[KERNELS[kernel]].buckets
 
 
 def _current(kernel, family, dclass, head_dim):
@@ -125,7 +128,7 @@ def _current(kernel, family, dclass, head_dim):
 def tune(job, resume: bool = True, cache: str | None = None):
     kernel, family, dclass, head_dim = job
     dtype = DTYPES[dclass]
-    limit = min(aot.ARCHS[a].shared_per_block for a in FAMILIES[family])
+    limit = min(ARCHS[a].shared_per_block for a in FAMILIES[family])
     candidates = list(_candidates(kernel, head_dim, dtype.itemsize, limit))
     # The kernels only grow more constrained between runs as a rule: start from the
     # current entry, whose larger predecessors were already rejected.
@@ -157,7 +160,7 @@ def main():
     parser.add_argument("--family", choices=list(FAMILIES),
                         help="retune this family only, keeping the other families' entries")
     args = parser.parse_args()
-    jobs = [(kernel, family, dclass, size) for kernel in aot.KERNELS
+    jobs = [(kernel, family, dclass, size) for kernel in KERNELS
             for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
@@ -176,7 +179,7 @@ def main():
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in _sizes(k)} for d in DTYPES}
-                 for f in FAMILIES} for k in aot.KERNELS}
+                 for f in FAMILIES} for k in KERNELS}
     text = pprint.pformat(table, width=92, sort_dicts=False)
     Path(args.out).write_text(
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'

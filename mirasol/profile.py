@@ -3,14 +3,17 @@ GPU generation without a GPU, with its resources and theoretical occupancy.
 
 For each kernel of each op (forward and backward), specialization ("variant"), dtype and
 size, the launch the op makes on ``sm_<arch>`` (with the tile config that arch's family
-selects from kernels/_configs.py) is compiled and its cubin read (kernels/aot.py):
+selects from kernels/_configs.py) is compiled and its cubin read (kernels/aot/):
 registers per thread, shared memory per block, spills, occupancy and its limiter, and the
 tensor-core instructions in the SASS. The CI gate (tests/test_cross_compile.py) checks the
 same records with :meth:`Record.problems`.
 
 Compiles are CPU-bound and independent (about 1 s each): they run in a pool of worker
 processes, started fresh ("spawn") with TRITON_INTERPRET removed, because kernels defined
-under the interpreter cannot be compiled. Importing this module does not import triton.
+under the interpreter cannot be compiled. A compile any process has already done (the
+same kernel, specialization, arch and options; e.g. head dim 80, which compiles to the
+code of 128: its loads are masked at run time) is read back from the store beside triton's
+cache, not repeated (kernels/aot/cache.py). Importing this module does not import triton.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
     one configuration side by side). Each filter left None keeps everything; ``sizes``
     defaults to each op's table buckets plus :data:`EXTRA_SIZES` (only the buckets with
     ``buckets_only``). Raises ValueError naming the filter that matches nothing known."""
-    from mirasol.kernels import aot
+    from mirasol.kernels.aot.archs import ARCHS
+    from mirasol.kernels.aot.registry import KERNELS, OPS
 
     def pick(name, given, known):
         if given is None:
@@ -110,17 +114,17 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
             raise ValueError(f"{name}: unknown {unknown}; expected some of {list(known)}")
         return given
 
-    archs = pick("arch", archs, aot.ARCHS)
-    ops = pick("op", ops, aot.OPS)
-    kernels = pick("kernel", kernels, aot.KERNELS)
+    archs = pick("arch", archs, ARCHS)
+    ops = pick("op", ops, OPS)
+    kernels = pick("kernel", kernels, KERNELS)
     dtypes = pick("dtype", dtypes, DTYPES)
     sizes = None if sizes is None else set(sizes)
     selected = []
     for kernel in kernels:
-        name = aot.KERNELS[kernel]
+        name = KERNELS[kernel]
         if name not in ops:
             continue
-        op = aot.OPS[name]
+        op = OPS[name]
         variants = (ALL_VARIANTS,) if kernel in op.variant_free else op.variants
         op_sizes = sorted({*op.buckets, *(() if buckets_only else EXTRA_SIZES.get(name, ()))})
         if sizes is not None:
@@ -141,20 +145,23 @@ def _clean_worker() -> None:
 def _compile(case: Case) -> Record:
     import torch
 
-    from mirasol.kernels import aot, arch_family
+    from mirasol.kernels import arch_family
+    from mirasol.kernels.aot.archs import ARCHS
+    from mirasol.kernels.aot.cubin import resources
+    from mirasol.kernels.aot.registry import OPS
 
-    op = aot.OPS[case.op]
+    op = OPS[case.op]
     variant = op.variants[0] if case.variant == ALL_VARIANTS else case.variant
     capability = divmod(case.arch, 10)
     launch = op.launches(capability, getattr(torch, case.dtype), case.size,
                          variant)[case.kernel]
-    res = aot.resources(launch, case.arch)
+    res = resources(launch, case.arch)
     occ = res.occupancy
     c = launch.config
     return Record(**asdict(case), family=arch_family(capability), size_name=op.size_name,
                   config=(c.block_m, c.block_n, c.num_warps, c.num_stages),
                   registers=res.registers, shared_bytes=res.shared_bytes,
-                  shared_limit=aot.ARCHS[case.arch].shared_per_block,
+                  shared_limit=ARCHS[case.arch].shared_per_block,
                   stack_bytes=res.stack_bytes, local_bytes=res.local_bytes,
                   blocks=occ.blocks, warps=occ.warps, max_warps=occ.max_warps,
                   limiters=occ.limiters, tensor_core_ops=res.tensor_core_ops,
@@ -212,13 +219,13 @@ def format_table(records: list[Record]) -> str:
 
 
 def _archs_cells(records: list[Record]) -> list[tuple[str, ...]]:
-    from mirasol.kernels import aot
+    from mirasol.kernels.aot.archs import ARCHS
 
     rows = [("arch", "GPUs", "table family", "shared/block", "max warps", "compiles",
              "failing")]
     for arch in sorted({r.arch for r in records}):
         mine = [r for r in records if r.arch == arch]
-        spec = aot.ARCHS[arch]
+        spec = ARCHS[arch]
         rows.append((f"sm_{arch}", spec.gpus, mine[0].family,
                      f"{spec.shared_per_block // 1024} KiB", str(spec.max_warps),
                      str(len(mine)), str(sum(bool(r.problems()) for r in mine))))

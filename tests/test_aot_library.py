@@ -21,6 +21,8 @@ import sys
 import pytest
 import torch
 
+from mirasol.kernels.aot.cubin import param_sizes
+from mirasol.kernels.aot.problems import AttentionProblem, TokenPoolProblem, meta
 from mirasol.testing import tolerances
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,72 +62,59 @@ def test_ctest(build):
     assert (build / "libmirasol_kernels.so").exists()
 
 
-def _cubin_param_sizes(cubin) -> list[int]:
-    """Byte sizes of a cubin's kernel parameters by ordinal (EIATTR_KPARAM_INFO)."""
+def test_generated_constants_are_the_python_ones(build):
+    """The C side's constants come from the generated header, whose values are the Python
+    side's: the op's token limit is the C library's (the kernels' last bucket)."""
     import re
 
-    import triton
+    from mirasol.kernels.aot.archs import SHARED_WITHOUT_OPTIN
+    from mirasol.kernels.aot.library import MAX_PARAMS, TOKEN_BUCKETS
+    from mirasol.kernels.attention import LOG2E, NO_CHUNKS
+    from mirasol.ops.token_pool import MAX_OUTPUT_TOKENS
 
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                             "cuobjdump")
-    elf = _run(cuobjdump, "-elf", str(cubin))
-    params = {int(o, 16): int(size, 16) for o, size in
-              re.findall(r"Ordinal\s*:\s*(0x[0-9a-f]+)\s+Offset\s*:\s*0x[0-9a-f]+\s+"
-                         r"Size\s*:\s*(0x[0-9a-f]+)", elf)}
-    assert sorted(params) == list(range(len(params))), params
-    return [params[i] for i in range(len(params))]
+    header = (build / "generated" / "mirasol_kernels.h").read_text()
+    defines = dict(re.findall(r"^#define MIRASOL_(\w+) (.+)$", header, re.MULTILINE))
+    assert defines == {
+        "NO_CHUNKS": str(NO_CHUNKS), "LOG2E": repr(LOG2E.value),
+        "TOKEN_BUCKETS": "{" + ", ".join(map(str, TOKEN_BUCKETS)) + "}",
+        "MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
+        "SHARED_WITHOUT_OPTIN": str(SHARED_WITHOUT_OPTIN), "MAX_PARAMS": str(MAX_PARAMS)}
 
 
 # (C arguments after "plan_dump ARCH bf16", the Python launch of the same problem)
 def _chunked(lengths):
-    def launch(meta, capability):
-        from mirasol.kernels.attention import attn_fwd_launch
-        from mirasol.kernels.chunked_attention import chunked_segments
+    B, H, H_kv, N, C = 2, 8, 2, 1000, 256
+    problem = AttentionProblem("chunked_lengths" if lengths else "chunked", B, H, H_kv,
+                               HEAD_DIM, N, chunk=C)
 
-        B, H, H_kv, N, C = 2, 8, 2, 1000, 256
-        q, o = meta("q", B, H, N, HEAD_DIM), meta("o", B, H, N, HEAD_DIM)
-        k, v = meta("k", B, H_kv, N, HEAD_DIM), meta("v", B, H_kv, N, HEAD_DIM)
-        lse = meta("lse", B, H, N, dtype=torch.float32)
-        lens = meta("lengths", B, dtype=torch.int32) if lengths else None
-        return attn_fwd_launch(q, k, v, o, lse, chunked_segments(N, C, lens), 1 / HEAD_DIM,
-                               capability=capability)
+    def launch(tensor, capability):
+        return problem.launches(torch.bfloat16, capability, scale=1 / HEAD_DIM,
+                                tensor=tensor)["attn_fwd"]
 
-    return ["chunked", 2, 8, 2, 1000, HEAD_DIM, 256] + (["lengths"] if lengths else []), launch
+    return ["chunked", B, H, H_kv, N, HEAD_DIM, C] + (["lengths"] if lengths else []), launch
 
 
 def _cross(causal):
-    def launch(meta, capability):
-        from mirasol.kernels.attention import attn_fwd_launch
-        from mirasol.kernels.cross_attention import cross_segments
+    S, TQ, TK, MQ, MK, H, H_kv = 3, 70, 90, 40, 50, 4, 2
+    problem = AttentionProblem("cross_causal" if causal else "cross", S, H, H_kv, HEAD_DIM,
+                               TQ, TK, max_q=MQ, max_k=MK)
 
-        S, TQ, TK, MQ, MK, H, H_kv = 3, 70, 90, 40, 50, 4, 2
-        # The (1, H, total, D) views the op passes (mirasol/ops/cross_attention.py).
-        q, o = (meta(name, TQ, H, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "qo")
-        k, v = (meta(name, TK, H_kv, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "kv")
-        lse = meta("lse", 1, H, TQ, dtype=torch.float32)
-        seg = cross_segments(cu_seqlens_q=meta("cu_seqlens_q", S + 1, dtype=torch.int32),
-                             cu_seqlens_k=meta("cu_seqlens_k", S + 1, dtype=torch.int32),
-                             k_lengths=None, max_seqlen_q=MQ, max_seqlen_k=MK, causal=causal)
-        return attn_fwd_launch(q, k, v, o, lse, seg, 1 / HEAD_DIM, capability=capability)
+    def launch(tensor, capability):
+        return problem.launches(torch.bfloat16, capability, scale=1 / HEAD_DIM,
+                                tensor=tensor)["attn_fwd"]
 
-    return ["cross", 3, 70, 90, 40, 50, 4, 2, HEAD_DIM, int(causal)], launch
+    return ["cross", S, TQ, TK, MQ, MK, H, H_kv, HEAD_DIM, int(causal)], launch
 
 
 def _pool(layout, tokens):
-    def launch(meta, capability):
-        from mirasol.kernels.token_pool import token_pool_fwd_launch
+    S, N, D = 5, 37, 96
+    problem = TokenPoolProblem({"lengths": "padded_lengths"}.get(layout, layout), S, N, D,
+                               tokens)
 
-        S, N, D = 5, 37, 96
-        if layout == "packed":
-            x, logits = meta("x", N, D), meta("logits", N, tokens)
-        else:
-            x, logits = meta("x", S, N, D), meta("logits", S, N, tokens)
-        cu = meta("cu_seqlens", S + 1, dtype=torch.int32) if layout == "packed" else None
-        lens = meta("lengths", S, dtype=torch.int32) if layout == "lengths" else None
-        out, stats = meta("out", S, tokens, D), meta("stats", S, 2, tokens, dtype=torch.float32)
-        return token_pool_fwd_launch(x, logits, out, stats, cu, lens, capability=capability)
+    def launch(tensor, capability):
+        return problem.launches(torch.bfloat16, capability, tensor=tensor)["token_pool_fwd"]
 
-    return ["pool", 5, 37, 96, tokens, layout], launch
+    return ["pool", S, N, D, tokens, layout], launch
 
 
 PROBLEMS = {
@@ -144,21 +133,21 @@ def test_launch_matches_python(build, problem, arch):
 
     roles = {}
 
-    def meta(role, *shape, dtype=torch.bfloat16):
-        t = torch.empty(shape, dtype=dtype, device="meta")
+    def tagged(role, *shape, dtype):  # a meta tensor, named as the C API names it
+        t = meta(role, *shape, dtype=dtype)
         roles[id(t)] = role
         return t
 
     def role(t):  # a view (made here or by the launcher) is its base tensor's
         return roles[id(t if t._base is None else t._base)]
 
-    launch = python_launch(meta, (arch // 10, arch % 10))
+    launch = python_launch(tagged, divmod(arch, 10))
     cfg = launch.config
     assert plan["config"] == [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
     assert plan["grid"] == [*launch.grid, 1][:3]
     # The parameters the C launch passes have the sizes, in order, the cubin declares.
-    assert plan["param_sizes"] == _cubin_param_sizes(build / "generated" / "cubin" /
-                                                      plan["cubin"])
+    assert plan["param_sizes"] == param_sizes(str(build / "generated" / "cubin" /
+                                                  plan["cubin"]))
     names = [n for n in launch.kernel.arg_names if n not in launch.constexprs]
     assert list(plan["args"]) == names
     for name, value in zip(names, launch.args):

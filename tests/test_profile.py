@@ -1,13 +1,19 @@
 """`mirasol profile`: the occupancy arithmetic against hand-computed cases, the enumeration
-of compiles, the gate's verdict on a record, and the command end to end on one kernel."""
+of compiles, the gate's verdict on a record, the command end to end on one kernel, and the
+store that lets processes share a compile."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from mirasol import profile
 from mirasol.cli import main
-from mirasol.kernels import aot
+from mirasol.kernels.aot.archs import ARCHS
+from mirasol.kernels.aot.occupancy import occupancy
+from mirasol.kernels.aot.registry import KERNELS
 
 
 @pytest.mark.parametrize("arch, warps, regs, shared, blocks, limiters", [
@@ -35,21 +41,21 @@ from mirasol.kernels import aot
     (90, 16, 255, 0, 0, ("registers",)),
 ])
 def test_occupancy_hand_computed(arch, warps, regs, shared, blocks, limiters):
-    occ = aot.occupancy(arch, warps, regs, shared)
+    occ = occupancy(arch, warps, regs, shared)
     assert (occ.blocks, occ.warps, occ.limiters) == (blocks, blocks * warps, limiters)
     assert occ.max_warps == (48 if arch in (86, 89) else 64)
 
 
 def test_occupancy_names_bad_arguments():
     with pytest.raises(ValueError, match=r"arch must be one of \[80, 86, 89, 90, 100\]"):
-        aot.occupancy(75, 4, 32, 0)
+        occupancy(75, 4, 32, 0)
     with pytest.raises(ValueError, match="registers <= 255"):
-        aot.occupancy(80, 4, 256, 0)
+        occupancy(80, 4, 256, 0)
 
 
 def test_shared_limits_per_block():
     # The opt-in maxima of the CUDA programming guide: 163, 99, 99, 227, 227 KiB.
-    assert {a: s.shared_per_block // 1024 for a, s in aot.ARCHS.items()} == {
+    assert {a: s.shared_per_block // 1024 for a, s in ARCHS.items()} == {
         80: 163, 86: 99, 89: 99, 90: 227, 100: 227}
 
 
@@ -71,7 +77,7 @@ def test_cases_cover_every_kernel_variant_dtype_size_and_arch():
     # 256); token pooling: 2 kernels x 2 layouts, 3 token counts; 3 dtypes, 5 archs.
     assert len(everything) == ((3 * 3 + 1) * 4 + 2 * 2 * 3) * 3 * 5
     assert len(set(everything)) == len(everything)
-    assert {c.kernel for c in everything} == set(aot.KERNELS)
+    assert {c.kernel for c in everything} == set(KERNELS)
     buckets = profile.cases(buckets_only=True)
     assert {c.size for c in buckets if c.op == "attention"} == {64, 128, 256}
 
@@ -125,6 +131,45 @@ def test_cli_profile_one_kernel(tmp_path, capsys):
     assert "arch: unknown [75]" in capsys.readouterr().err
 
 
+_STORE_ONCE = """
+import os, sys, time
+from mirasol.kernels.aot import cache
+
+log, role = sys.argv[1], sys.argv[2]
+
+
+def compute():
+    with open(log, "a") as f:
+        f.write(role + "\\n")
+    # Hold the key until the other process has asked for it.
+    deadline = time.monotonic() + 120
+    while not os.path.exists(log + ".asked") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"by": role}
+
+
+if role == "second":
+    while not os.path.exists(log):  # the first is computing, holding the key
+        time.sleep(0.02)
+    open(log + ".asked", "w").close()
+print(cache.stored("0" * 64, "test", compute)["by"])
+"""
+
+
+def test_a_key_is_computed_once_across_processes(tmp_path):
+    """Two processes ask for the same key at once: the second waits for the first and is
+    served its result, which it never computes."""
+    log = tmp_path / "computed"
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", _STORE_ONCE, str(log), role], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role in ("first", "second")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert [out for out, _ in results] == ["first\n", "first\n"]
+    assert log.read_text() == "first\n"
+
+
 def test_committed_profile_matches_the_table():
     """bench/results/profile.json is regenerated with the table: every record's config is
     the entry its arch's family selects now (no compile needed to check)."""
@@ -137,7 +182,7 @@ def test_committed_profile_matches_the_table():
 
     path = Path(__file__).parents[1] / "bench" / "results" / "profile.json"
     records = json.loads(path.read_text())["records"]
-    assert {r["arch"] for r in records} == set(aot.ARCHS)
+    assert {r["arch"] for r in records} == set(ARCHS)
     for r in records:
         capability = (r["arch"] // 10, r["arch"] % 10)
         expected = kernel_config(r["kernel"], r["size"], getattr(torch, r["dtype"]), capability)

@@ -11,8 +11,6 @@
 #include "cuda_driver.h"
 #include "variant.h"
 
-#define LOG2E 1.4426950408889634
-#define NO_CHUNKS (1 << 30) /* a chunk longer than any segment: every key is visible */
 #define MAX_GRID_Y 65535
 #define MAX_CONTEXTS 16
 
@@ -147,7 +145,7 @@ static void fill_attention(mirasol_attn_fwd_args *a, const void *q, const void *
   a->HEAD_DIM = head_dim;
   a->CHUNK = chunk;
   a->GROUP = heads / kv_heads;
-  a->qk_scale = (float)((double)scale * LOG2E);
+  a->qk_scale = (float)((double)scale * MIRASOL_LOG2E);
 }
 
 static void init_request(mirasol_request *r, mirasol_kernel_id kernel, mirasol_dtype dtype,
@@ -200,7 +198,7 @@ mirasol_status mirasol_request_cross_attention(
                causal ? MIRASOL_ATTN_FWD_CROSS_CAUSAL : MIRASOL_ATTN_FWD_CROSS, max_seqlen_q,
                (int64_t)segments * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, NULL, heads,
-                 kv_heads, total_q, total_k, head_dim, causal ? 1 : NO_CHUNKS, scale, 1);
+                 kv_heads, total_q, total_k, head_dim, causal ? 1 : MIRASOL_NO_CHUNKS, scale, 1);
   return MIRASOL_SUCCESS;
 }
 
@@ -220,16 +218,17 @@ mirasol_status mirasol_request_token_pool(
   CHECK(segments >= 0 && seqlen >= 0, "segments = %d, seqlen = %d; expected both >= 0",
         segments, seqlen);
   CHECK(dim >= 16 && dim % 16 == 0, "dim = %d; expected a positive multiple of 16", dim);
-  CHECK(num_tokens >= 1 && num_tokens <= 64, "num_tokens = %d; expected within [1, 64]",
-        num_tokens);
+  CHECK(num_tokens >= 1 && num_tokens <= MIRASOL_MAX_OUTPUT_TOKENS,
+        "num_tokens = %d; expected within [1, %d]", num_tokens, MIRASOL_MAX_OUTPUT_TOKENS);
   int packed = cu_seqlens != NULL;
   TRY(check_elements("x", packed ? 1 : segments, seqlen, dim, 1));
   TRY(check_elements("logits", packed ? 1 : segments, seqlen, num_tokens, 1));
   TRY(check_elements("out", segments, num_tokens, dim, 1));
-  int bucket = 16;
-  while (bucket < num_tokens) bucket *= 2;
+  static const int buckets[] = MIRASOL_TOKEN_BUCKETS;
+  int bucket = 0;
+  while (buckets[bucket] < num_tokens) bucket++; /* the last is MIRASOL_MAX_OUTPUT_TOKENS */
   /* one program per block of features and segment */
-  init_request(r, MIRASOL_KERNEL_TOKEN_POOL_FWD, dtype, bucket,
+  init_request(r, MIRASOL_KERNEL_TOKEN_POOL_FWD, dtype, buckets[bucket],
                packed    ? MIRASOL_TOKEN_POOL_FWD_PACKED
                : lengths ? MIRASOL_TOKEN_POOL_FWD_PADDED_LENGTHS
                          : MIRASOL_TOKEN_POOL_FWD_PADDED,
@@ -370,8 +369,8 @@ static mirasol_status load_function(const mirasol_cuda *cu, const mirasol_varian
   CUfunction f;
   if ((res = cu->ModuleGetFunction(&f, module, v->symbol)) != CUDA_SUCCESS)
     return mirasol_cuda_fail(cu, res, v->info.name);
-  /* Past 48 KiB a kernel must opt in to its dynamic shared memory (as triton does). */
-  if (v->info.shared_bytes > 49152) {
+  /* Past this a kernel must opt in to its dynamic shared memory (as triton does). */
+  if (v->info.shared_bytes > MIRASOL_SHARED_WITHOUT_OPTIN) {
     int optin = 0, fixed = 0;
     cu->DeviceGetAttribute(&optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
                            device);

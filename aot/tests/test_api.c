@@ -85,9 +85,11 @@ static void test_refusals(void) {
   expect_error(mirasol_token_pool_fwd(NULL, MIRASOL_BF16, P(1), P(2), P(3), P(4), NULL, NULL,
                                       4, 100, 40, 8),
                MIRASOL_ERROR_INVALID_ARGUMENT, "dim = 40", "feature dim");
+  char too_many[64];
+  snprintf(too_many, sizeof too_many, "num_tokens = %d", MIRASOL_MAX_OUTPUT_TOKENS + 1);
   expect_error(mirasol_token_pool_fwd(NULL, MIRASOL_BF16, P(1), P(2), P(3), P(4), NULL, NULL,
-                                      4, 100, 64, 65),
-               MIRASOL_ERROR_INVALID_ARGUMENT, "num_tokens = 65", "token count");
+                                      4, 100, 64, MIRASOL_MAX_OUTPUT_TOKENS + 1),
+               MIRASOL_ERROR_INVALID_ARGUMENT, too_many, "token count");
 }
 
 static void test_planning(int archs[], int count) {

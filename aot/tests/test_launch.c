@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     expect_launch_of(&plan, "chunked attention");
     EXPECT(mock->module_loads == loads + 1, "sm_%d: %d module loads", archs[i],
            mock->module_loads - loads);
-    EXPECT(plan.variant->info.shared_bytes > 49152
+    EXPECT(plan.variant->info.shared_bytes > MIRASOL_SHARED_WITHOUT_OPTIN
                ? mock->dynamic_shared_set == mock->shared_optin
                : mock->dynamic_shared_set == -1,
            "sm_%d: %d bytes of shared memory, opt-in set to %d", archs[i],
