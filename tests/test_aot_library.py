@@ -79,15 +79,14 @@ def _cubin_param_sizes(cubin) -> list[int]:
 # (C arguments after "plan_dump ARCH bf16", the Python launch of the same problem)
 def _chunked(lengths):
     def launch(meta, capability):
-        from mirasol.kernels.attention import attn_fwd_launch
-        from mirasol.kernels.chunked_attention import chunked_segments
+        from mirasol.kernels.attention import Segments, attn_fwd_launch
 
         B, H, H_kv, N, C = 2, 8, 2, 1000, 256
         q, o = meta("q", B, H, N, HEAD_DIM), meta("o", B, H, N, HEAD_DIM)
         k, v = meta("k", B, H_kv, N, HEAD_DIM), meta("v", B, H_kv, N, HEAD_DIM)
         lse = meta("lse", B, H, N, dtype=torch.float32)
         lens = meta("lengths", B, dtype=torch.int32) if lengths else None
-        return attn_fwd_launch(q, k, v, o, lse, chunked_segments(N, C, lens), 1 / HEAD_DIM,
+        return attn_fwd_launch(q, k, v, o, lse, Segments.chunked(N, C, lens), 1 / HEAD_DIM,
                                capability=capability)
 
     return ["chunked", 2, 8, 2, 1000, HEAD_DIM, 256] + (["lengths"] if lengths else []), launch
@@ -95,15 +94,14 @@ def _chunked(lengths):
 
 def _cross(causal):
     def launch(meta, capability):
-        from mirasol.kernels.attention import attn_fwd_launch
-        from mirasol.kernels.cross_attention import cross_segments
+        from mirasol.kernels.attention import Segments, attn_fwd_launch
 
         S, TQ, TK, MQ, MK, H, H_kv = 3, 70, 90, 40, 50, 4, 2
         # The (1, H, total, D) views the op passes (mirasol/ops/cross_attention.py).
         q, o = (meta(name, TQ, H, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "qo")
         k, v = (meta(name, TK, H_kv, HEAD_DIM).unsqueeze(0).transpose(1, 2) for name in "kv")
         lse = meta("lse", 1, H, TQ, dtype=torch.float32)
-        seg = cross_segments(cu_seqlens_q=meta("cu_seqlens_q", S + 1, dtype=torch.int32),
+        seg = Segments.cross(cu_seqlens_q=meta("cu_seqlens_q", S + 1, dtype=torch.int32),
                              cu_seqlens_k=meta("cu_seqlens_k", S + 1, dtype=torch.int32),
                              k_lengths=None, max_seqlen_q=MQ, max_seqlen_k=MK, causal=causal)
         return attn_fwd_launch(q, k, v, o, lse, seg, 1 / HEAD_DIM, capability=capability)
