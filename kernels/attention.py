@@ -230,16 +230,19 @@ def _attn_bwd_delta_kernel(
     block, bh = split_program(tl.cdiv(N, BLOCK_M))
     b = wide(bh // H)
     h = wide(bh % H)
-    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    # A packed tensor's rows are all of its segments': the block's first row in 64 bits.
+    start = wide(block * BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m[:, None] < N) & (offs_d[None, :] < HEAD_DIM)
-    o = load_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od,
-                  mask)
-    do = load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_don,
-                   stride_dod, mask)
+    valid = start + offs_m < N
+    mask = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = load_rows(O + b * stride_ob + h * stride_oh + start * stride_on, offs_m, offs_d,
+                  stride_on, stride_od, mask)
+    do = load_rows(DO + b * stride_dob + h * stride_doh + start * stride_don, offs_m, offs_d,
+                   stride_don, stride_dod, mask)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + b * stride_deltab + h * stride_deltah + offs_m * stride_deltan, delta,
-             mask=offs_m < N)
+    tl.store(DELTA + b * stride_deltab + h * stride_deltah + start * stride_deltan
+             + offs_m * stride_deltan, delta, mask=valid)
 
 
 @triton.jit
@@ -424,8 +427,8 @@ class Segments:
     Packed (``cu_q``/``cu_k``, int32 (B + 1,)): q, k, v are the (1, H, total, D) views of
     (total, H, D) tensors. Padded: q is (B, H, LQ, D), k and v (B, H_kv, LK, D), with
     optional per-sample valid lengths ``q_lens``/``k_lens``. ``max_q``/``max_k`` bound the
-    rows of a segment (the grid, and the kernels' LQ/LK); ``chunk`` and ``causal`` define
-    ``limit`` (module doc).
+    rows of a segment (the grid, and the kernels' LQ/LK): padded, they are LQ and LK
+    themselves. ``chunk`` and ``causal`` define ``limit`` (module doc).
     """
 
     max_q: int

@@ -139,9 +139,10 @@ def _chunked_visibility(batch, n, chunk, lens):
 @example(data=None, position=(0, 0, 5, 3))   # chunk 1's key 5: rows 0-3 do not see it
 @example(data=None, position=(1, 0, 9, 0))   # sample 1's last chunk (past its length 3)
 @example(data=None, position=(0, 1, 99, 19))  # the last key of the last (partial) chunk
+@example(data=None, position=(2, 1, 4, 7))   # sample 2: empty (with lengths)
 def test_chunked_attention(lengths, backend, dtype, which, data, position):
-    if data is None:  # the examples' problem: 10 tokens, chunks of 4, sample 1 of length 3
-        problem = (2, 1, 2, 10, 4, (10, 3) if lengths else None)
+    if data is None:  # the examples' problem: 10 tokens, chunks of 4, lengths 10, 3, 0
+        problem = (3, 1, 2, 10, 4, (10, 3, 0) if lengths else None)
     else:
         problem = data.draw(chunked_problems(lengths))
     batch, kv_heads, group, n, chunk, lens = problem
