@@ -5,9 +5,8 @@ triton; ``mirasol`` itself imports it lazily, on the first triton-backend call.
 """
 
 from ._launch import KernelConfig, Launch, arch_family, kernel_config
-from .attention import NO_CHUNKS, Segments, attn_bwd, attn_fwd
-from .chunked_attention import chunked_attn_bwd, chunked_attn_fwd
-from .cross_attention import cross_attn_bwd, cross_attn_fwd
+from .attention import (NO_CHUNKS, Segments, attn_bwd, attn_fwd, chunked_attn_bwd,
+                        chunked_attn_fwd, cross_attn_bwd, cross_attn_fwd)
 from .token_pool import token_pool_bwd, token_pool_fwd
 
 

@@ -29,6 +29,14 @@ packed ``(total, heads, head_dim)`` tensor is passed as its ``(1, heads, total, 
 view, with the batch stride set to 0 so every segment addresses batch 0 at its offset.
 Rows past ``q_len`` (keys past ``k_len``) of a padded sample are written as zeros; a packed
 segment's program writes its own rows only.
+
+NaN: a NaN in q, k or v reaches exactly the outputs (and gradients) whose exact formula has
+a term with it. Unmasked blocks need nothing for that; in a masked block the probability of
+a key a row does not see is 0, and ``0 * NaN`` in a dot would carry another row's or key's
+NaN into that row. So there the products of pairs a row does not see are removed by
+``where`` (never by multiplying with 0), and the dot operand that may hold such a NaN is
+cleared of it, its NaN reaching the rows that see it through the other factor (or, for v in
+the forward, set directly): in the no-NaN case one select, or one check, per masked block.
 """
 
 from __future__ import annotations
@@ -42,29 +50,11 @@ from torch import Tensor
 
 from ._launch import (KernelConfig, Launch, device_capability, dot_precision, empty, empty_like,
                       head_block, kernel_config)
+from ._program import (LOG2E, flat_grid, load_rows, segment, split_program, store_rows, wide,
+                       zero_nan)
 
-# The kernels work in base 2: exp(x) = exp2(x * LOG2E).
-LOG2E = tl.constexpr(1.4426950408889634)
 # A chunk size larger than any segment: every row sees all of its segment's keys.
 NO_CHUNKS = 1 << 30
-
-
-@triton.jit
-def _segment(CU, LENS, b, L, VARLEN: tl.constexpr, HAS_LENS: tl.constexpr):
-    """(first row, length, extent) of segment b. Packed: rows [CU[b], CU[b+1]), extent =
-    length (the rows this segment owns). Padded: rows [0, LENS[b] or L), extent = L (the
-    sample's rows past its length are written too, as zeros)."""
-    if VARLEN:
-        start = tl.load(CU + b)
-        length = tl.load(CU + b + 1) - start
-        extent = length
-    else:
-        start = 0
-        length = L
-        if HAS_LENS:
-            length = tl.load(LENS + b).to(tl.int32)
-        extent = L
-    return start, length, extent
 
 
 @triton.jit
@@ -74,11 +64,13 @@ def _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN: tl.cons
     """A query-block program's first row, segment, head, kv head, the segment's query and
     key bounds, and its shift. Later query blocks see more keys: they launch first, which
     shortens the tail."""
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    q_start, q_len, q_extent = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
-    k_start, k_len, _ = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    blocks = tl.cdiv(LQ, BLOCK_M)
+    block, bh = split_program(blocks)
+    start_m = (blocks - 1 - block) * BLOCK_M
+    b = bh // H
+    h = bh % H
+    q_start, q_len, q_extent = segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, _ = segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
     shift = k_len - q_len if CAUSAL else 0
     return start_m, b, h, h // GROUP, q_start, q_len, q_extent, k_start, k_len, shift
 
@@ -111,18 +103,6 @@ def _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
-def _load_rows(BASE, rows, offs_d, stride_n, stride_d, mask):
-    return tl.load(BASE + rows[:, None] * stride_n + offs_d[None, :] * stride_d, mask=mask,
-                   other=0.0)
-
-
-@triton.jit
-def _store_rows(BASE, rows, offs_d, stride_n, stride_d, value, mask):
-    tl.store(BASE + rows[:, None] * stride_n + offs_d[None, :] * stride_d,
-             value.to(BASE.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def _load_lse(LSE_head, rows, stride_n, valid):
     """Log-sum-exp in base 2. A row outside the segment, or one that saw no key (lse =
     -inf), gets +inf: its probabilities exp2(s - inf) are 0, so it needs no other mask."""
@@ -138,8 +118,8 @@ def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
     mask = d_mask[None, :]
     if MASKED:
         mask = mask & (offs_n[:, None] < hi)
-    return (_load_rows(K_head, offs_n, offs_d, stride_kn, stride_kd, mask),
-            _load_rows(V_head, offs_n, offs_d, stride_vn, stride_vd, mask))
+    return (load_rows(K_head, offs_n, offs_d, stride_kn, stride_kd, mask),
+            load_rows(V_head, offs_n, offs_d, stride_vn, stride_vd, mask))
 
 
 @triton.jit
@@ -153,6 +133,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
             qk = tl.where(offs_n[None, :] < kv_limit[:, None], qk, float("-inf"))
+        # max drops a NaN score; its probability exp2(NaN - m) is NaN all the same, so the
+        # row's sum and accumulator carry it.
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         # A row with no visible key so far keeps m = -inf: shift by 0 instead, so its
         # probabilities are exp2(-inf) = 0 rather than exp2(-inf + inf) = NaN.
@@ -160,9 +142,25 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
         p = tl.exp2(qk - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            acc, v = _nan_values(acc, v, offs_n, kv_limit, hi)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _nan_values(acc, v, offs_n, kv_limit, hi):
+    """(acc, v) for p @ v over a masked block, in which p is 0 for keys a row does not see:
+    a NaN value reaches the rows that see its key, in its own dim, and v is cleared of it
+    (0 * NaN would reach every row). Only a block holding a NaN pays more than the check."""
+    nan_v = v != v
+    if tl.max(nan_v.to(tl.int32)) > 0:
+        first = tl.min(tl.where(nan_v, offs_n[:, None], hi), 0)  # per dim; hi: none
+        acc = tl.where(first[None, :] < kv_limit[:, None], float("nan"), acc)
+        v = zero_nan(v)
+    return acc, v
 
 
 @triton.jit
@@ -186,11 +184,11 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     row_valid = offs_m < q_len
-    Q_head = Q + b * stride_qb + h * stride_qh + q_start * stride_qn
-    q = _load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
-                   row_valid[:, None] & d_mask[None, :])
-    K_head = K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn
-    V_head = V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn
+    Q_head = Q + wide(b) * stride_qb + wide(h) * stride_qh + q_start * stride_qn
+    q = load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
+                  row_valid[:, None] & d_mask[None, :])
+    K_head = K + wide(b) * stride_kb + wide(h_kv) * stride_kh + k_start * stride_kn
+    V_head = V + wide(b) * stride_vb + wide(h_kv) * stride_vh + k_start * stride_vn
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -207,16 +205,16 @@ def _attn_fwd_kernel(
 
     # A row that saw no key (past its segment's length, or before the first key under
     # bottom-right causality, or in a segment without keys) outputs 0; its log-sum-exp is
-    # log(0) = -inf.
-    seen = row_valid & (l_i > 0)
+    # log(0) = -inf. A NaN sum is a row that saw a NaN: it stays NaN (not "> 0").
+    seen = row_valid & (l_i != 0)
     l_safe = tl.where(seen, l_i, 1.0)
     out = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) / LOG2E, float("-inf"))
     owned = offs_m < q_extent
-    _store_rows(O + b * stride_ob + h * stride_oh + q_start * stride_on, offs_m, offs_d,
-                stride_on, stride_od, out, owned[:, None] & d_mask[None, :])
-    tl.store(LSE + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ln, lse,
-             mask=owned)
+    store_rows(O + wide(b) * stride_ob + wide(h) * stride_oh + q_start * stride_on, offs_m,
+               offs_d, stride_on, stride_od, out, owned[:, None] & d_mask[None, :])
+    tl.store(LSE + wide(b) * stride_lb + wide(h) * stride_lh + q_start * stride_ln
+             + offs_m * stride_ln, lse, mask=owned)
 
 
 @triton.jit
@@ -229,43 +227,52 @@ def _attn_bwd_delta_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """delta[b, h, i] = sum_d O[b, h, i, d] * dO[b, h, i, d], in fp32, for every row."""
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    block, bh = split_program(tl.cdiv(N, BLOCK_M))
+    b = wide(bh // H)
+    h = wide(bh % H)
+    # A packed tensor's rows are all of its segments': the block's first row in 64 bits.
+    start = wide(block * BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m[:, None] < N) & (offs_d[None, :] < HEAD_DIM)
-    o = _load_rows(O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_on, stride_od,
-                   mask)
-    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_don,
-                    stride_dod, mask)
+    valid = start + offs_m < N
+    mask = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = load_rows(O + b * stride_ob + h * stride_oh + start * stride_on, offs_m, offs_d,
+                  stride_on, stride_od, mask)
+    do = load_rows(DO + b * stride_dob + h * stride_doh + start * stride_don, offs_m, offs_d,
+                   stride_don, stride_dod, mask)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + b * stride_deltab + h * stride_deltah + offs_m * stride_deltan, delta,
-             mask=offs_m < N)
+    tl.store(DELTA + b * stride_deltab + h * stride_deltah + start * stride_deltan
+             + offs_m * stride_deltan, delta, mask=valid)
 
 
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
-                    stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
+                    stride_qn, stride_qd, stride_don, stride_dod, stride_ln, stride_deltan,
                     offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale, lo, hi,
                     MASKED: tl.constexpr, BLOCK_M: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_valid = offs_m < q_len
-        q = _load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
+        q = load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
+                      row_valid[:, None] & d_mask[None, :])
+        do = load_rows(DO_head, offs_m, offs_d, stride_don, stride_dod,
                        row_valid[:, None] & d_mask[None, :])
-        do = _load_rows(DO_head, offs_m, offs_d, stride_don, stride_dod,
-                        row_valid[:, None] & d_mask[None, :])
         lse = _load_lse(LSE_head, offs_m, stride_ln, row_valid)
-        delta = tl.load(DELTA_head + offs_m * stride_ln, mask=row_valid, other=0.0)
+        delta = tl.load(DELTA_head + offs_m * stride_deltan, mask=row_valid, other=0.0)
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         pT = tl.exp2(qkT * qk_scale - lse[None, :])
         if MASKED:
-            kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
-            pT = tl.where(offs_n[:, None] < kv_limit[None, :], pT, 0.0)
+            visible = offs_n[:, None] < _key_limit(offs_m, shift, CHUNK, k_len)[None, :]
+            pT = tl.where(visible, pT, 0.0)
         dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
+        if MASKED:
+            # dpT (a NaN value) and delta (a row whose output is NaN) hold NaN for unseen
+            # pairs too; a NaN query of a row not seeing a key would reach it through q.
+            dsT = tl.where(visible, dsT, 0.0)
+            q = zero_nan(q)
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
@@ -278,6 +285,7 @@ def _attn_bwd_dkdv_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_lb, stride_lh, stride_ln,
+    stride_deltab, stride_deltah, stride_deltan,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     H_KV, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
@@ -285,21 +293,22 @@ def _attn_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    b = tl.program_id(1) // H_KV
-    h_kv = tl.program_id(1) % H_KV
-    q_start, q_len, _ = _segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
-    k_start, k_len, k_extent = _segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
+    block, bh = split_program(tl.cdiv(LK, BLOCK_N))
+    start_n = block * BLOCK_N
+    b = bh // H_KV
+    h_kv = bh % H_KV
+    q_start, q_len, _ = segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
+    k_start, k_len, k_extent = segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
     shift = k_len - q_len if CAUSAL else 0
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     kv_mask = (offs_n[:, None] < k_len) & d_mask[None, :]
-    k = _load_rows(K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn, offs_n, offs_d,
-                   stride_kn, stride_kd, kv_mask)
-    v = _load_rows(V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn, offs_n, offs_d,
-                   stride_vn, stride_vd, kv_mask)
+    k = load_rows(K + wide(b) * stride_kb + wide(h_kv) * stride_kh + k_start * stride_kn,
+                  offs_n, offs_d, stride_kn, stride_kd, kv_mask)
+    v = load_rows(V + wide(b) * stride_vb + wide(h_kv) * stride_vh + k_start * stride_vn,
+                  offs_n, offs_d, stride_vn, stride_vd, kv_mask)
 
     # Rows from q_lo on may see some key of this block; rows from q_full on see all of
     # them (only if the whole block is inside the segment: otherwise the length mask is
@@ -312,25 +321,26 @@ def _attn_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(GROUP):
-        h = h_kv * GROUP + g
-        Q_head = Q + b * stride_qb + h * stride_qh + q_start * stride_qn
-        DO_head = DO + b * stride_dob + h * stride_doh + q_start * stride_don
-        LSE_head = LSE + b * stride_lb + h * stride_lh + q_start * stride_ln
-        DELTA_head = DELTA + b * stride_lb + h * stride_lh + q_start * stride_ln
+        h = wide(h_kv * GROUP + g)
+        Q_head = Q + wide(b) * stride_qb + h * stride_qh + q_start * stride_qn
+        DO_head = DO + wide(b) * stride_dob + h * stride_doh + q_start * stride_don
+        LSE_head = LSE + wide(b) * stride_lb + h * stride_lh + q_start * stride_ln
+        DELTA_head = (DELTA + wide(b) * stride_deltab + h * stride_deltah
+                      + q_start * stride_deltan)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
                                  stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
-                                 offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale,
-                                 q_lo, q_full, True, BLOCK_M, DOT_PRECISION)
+                                 stride_deltan, offs_n, offs_d, d_mask, q_len, shift, CHUNK,
+                                 k_len, qk_scale, q_lo, q_full, True, BLOCK_M, DOT_PRECISION)
         dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
                                  stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
-                                 offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale,
-                                 q_full, q_end, False, BLOCK_M, DOT_PRECISION)
+                                 stride_deltan, offs_n, offs_d, d_mask, q_len, shift, CHUNK,
+                                 k_len, qk_scale, q_full, q_end, False, BLOCK_M, DOT_PRECISION)
 
     owned = (offs_n[:, None] < k_extent) & d_mask[None, :]
-    _store_rows(DK + b * stride_dkb + h_kv * stride_dkh + k_start * stride_dkn, offs_n, offs_d,
-                stride_dkn, stride_dkd, dk * scale, owned)
-    _store_rows(DV + b * stride_dvb + h_kv * stride_dvh + k_start * stride_dvn, offs_n, offs_d,
-                stride_dvn, stride_dvd, dv, owned)
+    store_rows(DK + wide(b) * stride_dkb + wide(h_kv) * stride_dkh + k_start * stride_dkn,
+               offs_n, offs_d, stride_dkn, stride_dkd, dk * scale, owned)
+    store_rows(DV + wide(b) * stride_dvb + wide(h_kv) * stride_dvh + k_start * stride_dvn,
+               offs_n, offs_d, stride_dvn, stride_dvd, dv, owned)
 
 
 @triton.jit
@@ -343,10 +353,13 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, s
                         offs_d, d_mask, hi, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         p = tl.exp2(qk * qk_scale - lse[:, None])
-        if MASKED:
-            p = tl.where(offs_n[None, :] < kv_limit[:, None], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
+        if MASKED:
+            # Unseen pairs: p (past the lse's keys), dp (a NaN value) or delta (a NaN row)
+            # may be NaN or inf there; a NaN key a row does not see would reach it through k.
+            ds = tl.where(offs_n[None, :] < kv_limit[:, None], ds, 0.0)
+            k = zero_nan(k)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
 
@@ -359,6 +372,7 @@ def _attn_bwd_dq_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_lb, stride_lh, stride_ln,
+    stride_deltab, stride_deltah, stride_deltan,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     H, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
@@ -374,14 +388,15 @@ def _attn_bwd_dq_kernel(
     d_mask = offs_d < HEAD_DIM
     row_valid = offs_m < q_len
     rows_mask = row_valid[:, None] & d_mask[None, :]
-    q = _load_rows(Q + b * stride_qb + h * stride_qh + q_start * stride_qn, offs_m, offs_d,
-                   stride_qn, stride_qd, rows_mask)
-    do = _load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_don, offs_m,
-                    offs_d, stride_don, stride_dod, rows_mask)
+    b, h, h_kv = wide(b), wide(h), wide(h_kv)
+    q = load_rows(Q + b * stride_qb + h * stride_qh + q_start * stride_qn, offs_m, offs_d,
+                  stride_qn, stride_qd, rows_mask)
+    do = load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_don, offs_m,
+                   offs_d, stride_don, stride_dod, rows_mask)
     lse = _load_lse(LSE + b * stride_lb + h * stride_lh + q_start * stride_ln, offs_m,
                     stride_ln, row_valid)
-    delta = tl.load(DELTA + b * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ln,
-                    mask=row_valid, other=0.0)
+    delta = tl.load(DELTA + b * stride_deltab + h * stride_deltah + q_start * stride_deltan
+                    + offs_m * stride_deltan, mask=row_valid, other=0.0)
     K_head = K + b * stride_kb + h_kv * stride_kh + k_start * stride_kn
     V_head = V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn
 
@@ -395,9 +410,11 @@ def _attn_bwd_dq_kernel(
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
                        stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
                        unmasked_end, masked_end, True, BLOCK_N, DOT_PRECISION)
+    # A padding row (q = 0, lse = +inf) gets p = exp2(0 * NaN - inf) = NaN from a NaN key.
+    dq = tl.where(row_valid[:, None], dq * scale, 0.0)
     owned = (offs_m[:, None] < q_extent) & d_mask[None, :]
-    _store_rows(DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqn, offs_m, offs_d,
-                stride_dqn, stride_dqd, dq * scale, owned)
+    store_rows(DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqn, offs_m, offs_d,
+               stride_dqn, stride_dqd, dq, owned)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -410,7 +427,8 @@ class Segments:
     Packed (``cu_q``/``cu_k``, int32 (B + 1,)): q, k, v are the (1, H, total, D) views of
     (total, H, D) tensors. Padded: q is (B, H, LQ, D), k and v (B, H_kv, LK, D), with
     optional per-sample valid lengths ``q_lens``/``k_lens``. ``max_q``/``max_k`` bound the
-    rows of a segment (the grid); ``chunk`` and ``causal`` define ``limit`` (module doc).
+    rows of a segment (the grid, and the kernels' LQ/LK): padded, they are LQ and LK
+    themselves. ``chunk`` and ``causal`` define ``limit`` (module doc).
     """
 
     max_q: int
@@ -421,6 +439,24 @@ class Segments:
     cu_k: Tensor | None = None
     q_lens: Tensor | None = None
     k_lens: Tensor | None = None
+
+    @classmethod
+    def chunked(cls, n: int, chunk_size: int, lengths: Tensor | None = None) -> Segments:
+        """Chunked causal attention: each of the (B, H, n, D) samples is a segment, row i
+        sees key j iff ``j // chunk_size <= i // chunk_size`` and both are below the
+        sample's length."""
+        return cls(max_q=n, max_k=n, chunk=chunk_size, q_lens=lengths, k_lens=lengths)
+
+    @classmethod
+    def cross(cls, *, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
+              k_lengths: Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
+              causal: bool) -> Segments:
+        """Cross-attention: each query segment sees all keys of its own key segment
+        (``causal``: bottom-right aligned, query i sees keys j <= i + k_len - q_len).
+        Packed with int32 ``cu_seqlens`` (flash-attn's varlen convention), or padded with
+        optional per-sample key lengths (queries are never limited)."""
+        return cls(max_q=max_seqlen_q, max_k=max_seqlen_k, chunk=1 if causal else NO_CHUNKS,
+                   causal=causal, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k, k_lens=k_lengths)
 
     @property
     def varlen(self) -> bool:
@@ -445,19 +481,13 @@ class Segments:
                     BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype))
 
     def problem(self, q: Tensor, k: Tensor) -> tuple[int, ...]:
-        """LQ, LK, HEAD_DIM, CHUNK, GROUP."""
-        return q.shape[2], k.shape[2], q.shape[3], self.chunk, q.shape[1] // k.shape[1]
+        """LQ, LK, HEAD_DIM, CHUNK, GROUP. LQ and LK are the most rows of a segment: the
+        kernels size their flat grid's row blocks by them (``_program``)."""
+        return self.max_q, self.max_k, q.shape[3], self.chunk, q.shape[1] // k.shape[1]
 
 
 def _config(name: str, q: Tensor, capability) -> KernelConfig:
     return kernel_config(name, q.shape[-1], q.dtype, capability or device_capability(q.device))
-
-
-def _grid(blocks: int, segment_heads: int) -> tuple[int, int]:
-    if segment_heads > 65535:  # CUDA's limit on the second grid dimension
-        raise ValueError(f"segments * heads = {segment_heads} exceeds 65535, the most the "
-                         "kernels launch; split the batch")
-    return blocks, segment_heads
 
 
 def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=None) -> Launch:
@@ -467,7 +497,7 @@ def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=Non
     args = (q, k, v, o, lse, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
             *seg.strides(v), *seg.strides(o), *seg.strides(lse), q.shape[1],
             *seg.problem(q, k), scale * LOG2E.value)
-    grid = _grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
+    grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
     return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q), cfg)
 
 
@@ -475,7 +505,7 @@ def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
     B, H, N, D = o.shape
     cfg = _config("attn_bwd_delta", o, capability)
     args = (o, do, delta, *o.stride(), *do.stride(), *delta.stride(), H, N, D)
-    return Launch(_attn_bwd_delta_kernel, _grid(triton.cdiv(N, cfg.block_m), B * H), args,
+    return Launch(_attn_bwd_delta_kernel, flat_grid(triton.cdiv(N, cfg.block_m), B * H), args,
                   dict(BLOCK_M=cfg.block_m, BLOCK_D=head_block(D)), cfg)
 
 
@@ -484,9 +514,9 @@ def attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg: Segments, scale: 
     cfg = _config("attn_bwd_dkdv", q, capability)
     args = (q, k, v, do, lse, delta, dk, dv, *seg.pointers(q), *seg.strides(q),
             *seg.strides(k), *seg.strides(v), *seg.strides(do), *seg.strides(lse),
-            *seg.strides(dk), *seg.strides(dv), k.shape[1], *seg.problem(q, k), scale,
-            scale * LOG2E.value)
-    grid = _grid(triton.cdiv(seg.max_k, cfg.block_n), seg.count(q) * k.shape[1])
+            *seg.strides(delta), *seg.strides(dk), *seg.strides(dv), k.shape[1],
+            *seg.problem(q, k), scale, scale * LOG2E.value)
+    grid = flat_grid(triton.cdiv(seg.max_k, cfg.block_n), seg.count(q) * k.shape[1])
     return Launch(_attn_bwd_dkdv_kernel, grid, args, seg.constexprs(cfg, q), cfg)
 
 
@@ -494,16 +524,16 @@ def attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg: Segments, scale: float,
                        capability=None) -> Launch:
     cfg = _config("attn_bwd_dq", q, capability)
     args = (q, k, v, do, lse, delta, dq, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
-            *seg.strides(v), *seg.strides(do), *seg.strides(lse), *seg.strides(dq),
-            q.shape[1], *seg.problem(q, k), scale, scale * LOG2E.value)
-    grid = _grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
+            *seg.strides(v), *seg.strides(do), *seg.strides(lse), *seg.strides(delta),
+            *seg.strides(dq), q.shape[1], *seg.problem(q, k), scale, scale * LOG2E.value)
+    grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
     return Launch(_attn_bwd_dq_kernel, grid, args, seg.constexprs(cfg, q), cfg)
 
 
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
              scale: float) -> tuple[Tensor, Tensor]:
     """Forward: ``(o, lse)``, o laid out like q, lse (B, H, L) fp32 in natural log (-inf
-    for a row that sees no key)."""
+    for a row that sees no key, where o is 0; NaN for a row that sees a NaN)."""
     o = empty_like(q)
     lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
     attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
@@ -519,3 +549,32 @@ def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
     attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale).run()
     attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
     return dq, dk, dv
+
+
+# ------------------------------------------------- the launchers mirasol.ops calls
+
+
+def chunked_attn_fwd(q, k, v, chunk_size: int, scale: float, lengths=None):
+    """Chunked causal attention (:meth:`Segments.chunked`), SDPA's layout: q (B, H, N, D),
+    k/v (B, H_kv, N, D). Returns ``(o, lse)``: o like q, lse (B, H, N) fp32 (natural log,
+    -inf past a sample's length, where o is 0)."""
+    return attn_fwd(q, k, v, Segments.chunked(q.shape[2], chunk_size, lengths), scale)
+
+
+def chunked_attn_bwd(do, q, k, v, o, lse, chunk_size: int, scale: float, lengths=None):
+    """Returns ``(dq, dk, dv)`` laid out like ``q, k, v``."""
+    return attn_bwd(do, q, k, v, o, lse, Segments.chunked(q.shape[2], chunk_size, lengths),
+                    scale)
+
+
+def cross_attn_fwd(q, k, v, scale: float, **segments):
+    """Cross-attention (:meth:`Segments.cross`, whose keywords ``segments`` are) on 4-D
+    tensors: the (1, H, total, D) views of packed tensors, or padded (B, H, L, D). Returns
+    ``(o, lse)``: o laid out like q; lse (B, H, L) fp32, natural log, -inf for a row that
+    sees no key (its o is 0)."""
+    return attn_fwd(q, k, v, Segments.cross(**segments), scale)
+
+
+def cross_attn_bwd(do, q, k, v, o, lse, scale: float, **segments):
+    """Returns ``(dq, dk, dv)`` laid out like ``q, k, v``."""
+    return attn_bwd(do, q, k, v, o, lse, Segments.cross(**segments), scale)

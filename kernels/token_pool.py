@@ -25,6 +25,11 @@ Layouts: padded x (B, N, d), logits (B, N, m), optional lengths (B,); or packed 
 (total, d), logits (total, m) with int32 cu_seqlens (B + 1,) — passed as their (1, total, ·)
 views with batch stride 0. out is (B, m, d); stats (B, 2, m) holds each column's max and
 log-sum, natural log.
+
+NaN: a NaN logit makes its column's statistics and output NaN (the column's softmax
+depends on it), a NaN in x the outputs' dim it sits in, and gradients likewise; padding
+rows and columns are loaded as 0 and their products removed by ``where``, so a NaN past a
+segment's end reaches nothing. Grid and offsets: ``_program``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from torch import Tensor
 
 from ._launch import (KernelConfig, Launch, device_capability, dot_precision, empty, empty_like,
                       kernel_config)
-from .attention import LOG2E, _grid, _load_rows, _segment, _store_rows
+from ._program import LOG2E, flat_grid, load_rows, segment, split_program, store_rows, wide
 
 
 @triton.jit
@@ -50,9 +55,9 @@ def _token_pool_fwd_kernel(
     VARLEN: tl.constexpr, HAS_LENS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1)
-    start, length, _ = _segment(CU, LENS, b, N, VARLEN, HAS_LENS)
+    pid_d, b = split_program(tl.cdiv(D, BLOCK_D))
+    start, length, _ = segment(CU, LENS, b, N, VARLEN, HAS_LENS)
+    b = wide(b)
     offs_j = tl.arange(0, BLOCK_J)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     j_mask = offs_j < M
@@ -70,7 +75,7 @@ def _token_pool_fwd_kernel(
         s = tl.load(S_seg + offs_n[None, :] * stride_sn + offs_j[:, None] * stride_sj,
                     mask=j_mask[:, None] & n_mask[None, :], other=float("-inf"))
         s = s.to(tl.float32)
-        x = _load_rows(X_seg, offs_n, offs_d, stride_xn, stride_xd,
+        x = load_rows(X_seg, offs_n, offs_d, stride_xn, stride_xd,
                        n_mask[:, None] & d_mask[None, :])
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # padding rows of BLOCK_J
@@ -81,11 +86,12 @@ def _token_pool_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(x.dtype), x, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # An empty segment has no weights to normalize: its outputs are 0.
-    seen = l_i > 0
+    # An empty segment has no weights to normalize: its outputs are 0. A NaN sum (a NaN
+    # logit: max drops it, its weight exp2(NaN) does not) stays NaN.
+    seen = l_i != 0
     l_safe = tl.where(seen, l_i, 1.0)
     out = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
-    _store_rows(OUT + b * stride_ob, offs_j, offs_d, stride_oj, stride_od, out,
+    store_rows(OUT + b * stride_ob, offs_j, offs_d, stride_oj, stride_od, out,
                 j_mask[:, None] & d_mask[None, :])
     if pid_d == 0:  # every feature block computes the same statistics: one stores them
         STATS_b = STATS + b * stride_tb + offs_j * stride_tj
@@ -107,15 +113,16 @@ def _token_pool_bwd_kernel(
     VARLEN: tl.constexpr, HAS_LENS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    b = tl.program_id(1)
-    start, length, extent = _segment(CU, LENS, b, N, VARLEN, HAS_LENS)
+    block, b = split_program(tl.cdiv(N, BLOCK_N))
+    start_n = block * BLOCK_N
+    start, length, extent = segment(CU, LENS, b, N, VARLEN, HAS_LENS)
+    b = wide(b)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, BLOCK_J)
     n_mask = offs_n < length
     j_mask = offs_j < M
     nj_mask = n_mask[:, None] & j_mask[None, :]
-    s = tl.load(S + b * stride_sb + (start + offs_n)[:, None] * stride_sn
+    s = tl.load(S + b * stride_sb + start * stride_sn + offs_n[:, None] * stride_sn
                 + offs_j[None, :] * stride_sj, mask=nj_mask, other=0.0).to(tl.float32)
     STATS_b = STATS + b * stride_tb + offs_j * stride_tj
     col_max = tl.load(STATS_b, mask=j_mask, other=0.0)
@@ -133,18 +140,19 @@ def _token_pool_bwd_kernel(
         offs_d = start_d + tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
         jd_mask = j_mask[:, None] & d_mask[None, :]
-        x = _load_rows(X_seg, offs_n, offs_d, stride_xn, stride_xd,
+        x = load_rows(X_seg, offs_n, offs_d, stride_xn, stride_xd,
                        n_mask[:, None] & d_mask[None, :])
-        out = _load_rows(OUT + b * stride_ob, offs_j, offs_d, stride_oj, stride_od, jd_mask)
-        dout = _load_rows(DOUT + b * stride_dob, offs_j, offs_d, stride_doj, stride_dod, jd_mask)
+        out = load_rows(OUT + b * stride_ob, offs_j, offs_d, stride_oj, stride_od, jd_mask)
+        dout = load_rows(DOUT + b * stride_dob, offs_j, offs_d, stride_doj, stride_dod, jd_mask)
         dx = tl.dot(p.to(dout.dtype), dout, input_precision=DOT_PRECISION)
-        _store_rows(DX_seg, offs_n, offs_d, stride_dxn, stride_dxd, dx,
+        store_rows(DX_seg, offs_n, offs_d, stride_dxn, stride_dxd, dx,
                     owned[:, None] & d_mask[None, :])
         dp += tl.dot(x, tl.trans(dout), input_precision=DOT_PRECISION)
         out_dout += tl.dot(out.to(x.dtype), tl.trans(dout), input_precision=DOT_PRECISION)
     delta = tl.sum(tl.where(offs_j[:, None] == offs_j[None, :], out_dout, 0.0), 0)
-    ds = p * (dp - delta[None, :])
-    tl.store(DS + b * stride_dsb + (start + offs_n)[:, None] * stride_dsn
+    # A padding row's p is 0, but delta is NaN where x holds one: no term, not 0 * NaN.
+    ds = tl.where(nj_mask, p * (dp - delta[None, :]), 0.0)
+    tl.store(DS + b * stride_dsb + start * stride_dsn + offs_n[:, None] * stride_dsn
              + offs_j[None, :] * stride_dsj, ds.to(DS.dtype.element_ty),
              mask=owned[:, None] & j_mask[None, :])
 
@@ -176,22 +184,24 @@ def token_pool_fwd_launch(x, logits, out, stats, cu_seqlens, lengths, capability
     args = (x3, s3, out, stats, *(x if t is None else t for t in (cu_seqlens, lengths)),
             *_strides(x3, varlen), *_strides(s3, varlen), *out.stride(), *stats.stride(),
             N, D, M)
-    return Launch(_token_pool_fwd_kernel, _grid(triton.cdiv(D, cfg.block_m), batch), args,
+    return Launch(_token_pool_fwd_kernel, flat_grid(triton.cdiv(D, cfg.block_m), batch), args,
                   _constexprs(cfg, x, M, cu_seqlens, lengths), cfg)
 
 
 def token_pool_bwd_launch(x, logits, out, dout, stats, dx, dlogits, cu_seqlens, lengths,
                           max_seqlen: int, capability=None) -> Launch:
+    """``max_seqlen``: the longest segment (padded: N), the kernel's N (its grid's token
+    blocks)."""
     x3, s3, dx3, ds3 = (_as_batched(t) for t in (x, logits, dx, dlogits))
     varlen = cu_seqlens is not None
     batch = dout.shape[0]
-    N, D, M = x3.shape[1], x3.shape[2], s3.shape[2]
+    N, D, M = max_seqlen if varlen else x3.shape[1], x3.shape[2], s3.shape[2]
     cfg = kernel_config("token_pool_bwd", M, x.dtype, capability or device_capability(x.device))
     args = (x3, s3, out, dout, stats, dx3, ds3,
             *(x if t is None else t for t in (cu_seqlens, lengths)),
             *_strides(x3, varlen), *_strides(s3, varlen), *out.stride(), *dout.stride(),
             *stats.stride(), *_strides(dx3, varlen), *_strides(ds3, varlen), N, D, M)
-    return Launch(_token_pool_bwd_kernel, _grid(triton.cdiv(max_seqlen, cfg.block_n), batch),
+    return Launch(_token_pool_bwd_kernel, flat_grid(triton.cdiv(N, cfg.block_n), batch),
                   args, _constexprs(cfg, x, M, cu_seqlens, lengths), cfg)
 
 

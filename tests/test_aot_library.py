@@ -144,7 +144,7 @@ def test_launch_matches_python(build, problem, arch):
     launch = python_launch(tagged, divmod(arch, 10))
     cfg = launch.config
     assert plan["config"] == [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages]
-    assert plan["grid"] == [*launch.grid, 1][:3]
+    assert plan["grid"] == [*launch.grid, 1, 1][:3]  # the flat grid, padded to 3-D
     # The parameters the C launch passes have the sizes, in order, the cubin declares.
     assert plan["param_sizes"] == param_sizes(str(build / "generated" / "cubin" /
                                                   plan["cubin"]))

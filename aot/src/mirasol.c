@@ -11,7 +11,7 @@
 #include "cuda_driver.h"
 #include "variant.h"
 
-#define MAX_GRID_Y 65535
+#define MAX_GRID_X 2147483647 /* CUDA's limit on a grid's x dimension */
 #define MAX_CONTEXTS 16
 
 static _Thread_local char last_error[512];
@@ -199,6 +199,10 @@ mirasol_status mirasol_request_cross_attention(
                (int64_t)segments * heads);
   fill_attention(&r->args.attn, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, NULL, heads,
                  kv_heads, total_q, total_k, head_dim, causal ? 1 : MIRASOL_NO_CHUNKS, scale, 1);
+  /* Packed, LQ and LK are the longest segments: the kernel sizes its grid's row blocks by
+     them (kernels/_program.py). */
+  r->args.attn.LQ = max_seqlen_q;
+  r->args.attn.LK = max_seqlen_k;
   return MIRASOL_SUCCESS;
 }
 
@@ -323,13 +327,17 @@ static mirasol_status check_contract(const mirasol_variant *v, const void *args)
 mirasol_status mirasol_plan_for(const mirasol_request *r, int arch, mirasol_plan *plan) {
   const mirasol_variant *v = find_variant(r, arch);
   if (!v) return not_compiled(r, arch);
-  CHECK(r->programs <= MAX_GRID_Y,
-        "%s: %lld programs (segments x heads) exceed CUDA's grid limit of %d; split the "
-        "batch", kernel_name(r->kernel), (long long)r->programs, MAX_GRID_Y);
+  /* One flat axis, as the Python launchers lay it out (kernels/_program.py): the row blocks
+     of each segment (and head) consecutive, decoded in the kernel. */
+  int64_t blocks = ((int64_t)r->rows + v->info.block_m - 1) / v->info.block_m;
+  CHECK(r->programs <= MAX_GRID_X && blocks * r->programs <= MAX_GRID_X,
+        "%s: %lld row blocks x %lld programs (segments x heads) exceed CUDA's grid limit of "
+        "%d; split the batch", kernel_name(r->kernel), (long long)blocks,
+        (long long)r->programs, MAX_GRID_X);
   TRY(check_contract(v, &r->args));
   plan->variant = v;
-  plan->grid[0] = (unsigned)((r->rows + v->info.block_m - 1) / v->info.block_m);
-  plan->grid[1] = (unsigned)r->programs;
+  plan->grid[0] = (unsigned)(blocks * r->programs);
+  plan->grid[1] = 1;
   plan->grid[2] = 1;
   return MIRASOL_SUCCESS;
 }

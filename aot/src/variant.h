@@ -47,7 +47,7 @@ typedef struct {
   int size;   /* head dim, or output-token bucket */
   int layout;
   int rows;   /* grid dimension 0 covers this many rows in blocks of block_m */
-  int64_t programs; /* grid dimension 1 (segments x heads; checked against CUDA's limit) */
+  int64_t programs; /* segments x heads, each with its row blocks on the flat grid */
   union {
     mirasol_attn_fwd_args attn;
     mirasol_token_pool_fwd_args pool;

@@ -59,7 +59,7 @@ class AttentionProblem:
                  ) -> dict[str, Launch]:
         """The forward and the three backward launches, by kernel name, with the configs
         ``capability`` selects; ``scale`` defaults to head_dim ** -0.5."""
-        from ..attention import (NO_CHUNKS, Segments, attn_bwd_delta_launch,
+        from ..attention import (Segments, attn_bwd_delta_launch,
                                  attn_bwd_dkdv_launch, attn_bwd_dq_launch, attn_fwd_launch)
 
         _check_layout(self.layout, ATTENTION_LAYOUTS)
@@ -72,11 +72,12 @@ class AttentionProblem:
                 return tensor(name, total, heads, D, dtype=dt).unsqueeze(0).transpose(1, 2)
 
             causal = self.layout == "cross_causal"
-            seg = Segments(max_q=n_q if self.max_q is None else self.max_q,
-                           max_k=n_k if self.max_k is None else self.max_k,
-                           chunk=1 if causal else NO_CHUNKS, causal=causal,
-                           cu_q=tensor("cu_seqlens_q", B + 1, dtype=torch.int32),
-                           cu_k=tensor("cu_seqlens_k", B + 1, dtype=torch.int32))
+            seg = Segments.cross(cu_seqlens_q=tensor("cu_seqlens_q", B + 1, dtype=torch.int32),
+                                 cu_seqlens_k=tensor("cu_seqlens_k", B + 1, dtype=torch.int32),
+                                 k_lengths=None,
+                                 max_seqlen_q=n_q if self.max_q is None else self.max_q,
+                                 max_seqlen_k=n_k if self.max_k is None else self.max_k,
+                                 causal=causal)
             lse_shape = (1, H, n_q)
         else:
             if self.chunk is None:
@@ -87,8 +88,7 @@ class AttentionProblem:
 
             lengths = (tensor("lengths", B, dtype=torch.int32)
                        if self.layout == "chunked_lengths" else None)
-            seg = Segments(max_q=n_q, max_k=n_k, chunk=self.chunk, q_lens=lengths,
-                           k_lens=lengths)
+            seg = Segments.chunked(n_q, self.chunk, lengths)
             lse_shape = (B, H, n_q)
         q, o, do, dq = (rows(name, n_q, H) for name in ("q", "o", "do", "dq"))
         k, v, dk, dv = (rows(name, n_k, H_kv) for name in ("k", "v", "dk", "dv"))

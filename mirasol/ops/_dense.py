@@ -5,6 +5,12 @@ against its visible prefix, one segment against its keys) and run each here.
 On CPU this calls PyTorch's fused flash-attention kernel for CPU, which returns the
 log-sum-exp and has a backward that consumes it (no piece-sized score matrix in memory).
 Elsewhere a math version materializes one piece's scores at a time.
+
+NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inputs hold a
+NaN run the math version, which propagates a NaN to exactly the outputs and gradients
+whose formula has a term with it: a pair the mask hides has no term (``where``, never a
+product with 0, and NaN cleared from the dot operand that also serves hidden pairs). The
+check costs one pass over the piece's inputs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,17 @@ def _flash_cpu_bwd(do, q, k, v, o, lse, scale, mask):
         do, q, k, v, o, lse, 0.0, False, attn_mask=_additive(mask, q.dtype), scale=scale)
 
 
+def _hidden(x: Tensor, mask: Tensor | None) -> Tensor:
+    # x's entries for pairs the mask hides are no terms: 0, whatever x holds there.
+    return x if mask is None else x.masked_fill(~mask, 0.0)
+
+
+def _clean(x: Tensor, mask: Tensor | None) -> Tensor:
+    # A dot operand that also meets hidden pairs: its NaN would reach them as 0 * NaN. The
+    # pairs that do see it get the NaN from the other factor.
+    return x if mask is None else x.masked_fill(x.isnan(), 0.0)
+
+
 def _scores(q, k, scale, mask):
     scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
@@ -52,19 +69,24 @@ def _math_fwd(q, k, v, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
     scores = _scores(q.to(acc), k.to(acc), scale, mask)
     lse = torch.logsumexp(scores, dim=-1)
-    o = torch.einsum("bhij,bhjd->bhid", torch.exp(scores - lse[..., None]), v.to(acc))
+    v = v.to(acc)
+    probs = _hidden(torch.exp(scores - lse[..., None]), mask)
+    o = torch.einsum("bhij,bhjd->bhid", probs, _clean(v, mask))
+    if mask is not None:  # a NaN value reaches the rows that see its key, in its dim
+        seen_nan = torch.einsum("ij,bhjd->bhid", mask.to(acc), v.isnan().to(acc)) > 0
+        o = o.masked_fill(seen_nan, math.nan)
     return o.to(q.dtype), lse
 
 
 def _math_bwd(do, q, k, v, o, lse, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
     q, k, v, do, o = (t.to(acc) for t in (q, k, v, do, o))
-    probs = torch.exp(_scores(q, k, scale, mask) - lse[..., None])
+    probs = _hidden(torch.exp(_scores(q, k, scale, mask) - lse[..., None]), mask)
     dv = torch.einsum("bhij,bhid->bhjd", probs, do)
     dp = torch.einsum("bhid,bhjd->bhij", do, v)
-    ds = probs * (dp - (do * o).sum(-1, keepdim=True)) * scale
-    dq = torch.einsum("bhij,bhjd->bhid", ds, k)
-    dk = torch.einsum("bhij,bhid->bhjd", ds, q)
+    ds = _hidden(probs * (dp - (do * o).sum(-1, keepdim=True)), mask) * scale
+    dq = torch.einsum("bhij,bhjd->bhid", ds, _clean(k, mask))
+    dk = torch.einsum("bhij,bhid->bhjd", ds, _clean(q, mask))
     return dq, dk, dv
 
 
@@ -77,6 +99,12 @@ _FUSED = {"cpu": (_flash_cpu_fwd, _flash_cpu_bwd)}
 _MATH = (_math_fwd, _math_bwd)
 
 
+def _kernels(q: Tensor, k: Tensor, v: Tensor):
+    if any(t.isnan().any() for t in (q, k, v)):
+        return _MATH
+    return _FUSED.get(q.device.type, _MATH)
+
+
 def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
                   mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """o = softmax(q kᵀ · scale) v and lse = logsumexp(q kᵀ · scale) over the keys.
@@ -85,7 +113,7 @@ def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
     attend, with at least one True per row (a piece-sized mask, e.g. a causal diagonal).
     Returns o (B, H, M, D) in q's dtype and lse (B, H, M) in fp32 (fp64 for fp64 inputs).
     """
-    fwd, _ = _FUSED.get(q.device.type, _MATH)
+    fwd, _ = _kernels(q, k, v)
     o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale, _fold_mask(mask, q, k))
     rows = q.shape[2]
     return _unfold_groups(o, rows), _unfold_groups(lse, rows)
@@ -97,7 +125,7 @@ def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tenso
     """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
     dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
     in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
-    _, bwd = _FUSED.get(q.device.type, _MATH)
+    _, bwd = _kernels(q, k, v)
     kv_heads = k.shape[1]
     dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
                      *(_fold_groups(t, kv_heads) for t in (o, lse)), scale,

@@ -69,7 +69,9 @@ def _weights(logits: Tensor, valid: Tensor, stats: Tensor | None = None):
                    else logits.new_zeros(logits.shape[0], logits.shape[2]))
         log_sum = torch.exp(logits - col_max[:, None]).sum(dim=1).clamp_min(1).log()
         stats = torch.stack((col_max, log_sum), dim=1)
-    return torch.exp(logits - stats[:, :1] - stats[:, 1:]), stats
+    # Padding rows get weight 0 by where: exp(-inf - NaN) is NaN where a column's stats are.
+    weights = torch.exp(logits - stats[:, :1] - stats[:, 1:]).masked_fill(~valid[..., None], 0)
+    return weights, stats
 
 
 def _torch_fwd(x, logits, cu, lengths):
@@ -78,13 +80,15 @@ def _torch_fwd(x, logits, cu, lengths):
     dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
     rows, shape = _layout(x, cu, lengths)
     weights, stats = _weights(_pad(logits.to(acc), rows, shape), shape[2])
-    return torch.bmm(weights.transpose(1, 2), _pad(x.to(acc), rows, shape)).to(dtype), stats
+    # Padding tokens are no terms (a NaN there must not reach the outputs as 0 * NaN).
+    xp = _pad(x.to(acc), rows, shape).masked_fill(~shape[2][..., None], 0)
+    return torch.bmm(weights.transpose(1, 2), xp).to(dtype), stats
 
 
 def _torch_bwd(dout, x, logits, out, stats, cu, lengths):
     dtype, acc = x.dtype, torch.promote_types(x.dtype, torch.float32)
     rows, shape = _layout(x, cu, lengths)
-    xp = _pad(x.to(acc), rows, shape)
+    xp = _pad(x.to(acc), rows, shape).masked_fill(~shape[2][..., None], 0)  # as forward
     weights, _ = _weights(_pad(logits.to(acc), rows, shape), shape[2], stats)  # (B, N, m)
     dout = dout.to(acc)
     dx = torch.bmm(weights, dout)                                        # (B, N, d)
@@ -92,6 +96,7 @@ def _torch_bwd(dout, x, logits, out, stats, cu, lengths):
     # The softmax backward's own form, sum_n p * dp (= dout · out): exact where a weight
     # is one.
     dlogits = weights * (dp - (weights * dp).sum(1, keepdim=True))
+    dlogits = dlogits.masked_fill(~shape[2][..., None], 0)  # padding: no term, not 0 * NaN
     if rows is not None:
         dx, dlogits = dx[rows], dlogits[rows]
     return dx.to(dtype), dlogits.to(dtype)

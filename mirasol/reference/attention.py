@@ -20,19 +20,32 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     q: (B, H, Nq, D); k, v: (B, H_kv, Nk, D) with H % H_kv == 0 (each group of
     H / H_kv query heads shares a key/value head); mask: bool, broadcastable to
     (B, H, Nq, Nk), True = may attend. A row with nothing to attend to gives 0.
+
+    NaN: a masked-out pair has no term at all, in the output and in every gradient, so a
+    NaN reaches exactly what depends on it. Products with a masked pair's 0 (0 * NaN) would
+    carry it further; when q, k or v holds a NaN the products are therefore formed pair by
+    pair with the masked ones removed by ``where`` (O(B H Nq Nk D) memory: tests only).
     """
     group = q.shape[1] // k.shape[1]
     k = repeat(k, "b h n d -> b (h g) n d", g=group)
     v = repeat(v, "b h n d -> b (h g) n d", g=group)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
-    mask = mask.expand_as(scores)
+    exact = any(torch.isnan(t).any() for t in (q, k, v))
+    mask = mask.expand(*q.shape[:3], k.shape[2])
+    if exact:
+        pairs = mask[..., None]
+        scores = torch.where(pairs, q[..., :, None, :], 0).mul(
+            torch.where(pairs, k[..., None, :, :], 0)).sum(-1) * scale
+    else:
+        scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
     has_key = mask.any(-1, keepdim=True)
     # A fully masked row would be softmax of all -inf = NaN (and NaN gradients, even
     # behind a where). Give it finite scores, then zero its probabilities.
     scores = torch.where(mask, scores, float("-inf"))
     scores = torch.where(has_key, scores, 0.0)
-    probs = torch.softmax(scores, dim=-1) * mask
+    probs = torch.where(mask, torch.softmax(scores, dim=-1), 0.0)
+    if exact:
+        return (probs[..., None] * torch.where(pairs, v[..., None, :, :], 0)).sum(-2)
     return torch.einsum("bhij,bhjd->bhid", probs, v)
 
 
