@@ -35,7 +35,8 @@ def flat_grid(inner: int, outer: int) -> tuple[int]:
 def split_program(inner):
     """(inner block, outer item) of this program on a :func:`flat_grid`."""
     pid = tl.program_id(0)
-    return pid % inner, pid // inner
+    outer = pid // inner
+    return pid - outer * inner, outer
 
 
 @triton.jit
