@@ -10,6 +10,7 @@ timing: retune on the GPU when one is at hand.
 
     python bench/tune_configs.py                 # all kernels (hours on 2 cores)
     python bench/tune_configs.py --family sm100  # one family; the others' entries are kept
+    python bench/tune_configs.py --kernel attn_bwd_dkdv --family sm80   # one kernel's row
     python bench/tune_configs.py --jobs 2        # an interrupted run resumes from its --cache
 """
 
@@ -33,7 +34,7 @@ import torch
 os.environ.pop("TRITON_INTERPRET", None)
 
 from mirasol.kernels import KernelConfig, arch_family  # noqa: E402
-from mirasol.kernels._launch import override_config  # noqa: E402
+from mirasol.kernels._launch import FIXED_CONFIGS, override_config  # noqa: E402
 from mirasol.kernels.aot.archs import ARCHS  # noqa: E402
 from mirasol.kernels.aot.cubin import resources  # noqa: E402
 from mirasol.kernels.aot.registry import KERNELS, OPS  # noqa: E402
@@ -50,6 +51,8 @@ def _families() -> dict[str, tuple[int, ...]]:
 
 
 FAMILIES = _families()
+# The kernels of the table (the NaN repair passes have fixed configs: kernels/_launch.py).
+TUNED = [kernel for kernel in KERNELS if kernel not in FIXED_CONFIGS]
 DTYPES = {"half": torch.float16, "fp32": torch.float32}
 TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
          (64, 16), (32, 16), (16, 32), (16, 16)]
@@ -159,8 +162,10 @@ def main():
                         help="search from the largest tile, not from the current table entry")
     parser.add_argument("--family", choices=list(FAMILIES),
                         help="retune this family only, keeping the other families' entries")
+    parser.add_argument("--kernel", choices=list(TUNED), nargs="+",
+                        help="retune these kernels only, keeping the other kernels' entries")
     args = parser.parse_args()
-    jobs = [(kernel, family, dclass, size) for kernel in KERNELS
+    jobs = [(kernel, family, dclass, size) for kernel in TUNED
             for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
@@ -168,9 +173,9 @@ def main():
             job, found, *archs = json.loads(line)
             if archs == [list(FAMILIES[job[1]])]:  # not tuned for another arch_family
                 results[tuple(job)] = tuple(found)
-    if args.family:  # the other families keep their table entries (or, new, the cache's)
-        results.update({job: _current(*job) for job in jobs
-                        if job[1] != args.family and _current(*job)})
+    # The families and kernels not retuned keep their table entries (or, new, the cache's).
+    results.update({job: _current(*job) for job in jobs if _current(*job) and (
+        (args.family and job[1] != args.family) or (args.kernel and job[0] not in args.kernel))})
     todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
         results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,
@@ -179,7 +184,7 @@ def main():
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
     table = {k: {f: {d: {h: results[(k, f, d, h)] for h in _sizes(k)} for d in DTYPES}
-                 for f in FAMILIES} for k in KERNELS}
+                 for f in FAMILIES} for k in TUNED}
     text = pprint.pformat(table, width=92, sort_dicts=False)
     Path(args.out).write_text(
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'

@@ -30,13 +30,19 @@ view, with the batch stride set to 0 so every segment addresses batch 0 at its o
 Rows past ``q_len`` (keys past ``k_len``) of a padded sample are written as zeros; a packed
 segment's program writes its own rows only.
 
-NaN: a NaN in q, k or v reaches exactly the outputs (and gradients) whose exact formula has
-a term with it. Unmasked blocks need nothing for that; in a masked block the probability of
-a key a row does not see is 0, and ``0 * NaN`` in a dot would carry another row's or key's
-NaN into that row. So there the products of pairs a row does not see are removed by
-``where`` (never by multiplying with 0), and the dot operand that may hold such a NaN is
-cleared of it, its NaN reaching the rows that see it through the other factor (or, for v in
-the forward, set directly): in the no-NaN case one select, or one check, per masked block.
+NaN: a NaN in q, k, v or dO reaches exactly the outputs (and gradients) whose exact
+formula has a term with it. In a masked block the probability of a key a row does not see
+is 0, and ``0 * NaN`` in a dot carries another row's or key's NaN into that row: so the
+kernels as tuned propagate every NaN, but in a masked block possibly to more outputs than
+depend on it. Keeping it exact inside the hot loop would cost a select on a dot operand per
+masked block, which takes the operand through registers and spills the tuned tiles. Instead
+each kernel has a second specialization, ``EXACT_NAN``: a repair pass launched right after
+it on a small tile, whose program reads back the rows it owns and returns unless they hold
+a NaN (one load and one reduction per program when there is none: no host sync, no extra
+work). A program that finds one recomputes its rows with the masked blocks exact: the
+NaN-bearing dot operand cleared of NaN and the NaN set directly where a row sees it. Rows
+without NaN are never recomputed, so with no NaN the result is the fast kernel's, bitwise.
+(An inf in v or dO is not cleared: a row not seeing it may still get ``0 * inf``.)
 """
 
 from __future__ import annotations
@@ -125,7 +131,8 @@ def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_d, d_mask, kv_limit, qk_scale, lo, hi,
-               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_N: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
@@ -143,7 +150,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if MASKED:
+        if MASKED and EXACT_NAN:
             acc, v = _nan_values(acc, v, offs_n, kv_limit, hi)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -152,15 +159,26 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
 
 @triton.jit
 def _nan_values(acc, v, offs_n, kv_limit, hi):
-    """(acc, v) for p @ v over a masked block, in which p is 0 for keys a row does not see:
-    a NaN value reaches the rows that see its key, in its own dim, and v is cleared of it
-    (0 * NaN would reach every row). Only a block holding a NaN pays more than the check."""
-    nan_v = v != v
-    if tl.max(nan_v.to(tl.int32)) > 0:
-        first = tl.min(tl.where(nan_v, offs_n[:, None], hi), 0)  # per dim; hi: none
-        acc = tl.where(first[None, :] < kv_limit[:, None], float("nan"), acc)
-        v = zero_nan(v)
-    return acc, v
+    """(acc, v) for p @ v over a masked block, exact under NaN: a NaN value reaches the
+    rows that see its key, in its own dim (the first NaN key of each dim decides, as every
+    row sees a prefix), and v is cleared of it."""
+    first = tl.min(tl.where(v != v, offs_n[:, None], hi), 0)  # per dim; hi: none
+    acc = tl.where(first[None, :] < kv_limit[:, None], float("nan"), acc)
+    return acc, zero_nan(v)
+
+
+@triton.jit
+def _head(BASE, b, h, start, stride_b, stride_h, stride_n):
+    """The first row of segment b (from ``start``) in head h of a 4-D tensor."""
+    return BASE + wide(b) * stride_b + wide(h) * stride_h + start * stride_n
+
+
+@triton.jit
+def _clean(BASE, rows, offs_d, stride_n, stride_d, mask):
+    """Whether these rows of a fast kernel's output hold no NaN (so they are exact): the
+    repair pass's test of the rows it owns."""
+    x = load_rows(BASE, rows, offs_d, stride_n, stride_d, mask)
+    return tl.max((x != x).to(tl.int32)) == 0
 
 
 @triton.jit
@@ -174,7 +192,7 @@ def _attn_fwd_kernel(
     H, LQ, LK, HEAD_DIM, CHUNK, GROUP, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
         CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
@@ -184,6 +202,12 @@ def _attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     row_valid = offs_m < q_len
+    owned = offs_m < q_extent
+    O_head = O + wide(b) * stride_ob + wide(h) * stride_oh + q_start * stride_on
+    if EXACT_NAN:
+        if _clean(O_head, offs_m, offs_d, stride_on, stride_od,
+                  owned[:, None] & d_mask[None, :]):
+            return
     Q_head = Q + wide(b) * stride_qb + wide(h) * stride_qh + q_start * stride_qn
     q = load_rows(Q_head, offs_m, offs_d, stride_qn, stride_qd,
                   row_valid[:, None] & d_mask[None, :])
@@ -198,10 +222,11 @@ def _attn_fwd_kernel(
                                           BLOCK_N)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                               0, unmasked_end, False, BLOCK_N, DOT_PRECISION)
+                               0, unmasked_end, False, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                               unmasked_end, masked_end, True, BLOCK_N, DOT_PRECISION)
+                               unmasked_end, masked_end, True, EXACT_NAN, BLOCK_N,
+                               DOT_PRECISION)
 
     # A row that saw no key (past its segment's length, or before the first key under
     # bottom-right causality, or in a segment without keys) outputs 0; its log-sum-exp is
@@ -210,9 +235,8 @@ def _attn_fwd_kernel(
     l_safe = tl.where(seen, l_i, 1.0)
     out = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) / LOG2E, float("-inf"))
-    owned = offs_m < q_extent
-    store_rows(O + wide(b) * stride_ob + wide(h) * stride_oh + q_start * stride_on, offs_m,
-               offs_d, stride_on, stride_od, out, owned[:, None] & d_mask[None, :])
+    store_rows(O_head, offs_m, offs_d, stride_on, stride_od, out,
+               owned[:, None] & d_mask[None, :])
     tl.store(LSE + wide(b) * stride_lb + wide(h) * stride_lh + q_start * stride_ln
              + offs_m * stride_ln, lse, mask=owned)
 
@@ -246,10 +270,10 @@ def _attn_bwd_delta_kernel(
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+def _bwd_dkdv_inner(dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head,
                     stride_qn, stride_qd, stride_don, stride_dod, stride_ln, stride_deltan,
                     offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale, lo, hi,
-                    MASKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                    MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_M: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -265,16 +289,26 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
         if MASKED:
             visible = offs_n[:, None] < _key_limit(offs_m, shift, CHUNK, k_len)[None, :]
             pT = tl.where(visible, pT, 0.0)
-        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if MASKED and EXACT_NAN:
+            # A NaN output gradient reaches dv through the keys its row sees, in its own
+            # dim: as later rows see more keys, the last NaN row of each dim decides
+            # (applied once, after the loops); do is cleared of it for the dot.
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            nan_do = do != do
+            last_nan = tl.maximum(last_nan, tl.max(tl.where(nan_do, offs_m[:, None], -1), 0))
+            dv += tl.dot(pT.to(do.dtype), tl.where(nan_do, 0.0, do),
+                         input_precision=DOT_PRECISION)
+        else:
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         dsT = pT * (dpT - delta[None, :])
-        if MASKED:
-            # dpT (a NaN value) and delta (a row whose output is NaN) hold NaN for unseen
-            # pairs too; a NaN query of a row not seeing a key would reach it through q.
+        if MASKED and EXACT_NAN:
+            # dpT (a NaN value or gradient) and delta (a row whose output is NaN) hold NaN
+            # for unseen pairs too; a NaN query reaches the keys its row sees through dsT.
             dsT = tl.where(visible, dsT, 0.0)
             q = zero_nan(q)
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
-    return dk, dv
+    return dk, dv, last_nan
 
 
 @triton.jit
@@ -291,7 +325,7 @@ def _attn_bwd_dkdv_kernel(
     H_KV, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     block, bh = split_program(tl.cdiv(LK, BLOCK_N))
     start_n = block * BLOCK_N
@@ -304,6 +338,15 @@ def _attn_bwd_dkdv_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
+    owned = (offs_n[:, None] < k_extent) & d_mask[None, :]
+    if EXACT_NAN:
+        # (The heads' pointers are formed again for the stores: kept live across the loops,
+        # they would cost the tuned tiles registers.)
+        if (_clean(_head(DK, b, h_kv, k_start, stride_dkb, stride_dkh, stride_dkn), offs_n,
+                   offs_d, stride_dkn, stride_dkd, owned)
+                & _clean(_head(DV, b, h_kv, k_start, stride_dvb, stride_dvh, stride_dvn),
+                         offs_n, offs_d, stride_dvn, stride_dvd, owned)):
+            return
     kv_mask = (offs_n[:, None] < k_len) & d_mask[None, :]
     k = load_rows(K + wide(b) * stride_kb + wide(h_kv) * stride_kh + k_start * stride_kn,
                   offs_n, offs_d, stride_kn, stride_kd, kv_mask)
@@ -320,6 +363,7 @@ def _attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    last_nan = tl.full([BLOCK_D], -1, tl.int32)  # per dim, the last row with a NaN do
     for g in range(GROUP):
         h = wide(h_kv * GROUP + g)
         Q_head = Q + wide(b) * stride_qb + h * stride_qh + q_start * stride_qn
@@ -327,26 +371,31 @@ def _attn_bwd_dkdv_kernel(
         LSE_head = LSE + wide(b) * stride_lb + h * stride_lh + q_start * stride_ln
         DELTA_head = (DELTA + wide(b) * stride_deltab + h * stride_deltah
                       + q_start * stride_deltan)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
-                                 stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
-                                 stride_deltan, offs_n, offs_d, d_mask, q_len, shift, CHUNK,
-                                 k_len, qk_scale, q_lo, q_full, True, BLOCK_M, DOT_PRECISION)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
-                                 stride_qn, stride_qd, stride_don, stride_dod, stride_ln,
-                                 stride_deltan, offs_n, offs_d, d_mask, q_len, shift, CHUNK,
-                                 k_len, qk_scale, q_full, q_end, False, BLOCK_M, DOT_PRECISION)
+        dk, dv, last_nan = _bwd_dkdv_inner(
+            dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn,
+            stride_qd, stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask,
+            q_len, shift, CHUNK, k_len, qk_scale, q_lo, q_full, True, EXACT_NAN, BLOCK_M,
+            DOT_PRECISION)
+        dk, dv, last_nan = _bwd_dkdv_inner(
+            dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn,
+            stride_qd, stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask,
+            q_len, shift, CHUNK, k_len, qk_scale, q_full, q_end, False, EXACT_NAN, BLOCK_M,
+            DOT_PRECISION)
+    if EXACT_NAN:
+        seen = offs_n[:, None] < _key_limit(last_nan, shift, CHUNK, k_len)[None, :]
+        dv = tl.where(seen & (last_nan >= 0)[None, :], float("nan"), dv)
 
-    owned = (offs_n[:, None] < k_extent) & d_mask[None, :]
-    store_rows(DK + wide(b) * stride_dkb + wide(h_kv) * stride_dkh + k_start * stride_dkn,
-               offs_n, offs_d, stride_dkn, stride_dkd, dk * scale, owned)
-    store_rows(DV + wide(b) * stride_dvb + wide(h_kv) * stride_dvh + k_start * stride_dvn,
-               offs_n, offs_d, stride_dvn, stride_dvd, dv, owned)
+    store_rows(_head(DK, b, h_kv, k_start, stride_dkb, stride_dkh, stride_dkn), offs_n, offs_d,
+               stride_dkn, stride_dkd, dk * scale, owned)
+    store_rows(_head(DV, b, h_kv, k_start, stride_dvb, stride_dvh, stride_dvn), offs_n, offs_d,
+               stride_dvn, stride_dvd, dv, owned)
 
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn,
                   stride_vd, offs_d, d_mask, kv_limit, qk_scale, lo, hi,
-                  MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
@@ -357,9 +406,10 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, s
         ds = p * (dp - delta[:, None])
         if MASKED:
             # Unseen pairs: p (past the lse's keys), dp (a NaN value) or delta (a NaN row)
-            # may be NaN or inf there; a NaN key a row does not see would reach it through k.
+            # may be NaN or inf there.
             ds = tl.where(offs_n[None, :] < kv_limit[:, None], ds, 0.0)
-            k = zero_nan(k)
+            if EXACT_NAN:
+                k = zero_nan(k)  # a NaN key reaches the rows that see it through ds
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
 
@@ -377,7 +427,7 @@ def _attn_bwd_dq_kernel(
     H, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
         CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
@@ -389,6 +439,11 @@ def _attn_bwd_dq_kernel(
     row_valid = offs_m < q_len
     rows_mask = row_valid[:, None] & d_mask[None, :]
     b, h, h_kv = wide(b), wide(h), wide(h_kv)
+    owned = (offs_m[:, None] < q_extent) & d_mask[None, :]
+    DQ_head = DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqn
+    if EXACT_NAN:
+        if _clean(DQ_head, offs_m, offs_d, stride_dqn, stride_dqd, owned):
+            return
     q = load_rows(Q + b * stride_qb + h * stride_qh + q_start * stride_qn, offs_m, offs_d,
                   stride_qn, stride_qd, rows_mask)
     do = load_rows(DO + b * stride_dob + h * stride_doh + q_start * stride_don, offs_m,
@@ -406,15 +461,13 @@ def _attn_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
                        stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                       0, unmasked_end, False, BLOCK_N, DOT_PRECISION)
+                       0, unmasked_end, False, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
                        stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                       unmasked_end, masked_end, True, BLOCK_N, DOT_PRECISION)
+                       unmasked_end, masked_end, True, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     # A padding row (q = 0, lse = +inf) gets p = exp2(0 * NaN - inf) = NaN from a NaN key.
     dq = tl.where(row_valid[:, None], dq * scale, 0.0)
-    owned = (offs_m[:, None] < q_extent) & d_mask[None, :]
-    store_rows(DQ + b * stride_dqb + h * stride_dqh + q_start * stride_dqn, offs_m, offs_d,
-               stride_dqn, stride_dqd, dq, owned)
+    store_rows(DQ_head, offs_m, offs_d, stride_dqn, stride_dqd, dq, owned)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -474,11 +527,12 @@ class Segments:
         # Every packed segment addresses batch 0 of the (1, H, total, D) view.
         return (0 if self.varlen else x.stride(0), *x.stride()[1:])
 
-    def constexprs(self, cfg: KernelConfig, q: Tensor) -> dict:
+    def constexprs(self, cfg: KernelConfig, q: Tensor, exact_nan: bool) -> dict:
         return dict(VARLEN=self.varlen, HAS_Q_LENS=self.q_lens is not None,
                     HAS_K_LENS=self.k_lens is not None, CAUSAL=self.causal,
                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                    BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype))
+                    BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype),
+                    EXACT_NAN=exact_nan)
 
     def problem(self, q: Tensor, k: Tensor) -> tuple[int, ...]:
         """LQ, LK, HEAD_DIM, CHUNK, GROUP. LQ and LK are the most rows of a segment: the
@@ -486,19 +540,23 @@ class Segments:
         return self.max_q, self.max_k, q.shape[3], self.chunk, q.shape[1] // k.shape[1]
 
 
-def _config(name: str, q: Tensor, capability) -> KernelConfig:
-    return kernel_config(name, q.shape[-1], q.dtype, capability or device_capability(q.device))
+def _config(name: str, q: Tensor, capability, exact_nan: bool = False) -> KernelConfig:
+    """``name``'s config, or its NaN repair pass's (``name + "_nan"``) with ``exact_nan``."""
+    return kernel_config(name + "_nan" if exact_nan else name, q.shape[-1], q.dtype,
+                         capability or device_capability(q.device))
 
 
-def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=None) -> Launch:
+def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=None,
+                    exact_nan: bool = False) -> Launch:
     """The forward kernel's grid, arguments and config for these (possibly meta) tensors;
-    ``capability`` (default: q's device) picks the config."""
-    cfg = _config("attn_fwd", q, capability)
+    ``capability`` (default: q's device) picks the config. ``exact_nan``: the repair pass
+    that follows it (module doc), on the same arguments."""
+    cfg = _config("attn_fwd", q, capability, exact_nan)
     args = (q, k, v, o, lse, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
             *seg.strides(v), *seg.strides(o), *seg.strides(lse), q.shape[1],
             *seg.problem(q, k), scale * LOG2E.value)
     grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
-    return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+    return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
 
 
 def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
@@ -510,24 +568,24 @@ def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
 
 
 def attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg: Segments, scale: float,
-                         capability=None) -> Launch:
-    cfg = _config("attn_bwd_dkdv", q, capability)
+                         capability=None, exact_nan: bool = False) -> Launch:
+    cfg = _config("attn_bwd_dkdv", q, capability, exact_nan)
     args = (q, k, v, do, lse, delta, dk, dv, *seg.pointers(q), *seg.strides(q),
             *seg.strides(k), *seg.strides(v), *seg.strides(do), *seg.strides(lse),
             *seg.strides(delta), *seg.strides(dk), *seg.strides(dv), k.shape[1],
             *seg.problem(q, k), scale, scale * LOG2E.value)
     grid = flat_grid(triton.cdiv(seg.max_k, cfg.block_n), seg.count(q) * k.shape[1])
-    return Launch(_attn_bwd_dkdv_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+    return Launch(_attn_bwd_dkdv_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
 
 
 def attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg: Segments, scale: float,
-                       capability=None) -> Launch:
-    cfg = _config("attn_bwd_dq", q, capability)
+                       capability=None, exact_nan: bool = False) -> Launch:
+    cfg = _config("attn_bwd_dq", q, capability, exact_nan)
     args = (q, k, v, do, lse, delta, dq, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
             *seg.strides(v), *seg.strides(do), *seg.strides(lse), *seg.strides(delta),
             *seg.strides(dq), q.shape[1], *seg.problem(q, k), scale, scale * LOG2E.value)
     grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
-    return Launch(_attn_bwd_dq_kernel, grid, args, seg.constexprs(cfg, q), cfg)
+    return Launch(_attn_bwd_dq_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
 
 
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
@@ -536,7 +594,8 @@ def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
     for a row that sees no key, where o is 0; NaN for a row that sees a NaN)."""
     o = empty_like(q)
     lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
+    for exact_nan in (False, True):
+        attn_fwd_launch(q, k, v, o, lse, seg, scale, exact_nan=exact_nan).run()
     return o, lse
 
 
@@ -546,8 +605,10 @@ def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
     delta = empty(lse.shape, dtype=torch.float32, device=q.device)
     dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
     attn_bwd_delta_launch(o, do, delta).run()
-    attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale).run()
-    attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
+    for exact_nan in (False, True):
+        attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale,
+                             exact_nan=exact_nan).run()
+        attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale, exact_nan=exact_nan).run()
     return dq, dk, dv
 
 

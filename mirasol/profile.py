@@ -127,6 +127,8 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
         op = OPS[name]
         variants = (ALL_VARIANTS,) if kernel in op.variant_free else op.variants
         op_sizes = sorted({*op.buckets, *(() if buckets_only else EXTRA_SIZES.get(name, ()))})
+        if kernel in op.fixed:
+            op_sizes = [max(op.buckets)]
         if sizes is not None:
             op_sizes = [s for s in op_sizes if s in sizes]
         selected += [Case(arch, name, kernel, variant, dtype, size) for variant, dtype, size, arch

@@ -23,11 +23,14 @@ this process: kernels defined under the interpreter cannot be compiled). A kerne
 only works in the interpreter fails here.
 """
 
+from dataclasses import astuple
+
 import pytest
 
 from mirasol import profile
 from mirasol.kernels.aot.archs import ARCHS
 from mirasol.kernels._configs import TABLE
+from mirasol.kernels._launch import FIXED_CONFIGS
 
 pytestmark = pytest.mark.compile
 
@@ -46,6 +49,10 @@ def test_every_table_entry_is_compiled_for_every_arch(records):
                 for kernel, by_family in TABLE.items() for family in families
                 for dclass, by_size in by_family[family].items()
                 for size, entry in by_size.items()}
+    # The fixed tiles of the NaN repair passes, at the largest head dim (registry.Op.fixed).
+    expected |= {(kernel, family, dclass, 256, astuple(config))
+                 for kernel, by_class in FIXED_CONFIGS.items() for family in families
+                 for dclass, config in by_class.items()}
     assert compiled == expected
     assert {r.arch for r in records} == set(ARCHS)
 

@@ -62,13 +62,18 @@ FEW = settings(max_examples=6)
 
 def _run(fn, inputs, which: int, position) -> tuple[list[torch.Tensor], tuple]:
     """fn's output and gradients (NaN masks) with a NaN at ``position`` (taken modulo the
-    input's shape) of ``inputs[which]``; and the position used."""
-    x = inputs[which]
-    where = tuple(p % n for p, n in zip(position, x.shape))
-    x[where] = float("nan")
+    tensor's shape) of ``inputs[which]``, or of the upstream gradient for ``which ==
+    len(inputs)``; and the position used."""
+    def poison(x):
+        where = tuple(p % n for p, n in zip(position, x.shape))
+        x[where] = float("nan")
+        return where
+
+    where = poison(inputs[which]) if which < len(inputs) else None
     leaves = [t.detach().requires_grad_() for t in inputs]
     out = fn(*leaves)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    where = where or poison(dout)
     grads = torch.autograd.grad(out, leaves, dout)
     return [t.isnan() for t in (out, *grads)], where
 
@@ -85,11 +90,20 @@ def _assert_nan_sets(got: list[torch.Tensor], expected: list[torch.Tensor], name
 
 def _attention_expected(vis: torch.Tensor, shapes, group: int, which: int, where):
     """NaN masks of (o, dq, dk, dv), 4-D (B, heads, rows, D), for a NaN at ``where`` of
-    input ``which`` (0 q, 1 k, 2 v); ``vis`` (B, Lq, Lk) (module doc)."""
+    input ``which`` (0 q, 1 k, 2 v, 3 the output's gradient); ``vis`` (B, Lq, Lk) (module
+    doc)."""
     (B, H, Lq, D), (_, H_kv, Lk, _) = shapes
     o, dq = (torch.zeros(B, H, Lq, D, dtype=torch.bool) for _ in range(2))
     dk, dv = (torch.zeros(B, H_kv, Lk, D, dtype=torch.bool) for _ in range(2))
     b, head, n, d = where
+    if which == 3:  # do_i: dp_i· and ds_i·; dv_j = sum_i p_ij do_i in dim d only
+        rows = vis.new_zeros(Lq)
+        rows[n] = vis[b, n].any()
+        keys = vis[b, rows].any(0)
+        dq[b, head, rows] = True
+        dk[b, head // group, keys] = True
+        dv[b, head // group, keys, d] = True
+        return [o, dq, dk, dv]
     if which == 0:
         rows, heads, kv_head = vis.new_zeros(Lq), [head], head // group
         rows[n] = vis[b, n].any()
@@ -107,6 +121,16 @@ def _attention_expected(vis: torch.Tensor, shapes, group: int, which: int, where
     if which != 2:
         dv[b, kv_head, keys] = True
     return [o, dq, dk, dv]
+
+
+def _output_gradient_support(which, backend, dtype):
+    if which == 3 and backend != "triton":
+        pytest.skip("a NaN output gradient: the reference's and the torch backend's backward "
+                    "still carry it, under some masks (measured: causal cross-attention), "
+                    "into gradients of keys its row does not see (an open gap)")
+    if which == 3 and dtype != torch.float32:
+        pytest.skip("a NaN output gradient: the triton kernels are checked in fp32 (the "
+                    "interpreter's time)")
 
 
 def _tensors(shapes, dtype, seed):
@@ -131,7 +155,7 @@ def _chunked_visibility(batch, n, chunk, lens):
     return vis
 
 
-@pytest.mark.parametrize("which", [0, 1, 2], ids=["q", "k", "v"])
+@pytest.mark.parametrize("which", [0, 1, 2, 3], ids=["q", "k", "v", "do"])
 @pytest.mark.parametrize("backend,dtype", BACKENDS, ids=BACKEND_IDS)
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @FEW
@@ -141,6 +165,7 @@ def _chunked_visibility(batch, n, chunk, lens):
 @example(data=None, position=(0, 1, 99, 19))  # the last key of the last (partial) chunk
 @example(data=None, position=(2, 1, 4, 7))   # sample 2: empty (with lengths)
 def test_chunked_attention(lengths, backend, dtype, which, data, position):
+    _output_gradient_support(which, backend, dtype)
     if data is None:  # the examples' problem: 10 tokens, chunks of 4, lengths 10, 3, 0
         problem = (3, 1, 2, 10, 4, (10, 3, 0) if lengths else None)
     else:
@@ -186,7 +211,7 @@ def cross_problems(draw):
     return kv_heads, group, [max(q_lens[0], 1), *q_lens[1:]], [max(k_lens[0], 1), *k_lens[1:]]
 
 
-@pytest.mark.parametrize("which", [0, 1, 2], ids=["q", "k", "v"])
+@pytest.mark.parametrize("which", [0, 1, 2, 3], ids=["q", "k", "v", "do"])
 @pytest.mark.parametrize("backend,dtype", BACKENDS, ids=BACKEND_IDS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("layout", ["packed", "padded"])
@@ -197,6 +222,7 @@ def cross_problems(draw):
 @example(data=None, position=(2, 1, 1, 5))   # causal, padded: rows 0-2 of sample 2 miss key 1
 @example(data=None, position=(0, 0, 6, 1))   # packed: segment 2's key 1 (rows 0-2 miss it)
 def test_cross_attention(layout, causal, backend, dtype, which, data, position):
+    _output_gradient_support(which, backend, dtype)
     if data is None:  # segments: 3 rows x 4 keys, 2 rows x 0 keys, 5 rows x 3 keys
         problem = (1, 2, [3, 2, 5], [4, 0, 3])
     else:

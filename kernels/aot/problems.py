@@ -57,8 +57,9 @@ class AttentionProblem:
     def launches(self, dtype: torch.dtype, capability: Capability, *,
                  scale: float | None = None, tensor: TensorFactory = meta
                  ) -> dict[str, Launch]:
-        """The forward and the three backward launches, by kernel name, with the configs
-        ``capability`` selects; ``scale`` defaults to head_dim ** -0.5."""
+        """The forward and the three backward launches, and the NaN repair pass of each but
+        the delta kernel, by kernel name, with the configs ``capability`` selects; ``scale``
+        defaults to head_dim ** -0.5."""
         from ..attention import (Segments, attn_bwd_delta_launch,
                                  attn_bwd_dkdv_launch, attn_bwd_dq_launch, attn_fwd_launch)
 
@@ -94,14 +95,19 @@ class AttentionProblem:
         k, v, dk, dv = (rows(name, n_k, H_kv) for name in ("k", "v", "dk", "dv"))
         lse, delta = (tensor(name, *lse_shape, dtype=torch.float32) for name in ("lse", "delta"))
         scale = D ** -0.5 if scale is None else scale
-        return {
-            "attn_fwd": attn_fwd_launch(q, k, v, o, lse, seg, scale, capability=capability),
-            "attn_bwd_delta": attn_bwd_delta_launch(o, do, delta, capability=capability),
-            "attn_bwd_dkdv": attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale,
-                                                  capability=capability),
-            "attn_bwd_dq": attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale,
-                                              capability=capability),
-        }
+        launches = {"attn_bwd_delta": attn_bwd_delta_launch(o, do, delta, capability=capability)}
+        for exact_nan, suffix in ((False, ""), (True, "_nan")):  # the NaN repair passes
+            launches |= {
+                "attn_fwd" + suffix: attn_fwd_launch(q, k, v, o, lse, seg, scale,
+                                                     capability=capability, exact_nan=exact_nan),
+                "attn_bwd_dkdv" + suffix: attn_bwd_dkdv_launch(
+                    q, k, v, do, lse, delta, dk, dv, seg, scale, capability=capability,
+                    exact_nan=exact_nan),
+                "attn_bwd_dq" + suffix: attn_bwd_dq_launch(
+                    q, k, v, do, lse, delta, dq, seg, scale, capability=capability,
+                    exact_nan=exact_nan),
+            }
+        return launches
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from .._launch import Capability, Launch
+from .._launch import FIXED_CONFIGS, Capability, Launch
 from .problems import AttentionProblem, TokenPoolProblem
 
 # The specializations each op launches, by the name reports give them, and the layout of
@@ -65,17 +65,22 @@ class Op:
     variants: tuple[str, ...]
     size_name: str
     buckets: tuple[int, ...]
-    # Kernels whose code is the same in every variant (compile them once), and kernels
-    # with no tl.dot (no tensor-core instructions to expect).
+    # Kernels whose code is the same in every variant (compile them once), kernels with no
+    # tl.dot (no tensor-core instructions to expect), and kernels with one fixed tile
+    # (_launch.FIXED_CONFIGS), compiled at the largest bucket only: the same tile at a
+    # smaller size holds fewer registers and less shared memory.
     variant_free: tuple[str, ...] = ()
     dot_free: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
 
 
 OPS: dict[str, Op] = {
     "attention": Op(attention_launches,
-                    ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq"), VARIANTS,
+                    ("attn_fwd", "attn_bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq",
+                     "attn_fwd_nan", "attn_bwd_dkdv_nan", "attn_bwd_dq_nan"), VARIANTS,
                     "head_dim", (64, 128, 256), variant_free=("attn_bwd_delta",),
-                    dot_free=("attn_bwd_delta",)),
+                    dot_free=("attn_bwd_delta",),
+                    fixed=tuple(FIXED_CONFIGS)),
     "token_pool": Op(token_pool_launches, ("token_pool_fwd", "token_pool_bwd"),
                      TOKEN_POOL_VARIANTS, "tokens", (16, 32, 64)),
 }
