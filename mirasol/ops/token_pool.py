@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import ELEMENTS, Call, Limit, span, standard_backends
+from mirasol.ops._backends import ELEMENTS, GRID, Call, Limit, span, standard_backends
 from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
                                  check_tensor, check_values, shape_of)
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
@@ -148,7 +148,8 @@ def _check(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
     m, d = logits.shape[-1], x.shape[-1]
     # The kernels also write out (B, m, d) and stats (B, 2, m).
     elements = max(span(x), span(logits), batch * m * d, batch * 2 * m)
-    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements})
+    # One program per (feature or token block, segment): segments alone on the grid's axis.
+    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements, GRID.name: batch})
 
 
 OP = register(Op(OP_NAME, standard_backends(OUTPUT_TOKENS), _check))
