@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
+from mirasol.masks import segment_ids
 from mirasol.ops._backends import ELEMENTS, GRID, Call, Limit, span, standard_backends
 from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
                                  check_tensor, check_values, shape_of)
@@ -42,7 +43,7 @@ def _layout(x: Tensor, cu: Tensor | None, lengths: Tensor | None):
         return None, (B, N, valid)
     bounds = cu.tolist()
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    seg = reference.segment_ids(cu, x.shape[0])
+    seg = segment_ids(cu, x.shape[0])
     pos = torch.arange(x.shape[0], device=x.device) - cu[seg]
     valid = torch.zeros(len(bounds) - 1, longest, dtype=torch.bool, device=x.device)
     valid[seg, pos] = True
