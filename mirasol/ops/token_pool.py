@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from mirasol import reference
-from mirasol.ops._backends import ELEMENTS, Call, Limit, span, standard_backends
+from mirasol.masks import segment_ids
+from mirasol.ops._backends import ELEMENTS, GRID, Call, Limit, span, standard_backends
 from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
                                  check_tensor, check_values, shape_of)
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
@@ -42,7 +43,7 @@ def _layout(x: Tensor, cu: Tensor | None, lengths: Tensor | None):
         return None, (B, N, valid)
     bounds = cu.tolist()
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    seg = reference.segment_ids(cu, x.shape[0])
+    seg = segment_ids(cu, x.shape[0])
     pos = torch.arange(x.shape[0], device=x.device) - cu[seg]
     valid = torch.zeros(len(bounds) - 1, longest, dtype=torch.bool, device=x.device)
     valid[seg, pos] = True
@@ -153,7 +154,8 @@ def _check(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
     m, d = logits.shape[-1], x.shape[-1]
     # The kernels also write out (B, m, d) and stats (B, 2, m).
     elements = max(span(x), span(logits), batch * m * d, batch * 2 * m)
-    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements})
+    # One program per (feature or token block, segment): segments alone on the grid's axis.
+    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements, GRID.name: batch})
 
 
 OP = register(Op(OP_NAME, standard_backends(OUTPUT_TOKENS), _check))

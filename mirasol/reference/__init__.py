@@ -3,10 +3,8 @@
 Used by tests and benchmarks as the oracle; never imported by the kernels. The masks the
 attention ops attend with are defined in :mod:`mirasol.masks`."""
 
-from mirasol.masks import segment_ids  # defined there; ops.token_pool reads it from here
-
 from .attention import chunked_causal_attention, cross_attention, masked_attention
 from .token_pool import TokenLearner, token_pool
 
 __all__ = ["TokenLearner", "token_pool", "chunked_causal_attention", "cross_attention",
-           "masked_attention", "segment_ids"]
+           "masked_attention"]
