@@ -14,36 +14,32 @@ import torch
 import mirasol
 from mirasol.ops import OPS, BackendUnavailable, chunked_causal_attention, explain
 from mirasol.ops import _backends
-from mirasol.ops._backends import ELEMENTS, GRID, span
+from mirasol.ops._backends import ELEMENTS, span
 from mirasol.testing import assert_identical, assert_parity, compare_with_oracle
 
 F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 CUDA = torch.device("cuda")
 
 
-def _inputs(op, *, size=16, dtype=F32, device="cpu", rows=8, segments=2):
+def _inputs(op, *, size=16, dtype=F32, device="cpu", rows=8):
     """Arguments of a small call of ``op``: ``size`` is the head dim of the attention ops,
-    the number of output tokens of token_pool; ``rows`` the tokens of each tensor;
-    ``segments`` the samples (padded) or segments (packed), two query heads each."""
+    the number of output tokens of token_pool; ``rows`` the tokens of each tensor."""
     def t(*shape, kind=dtype):
         if device == "meta":
             return torch.empty(shape, dtype=kind, device="meta")
         return torch.randn(shape).to(kind)
 
-    def lengths(*first):
-        return torch.tensor([*first, *[rows] * (segments - len(first))], device=device)
-
-    cu = torch.tensor([0, *[rows // 2] * (segments - 1), rows], dtype=torch.int32,
-                      device=device)
     if op == "token_pool":
+        cu = torch.tensor([0, rows // 2, rows], dtype=torch.int32, device=device)
         return (t(rows, 8), t(rows, size)), dict(cu_seqlens=cu)
     if op == "cross_attention":
+        cu = torch.tensor([0, rows // 2, rows], dtype=torch.int32, device=device)
         return ((t(rows, 2, size), t(rows, 1, size), t(rows, 1, size)),
                 dict(cu_seqlens_q=cu, cu_seqlens_k=cu))
-    q, k = t(segments, 2, rows, size), t(segments, 1, rows, size)
+    q, k = t(2, 2, rows, size), t(2, 1, rows, size)
     if op == "cross_attention_padded":
-        return (q, k, k.clone()), dict(k_lengths=lengths(rows, 3))
-    return (q, k, k.clone(), 3), dict(lengths=lengths(rows, 5))
+        return (q, k, k.clone()), dict(k_lengths=torch.tensor([rows, 3], device=device))
+    return (q, k, k.clone(), 3), dict(lengths=torch.tensor([rows, 5], device=device))
 
 
 # Each declared size limit: how to exceed it, and the value the refusal must name.
@@ -54,7 +50,6 @@ EXCEED = {
     "head dim": (dict(size=264), 264),
     "number of output tokens": (dict(size=65), 65),
     ELEMENTS.name: (dict(device="meta", rows=BIG_ROWS, size=32), None),
-    GRID.name: (dict(device="meta", segments=2**16), None),
 }
 LIMITS = [(op, limit) for op in OPS for limit in OPS[op].backends["triton"].limits]
 
@@ -95,8 +90,6 @@ def test_each_declared_limit_routes_auto_and_refuses_an_explicit_request(op, lim
     exceed, value = EXCEED[limit.name]
     args, kwargs = _inputs(op, **exceed)
     call = _on_cuda(OPS[op].check(*args, **kwargs))
-    if value is None and limit is GRID:  # two query heads a segment, none in token pooling
-        value = 2**16 * (1 if op == "token_pool" else 2)
     value = value if value is not None else max(span(t) for t in args[:3])
     assert value > limit.maximum
     assert OPS[op].choose("auto", call) == "torch"

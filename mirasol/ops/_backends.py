@@ -43,10 +43,6 @@ class Limit:
 ELEMENTS = Limit("elements addressed by one tensor", 2**31,
                  "the kernels compute element offsets in 32 bits")
 HEAD_DIM = Limit("head dim", 256, "the kernels hold a row's head dim in one tile")
-# The kernels launch one program per (row block, segment x head) with segments x heads on
-# the grid's second axis, which CUDA bounds at 65,535.
-GRID = Limit("segments x heads", 65535,
-             "the kernels put them on the launch grid's second axis, which CUDA bounds")
 
 
 @dataclass(frozen=True)
@@ -202,11 +198,11 @@ class BackendSpec:
 
 def standard_backends(*limits: Limit) -> dict[str, BackendSpec]:
     """The declarations the ops share: the kernels take fp16/bf16/fp32 on sm_80+ within
-    32-bit offsets and the grid's segments x heads, and the op's own ``limits``; the composites and the reference take fp64
+    32-bit offsets and the op's own ``limits``; the composites and the reference take fp64
     too, on any device, at any size. Order is auto's preference."""
     return {
         "triton": BackendSpec("triton", KERNEL_DTYPES, devices=frozenset({"cuda", "cpu"}),
-                              min_capability=(8, 0), limits=(ELEMENTS, GRID, *limits),
+                              min_capability=(8, 0), limits=(ELEMENTS, *limits),
                               auto_devices=frozenset({"cuda"}), triton=True),
         "torch": BackendSpec("torch", ALL_DTYPES, auto_devices=None),
         "reference": BackendSpec("reference", ALL_DTYPES),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mirasol.ops._backends import ELEMENTS, GRID, HEAD_DIM, Call, span
+from mirasol.ops._backends import ELEMENTS, HEAD_DIM, Call, span
 
 
 def shape_of(t: Tensor) -> str:
@@ -137,12 +137,10 @@ def check_packed_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: 
                          f"({cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1} segments)")
 
 
-def attention_call(q: Tensor, k: Tensor, v: Tensor, segments: int | None = None) -> Call:
+def attention_call(q: Tensor, k: Tensor, v: Tensor) -> Call:
     """The Call of an attention op on checked q, k, v (any layout: outputs and gradients
-    are laid out like them); ``segments``: of a packed call (default: q's batch)."""
-    segments = q.shape[0] if segments is None else segments
-    # q is (B, H, N, D) or packed (total, H, D): its heads are dim 1 either way.
-    return Call.of(q, {HEAD_DIM.name: q.shape[-1], GRID.name: segments * q.shape[1],
+    are laid out like them)."""
+    return Call.of(q, {HEAD_DIM.name: q.shape[-1],
                        ELEMENTS.name: max(span(t) for t in (q, k, v))})
 
 

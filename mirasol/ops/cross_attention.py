@@ -121,7 +121,7 @@ def _check_packed(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Tensor,
             check_non_negative_int(op, name, value)
     check_scale(op, scale)
     check_bool(op, "causal", causal)
-    return attention_call(q, k, v, segments=cu_seqlens_q.numel() - 1)
+    return attention_call(q, k, v)
 
 
 def _check_padded(q: Tensor, k: Tensor, v: Tensor, *, k_lengths: Tensor | None = None,

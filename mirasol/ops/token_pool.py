@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mirasol import reference
 from mirasol.masks import segment_ids
-from mirasol.ops._backends import ELEMENTS, GRID, Call, Limit, span, standard_backends
+from mirasol.ops._backends import ELEMENTS, Call, Limit, span, standard_backends
 from mirasol.ops._checks import (Lengths, check_cu_seqlens, check_lengths, check_like,
                                  check_tensor, check_values, shape_of)
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
@@ -154,8 +154,7 @@ def _check(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor | None = None,
     m, d = logits.shape[-1], x.shape[-1]
     # The kernels also write out (B, m, d) and stats (B, 2, m).
     elements = max(span(x), span(logits), batch * m * d, batch * 2 * m)
-    # One program per (feature or token block, segment): segments alone on the grid's axis.
-    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements, GRID.name: batch})
+    return Call.of(x, {OUTPUT_TOKENS.name: m, ELEMENTS.name: elements})
 
 
 OP = register(Op(OP_NAME, standard_backends(OUTPUT_TOKENS), _check))
