@@ -40,9 +40,10 @@ each kernel has a second specialization, ``EXACT_NAN``: a repair pass launched r
 it on a small tile, whose program reads back the rows it owns and returns unless they hold
 a NaN (one load and one reduction per program when there is none: no host sync, no extra
 work). A program that finds one recomputes its rows with the masked blocks exact: the
-NaN-bearing dot operand cleared of NaN and the NaN set directly where a row sees it. Rows
-without NaN are never recomputed, so with no NaN the result is the fast kernel's, bitwise.
-(An inf in v or dO is not cleared: a row not seeing it may still get ``0 * inf``.)
+NaN-bearing dot operand cleared of NaN and the NaN set directly where a row sees it. A
+program whose rows hold no NaN writes nothing, so with no NaN anywhere the result is the
+fast kernel's, bitwise. (An inf in v or dO is not cleared: a row not seeing it may still
+get ``0 * inf``.)
 """
 
 from __future__ import annotations
