@@ -57,7 +57,7 @@ HEAD_DIM = 20  # not a power of two: the kernels pad it
 POSITION = st.tuples(*(st.integers(0, 99) for _ in range(4)))
 # Each test runs forward and backward of one op; the interpreter is slow: fewer draws, the
 # edges pinned by @example.
-FEW = settings(max_examples=6)
+FEW = settings(max_examples=3)
 
 
 def _run(fn, inputs, which: int, position) -> tuple[list[torch.Tensor], tuple]:
