@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OLDEST_PYTHON = ROOT / os.environ.get("MIRASOL_OLDEST_TRITON_PYTHON",
                                       ".venv-triton36/bin/python")
 GATE_DTYPES = ("bfloat16", "float32")
-# sm_89 compiles to sm_86's code: the same registers, stack and tensor-core instructions at
-# every one of the 168 cases of the triton 3.9 gate and of the 3.6 profile (measured); the
-# same table entries (the sm86 family) and the same shared-memory limit.
+# sm_89 compiles to sm_86's code: the same registers, stack, shared memory and tensor-core
+# instructions at each of the gate's 84 cases per arch, under triton 3.9 and under 3.6
+# (measured); the same table entries (the sm86 family) and the same shared-memory limit.
 OLDEST_GATE_ARCHS = tuple(arch for arch in ARCHS if arch != 89)
 # The parity tests whose pinned edges run under the oldest triton (the triton backend of
 # each op, each layout).
