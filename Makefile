@@ -1,15 +1,21 @@
 # Every entry point but gpu-suite sets itself up: a virtual environment in .venv with
 # torch 2.13.0 (CPU build, from this machine's wheel cache when present) and the project
-# installed in editable mode with its test extras.
+# installed in editable mode with its test extras. `make test` also builds a second one,
+# .venv-triton36: the same torch beside the oldest triton pyproject.toml admits (3.6.0,
+# torch 2.11's), where tests/test_oldest_triton.py runs the cross-compile gate and the
+# parity tests' pinned cases. numpy < 2.4 there: triton 3.6's interpreter converts
+# 1-element arrays with int(), which numpy 2.4 refuses (triton 3.9 squeezes them first).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+OLDEST_VENV  ?= .venv-triton36
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
 # Test workers: one per core, one torch thread each.
 WORKERS ?= 2
 
-.PHONY: venv demo test check bench gpu-suite clean
+.PHONY: venv venv-oldest-triton demo test check bench gpu-suite clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +24,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test,bench,media,report]'
 	touch $(STAMP)
 
+$(OLDEST_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet torch==2.13.0 triton==3.6.0 'numpy<2.4' \
+		-e '.[test]'
+	touch $(OLDEST_STAMP)
+
 # The environment alone (CMakeLists.txt uses it to compile the kernels).
 venv: $(STAMP)
+venv-oldest-triton: $(OLDEST_STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(WORKERS) $(PY) -m mirasol demo
@@ -27,8 +41,9 @@ demo: $(STAMP)
 check: $(STAMP)
 	$(PY) -m mirasol check
 
-test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(WORKERS) -q
+test: $(STAMP) $(OLDEST_STAMP)
+	OMP_NUM_THREADS=1 MIRASOL_OLDEST_TRITON_PYTHON=$(OLDEST_VENV)/bin/python \
+		$(PY) -m pytest -n $(WORKERS) -q
 
 bench: $(STAMP)
 	$(PY) -m mirasol bench
@@ -42,4 +57,4 @@ gpu-suite:
 	bash bench/gpu_suite.sh $(OUT) $(SUITE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .hypothesis build *.egg-info

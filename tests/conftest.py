@@ -8,16 +8,18 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 # "ci" is deterministic (the same examples every run, so CI never flakes on a new draw);
-# HYPOTHESIS_PROFILE=dev explores with fresh randomness and more examples.
+# HYPOTHESIS_PROFILE=dev explores with fresh randomness and more examples; "pinned" runs only
+# the @example cases (the edges), as tests/test_oldest_triton.py does under triton 3.6.
 _common = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", derandomize=True, max_examples=25, **_common)
 settings.register_profile("dev", max_examples=200, **_common)
+settings.register_profile("pinned", phases=[Phase.explicit], **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

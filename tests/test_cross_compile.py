@@ -20,7 +20,8 @@ checks it too, with a non-power-of-two head dim (bench/results/profile.md), at t
 half again this test's time.
 They run in worker processes started without TRITON_INTERPRET (which conftest.py sets for
 this process: kernels defined under the interpreter cannot be compiled). A kernel that
-only works in the interpreter fails here.
+only works in the interpreter fails here. This runs under the newest triton pyproject.toml
+admits; tests/test_oldest_triton.py runs the same checks under the oldest.
 """
 
 from dataclasses import astuple
