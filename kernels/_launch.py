@@ -33,9 +33,9 @@ class KernelConfig:
 _INTERPRETER_CONFIG = KernelConfig(16, 16, 1, 1)
 
 # Kernels not in the tuned table: the NaN repair passes (kernels/attention.py, "NaN"), which
-# recompute only rows that hold a NaN. Small unpipelined tiles, spill-free on every GPU (the
-# CI gate checks them with the table's), serve them: their speed matters only on a step that
-# has a NaN already.
+# recompute only rows that hold a NaN. Small unpipelined tiles serve them: their speed
+# matters only on a step that has a NaN already, so the CI gate allows them the few bytes of
+# spill they have in fp32 at head dim 256 on some archs (mirasol.profile.Record.may_spill).
 FIXED_CONFIGS = {
     "attn_fwd_nan": {"half": KernelConfig(16, 16, 4, 1), "fp32": KernelConfig(16, 16, 8, 1)},
     "attn_bwd_dkdv_nan": {"half": KernelConfig(16, 16, 8, 1),

@@ -5,7 +5,9 @@ backward of attention and of token pooling), in each specialization the ops laun
 cross-compiles for each generation that selects it — sm_80 (A100), sm_86 (A10, RTX 30),
 sm_89 (L4, RTX 40), sm_90 (H100), sm_100 (B200) — with
 
-- no register spills (STACK == 0 and LOCAL == 0),
+- no register spills (STACK == 0 and LOCAL == 0), except in the NaN repair passes (their
+  fixed tiles spill a few bytes in fp32 at head dim 256 on some archs; they run only where a
+  NaN already is, so their speed, all a spill costs, does not matter),
 - shared memory within the arch's per-block maximum,
 - tensor-core instructions in the SASS for 16-bit inputs in every kernel with a tl.dot
   (all but the attention backward's delta kernel). fp32 inputs use IEEE fp32 dots by

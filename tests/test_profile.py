@@ -106,6 +106,7 @@ def _record(**changes):
 def test_problems():
     assert _record().problems() == []
     assert _record(stack_bytes=568).problems() == ["spills: 568 B stack, 0 B local per thread"]
+    assert _record(stack_bytes=568, may_spill=True).problems() == []  # a NaN repair pass
     assert "shared memory" in _record(shared_bytes=232449).problems()[0]
     assert _record(tensor_core_ops={}).problems() == ["no tensor-core instructions"]
     assert _record(tensor_core_ops={}, expects_tensor_cores=False).problems() == []
