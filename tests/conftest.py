@@ -5,6 +5,12 @@ kernels for real GPUs run in a subprocess without it (see test_cross_compile.py)
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The invariance tests hold the torch backend to bitwise equality across batch positions
+# and strides. PyTorch's CPU BLAS (MKL) rounds alignment-dependently by default (measured
+# on an AMD EPYC: a gradient that cancels to ~1e-8 flips sign with the input's 8-byte
+# alignment); its reproducible mode makes the result depend on the values only, so what
+# the tests see is the backend's own dependence (README: Known problems).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

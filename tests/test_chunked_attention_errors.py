@@ -72,11 +72,12 @@ def test_head_dim_above_256_is_refused_by_triton_with_a_reason():
                      chunked_causal_attention(q, k, v, 4, backend="torch"))
 
 
-@pytest.mark.xfail(strict=True, reason="found by this test: the torch backend's fp32 gradients "
-                   "with grouped heads (4 query heads on 2 kv heads) at head dims >= 256 exceed "
-                   "the parity rule (dv ratio 1.21 here; 0.16-0.37 at head dim <= 128)")
-def test_torch_backend_parity_at_head_dim_264():
-    q, k, v = _qkv(D=264)
+@pytest.mark.parametrize("head_dim", [256, 264])
+def test_torch_backend_parity_at_large_head_dims(head_dim):
+    # Found by this test on an earlier machine: PyTorch's fused CPU backward missed the rule
+    # here in fp32 with grouped heads (dv 1.21x the allowance); those gradients run the math
+    # version now (mirasol/ops/_dense.py).
+    q, k, v = _qkv(D=head_dim)
     op = partial(chunked_causal_attention, chunk_size=4)
     assert_parity(compare_with_oracle(partial(op, backend="torch"),
                                       partial(op, backend="reference"), (q, k, v), names="qkv"))

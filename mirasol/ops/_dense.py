@@ -4,7 +4,8 @@ against its visible prefix, one segment against its keys) and run each here.
 
 On CPU this calls PyTorch's fused flash-attention kernel for CPU, which returns the
 log-sum-exp and has a backward that consumes it (no piece-sized score matrix in memory).
-Elsewhere a math version materializes one piece's scores at a time.
+Elsewhere (and for fp32 gradients at head dims >= 256, below) a math version
+materializes one piece's scores at a time.
 
 NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inputs hold a
 NaN run the math version, which propagates a NaN to exactly the outputs and gradients
@@ -99,9 +100,18 @@ _FUSED = {"cpu": (_flash_cpu_fwd, _flash_cpu_bwd)}
 _MATH = (_math_fwd, _math_bwd)
 
 
-def _kernels(q: Tensor, k: Tensor, v: Tensor):
+# PyTorch's fused CPU backward misses the parity rule in fp32 from this head dim on, on some
+# CPUs: dv at 1.21x the allowance with 4 query heads on 2 kv heads at head dim 264, on an
+# earlier session's machine (within it, at <= 0.34x, on an AMD EPYC with AVX-512). The math
+# version is the reference's arithmetic piece by piece, so those gradients run there.
+_FUSED_FP32_BWD_MAX_HEAD_DIM = 255
+
+
+def _kernels(q: Tensor, k: Tensor, v: Tensor, backward: bool = False):
     # One reduction and one host read for the three (not one per tensor).
     if torch.stack([t.isnan().any() for t in (q, k, v)]).any():
+        return _MATH
+    if backward and q.dtype == torch.float32 and q.shape[-1] > _FUSED_FP32_BWD_MAX_HEAD_DIM:
         return _MATH
     return _FUSED.get(q.device.type, _MATH)
 
@@ -126,7 +136,7 @@ def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tenso
     """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
     dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
     in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
-    _, bwd = _kernels(q, k, v)
+    _, bwd = _kernels(q, k, v, backward=True)
     kv_heads = k.shape[1]
     dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
                      *(_fold_groups(t, kv_heads) for t in (o, lse)), scale,
