@@ -39,8 +39,9 @@ masked block, which takes the operand through registers and spills the tuned til
 each kernel has a second specialization, ``EXACT_NAN``: a repair pass launched right after
 it on a small tile, whose program reads back the rows it owns and returns unless they hold
 a NaN (one load and one reduction per program when there is none: no host sync, no extra
-work). A program that finds one recomputes its rows with the masked blocks exact: the
-NaN-bearing dot operand cleared of NaN and the NaN set directly where a row sees it. A
+work; under the interpreter the host checks instead, see ``_repair_may_write``). A program
+that finds one recomputes its rows with the masked blocks exact: the NaN-bearing dot
+operand cleared of NaN and the NaN set directly where a row sees it. A
 program whose rows hold no NaN writes nothing, so with no NaN anywhere the result is the
 fast kernel's, bitwise. (An inf in v or dO is not cleared: a row not seeing it may still
 get ``0 * inf``.)
@@ -589,14 +590,23 @@ def attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg: Segments, scale: float,
     return Launch(_attn_bwd_dq_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
 
 
+def _repair_may_write(*outputs: Tensor) -> bool:
+    """Whether a repair pass over these outputs can write anything. On a GPU it is always
+    launched: each program checks its own rows, with no host sync. Under the interpreter
+    (CPU tensors, where a host read costs nothing) a pass is skipped when the outputs hold
+    no NaN, since then every program of it would return at once."""
+    return outputs[0].device.type != "cpu" or any(t.isnan().any() for t in outputs)
+
+
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
              scale: float) -> tuple[Tensor, Tensor]:
     """Forward: ``(o, lse)``, o laid out like q, lse (B, H, L) fp32 in natural log (-inf
     for a row that sees no key, where o is 0; NaN for a row that sees a NaN)."""
     o = empty_like(q)
     lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    for exact_nan in (False, True):
-        attn_fwd_launch(q, k, v, o, lse, seg, scale, exact_nan=exact_nan).run()
+    attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
+    if _repair_may_write(o):
+        attn_fwd_launch(q, k, v, o, lse, seg, scale, exact_nan=True).run()
     return o, lse
 
 
@@ -606,10 +616,12 @@ def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
     delta = empty(lse.shape, dtype=torch.float32, device=q.device)
     dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
     attn_bwd_delta_launch(o, do, delta).run()
-    for exact_nan in (False, True):
-        attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale,
-                             exact_nan=exact_nan).run()
-        attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale, exact_nan=exact_nan).run()
+    attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale).run()
+    attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
+    if _repair_may_write(dk, dv):
+        attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale, exact_nan=True).run()
+    if _repair_may_write(dq):
+        attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale, exact_nan=True).run()
     return dq, dk, dv
 
 

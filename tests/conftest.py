@@ -18,6 +18,33 @@ from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
+
+def _memoize_interpreter_patching() -> None:
+    """Triton's interpreter re-patches triton.language (an ``inspect.getmembers`` walk of
+    four modules) at every call of a @triton.jit helper, although the modules stay patched
+    until the launch ends: a third of the interpreter's time in the kernels here. Patching
+    a module that is already patched changes nothing (its builtins are wrapped already), so
+    the walk is skipped until the launch's scope is restored."""
+    from triton.runtime import interpreter
+
+    patched: set[int] = set()
+    patch_builtin, restore = interpreter._patch_builtin, interpreter._LangPatchScope.restore
+
+    def _patch_builtin(pkg, builder, scope):
+        if id(pkg) not in patched:
+            patched.add(id(pkg))
+            patch_builtin(pkg, builder, scope)
+
+    def _restore(self):
+        patched.clear()
+        restore(self)
+
+    interpreter._patch_builtin = _patch_builtin
+    interpreter._LangPatchScope.restore = _restore
+
+
+_memoize_interpreter_patching()
+
 # "ci" is deterministic (the same examples every run, so CI never flakes on a new draw);
 # HYPOTHESIS_PROFILE=dev explores with fresh randomness and more examples; "pinned" runs only
 # the @example cases (the edges), as tests/test_oldest_triton.py does under triton 3.6.
