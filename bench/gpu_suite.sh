@@ -61,7 +61,8 @@ from mirasol.cli import main
 sys.exit(main(sys.argv[1:]))')
 
 suite=(bench --suite gpu --out-dir "$out" --started-at "$started" "${args[@]}")
-# The backstop: SIGTERM 2 s before the deadline, SIGKILL at it.
+# The backstop: SIGTERM 2 s before the deadline, SIGKILL at it (mirasol.suite.BACKSTOP_S:
+# the suite's own alarm comes earlier).
 left=$(awk -v s="$started" -v d="$deadline" -v now="$(date +%s.%N)" \
   'BEGIN { t = s + d - now - 2; printf "%.1f", (t > 1 ? t : 1) }')
 if [ "${SUITE_DRY_RUN:-0}" = 1 ]; then

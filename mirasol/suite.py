@@ -85,6 +85,12 @@ class TableStep:
         return f"{self.problem.title}, {str(self.problem.setting.dtype).removeprefix('torch.')}"
 
 
+# bench/gpu_suite.sh's backstop: SIGTERM this long before the deadline (SIGKILL at it). The
+# alarm must come first (a plan's reserve_s larger), or the two race and the run is cut by
+# whichever Python handles first.
+BACKSTOP_S = 2.0
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one suite run does, in order, and by when. ``started_at`` (``time.time()``) is
@@ -162,7 +168,8 @@ def rehearsal_plan(deadline_s: float = 60.0, started_at: float | None = None) ->
              *(ParityStep(op, fp32, estimate, backends=("triton",))
                for op, estimate in zip(attention, (23.0, 9.0, 16.0))))
     return Plan("cpu", steps, deadline_s=deadline_s, started_at=started_at or time.time(),
-                reserve_s=2.0, policy=TimingPolicy(warmup_s=0.02, sample_s=0.005, samples=3),
+                reserve_s=BACKSTOP_S + 1.0,
+                policy=TimingPolicy(warmup_s=0.02, sample_s=0.005, samples=3),
                 rehearsal=True)
 
 

@@ -11,6 +11,12 @@ Run folder: ``metrics.jsonl`` (one JSON object per logged step and per evaluatio
 ``checkpoints/step-XXXXXXX/`` (``model.safetensors`` + ``config.json``: loadable by
 :func:`mirasol.model.load_checkpoint`; ``optimizer.safetensors`` + ``trainer.json`` to
 resume), ``checkpoints/last`` (the latest one's name).
+
+Killed at any moment (SIGKILL included), a run loses only the steps since its last
+checkpoint: a checkpoint is written into a hidden temporary folder and renamed into place
+when complete, ``last`` is replaced in one rename, and a restart resumes from the newest
+checkpoint that loads (a damaged one is skipped with a warning naming it), dropping the
+``metrics.jsonl`` records of the steps it runs again (tests/test_fault_tolerance.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +36,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mirasol._options import option
 from mirasol.data import ByteTokenizer, media_args
 from mirasol.data.synthetic import (ABLATIONS, SPLITS, SyntheticAVQA, SyntheticConfig, ablate,
                                     collate)
-from mirasol.model import (PRESETS, Mirasol, MirasolConfig, load_checkpoint, preset,
-                           save_checkpoint)
+from mirasol.model import PRESETS, Mirasol, MirasolConfig, load_checkpoint, preset
+from mirasol.model.checkpoint import (WEIGHTS, CheckpointError, atomic_directory, read_json,
+                                      read_tensors, write_checkpoint, write_text_atomic)
 from mirasol.model.config import COMBINERS
 from mirasol.ops import BACKENDS
 
@@ -88,6 +97,7 @@ class TrainConfig:
     eval_size: int = option(256, help="validation examples per evaluation")
     checkpoint_every: int = option(500, help="steps between checkpoints, the last step and "
                                              "stop_at included (0: none)")
+    keep: int | None = option(None, help="keep only the newest K checkpoints (default: all)")
     seed: int = option(0, help="seed of the initial weights and the synthetic data")
     backend: str = option("auto", choices=BACKENDS, help="backend of every fast layer")
     fsdp: bool = option(False, help="under torchrun: FSDP2 (fully_shard) instead of DDP")
@@ -228,6 +238,9 @@ def wrap(model: Mirasol, ctx: Context, fsdp: bool) -> nn.Module:
 
 # -- checkpoints ------------------------------------------------------------------------
 
+# Beside the model's two files (mirasol.model.checkpoint), what resuming needs.
+OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
+
 
 def _flat_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
     """An optimizer state_dict (parameter names as keys) as safetensors tensors + JSON."""
@@ -247,40 +260,95 @@ def _nested_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 def save_training_state(out: Path, step: int, model: Mirasol, wrapped: nn.Module,
                         opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                         config: TrainConfig, ctx: Context) -> None:
-    """Every rank takes part (FSDP gathers); rank 0 writes ``checkpoints/step-…``."""
+    """Every rank takes part (FSDP gathers); rank 0 writes ``checkpoints/step-…``, whole or
+    not at all (:func:`atomic_directory`), then points ``checkpoints/last`` at it in one
+    rename, then drops the checkpoints past the ``keep`` newest."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     model_state, optim_state = get_state_dict(
         wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not ctx.main:
         return
-    folder = out / "checkpoints" / f"step-{step:07d}"
-    save_checkpoint(model, folder, metadata={"step": str(step)}, state_dict=model_state)
-    tensors, meta = _flat_optimizer(optim_state)
-    save_file(tensors, folder / "optimizer.safetensors")
-    (folder / "trainer.json").write_text(json.dumps(
-        {"step": step, "config": dataclasses.asdict(config), "scheduler": sched.state_dict(),
-         **meta}, indent=1) + "\n")
-    (out / "checkpoints" / "last").write_text(folder.name + "\n")
+    checkpoints = out / "checkpoints"
+    folder = checkpoints / f"step-{step:07d}"
+    with atomic_directory(folder) as tmp:
+        write_checkpoint(model, tmp, metadata={"step": str(step)}, state_dict=model_state)
+        tensors, meta = _flat_optimizer(optim_state)
+        save_file(tensors, tmp / OPTIMIZER)
+        (tmp / TRAINER).write_text(json.dumps(
+            {"step": step, "config": dataclasses.asdict(config),
+             "scheduler": sched.state_dict(), **meta}, indent=1) + "\n")
+    write_text_atomic(checkpoints / "last", folder.name + "\n")
+    if config.keep is not None:
+        for old in checkpoint_folders(out)[config.keep:]:
+            shutil.rmtree(old)
+
+
+def checkpoint_folders(out: str | Path) -> list[Path]:
+    """The run's checkpoints, newest first (hidden temporary folders are not ones)."""
+    return sorted(Path(out).glob("checkpoints/step-*"), reverse=True)
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
+    """The checkpoint ``checkpoints/last`` names, else the newest one, else None."""
     last = Path(out) / "checkpoints" / "last"
-    return last.parent / last.read_text().strip() if last.exists() else None
+    named = last.parent / last.read_text().strip() if last.is_file() else None
+    if named is not None and named.is_dir():
+        return named
+    folders = checkpoint_folders(out)
+    return folders[0] if folders else None
 
 
 def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,
                         sched: torch.optim.lr_scheduler.LRScheduler) -> int:
-    """Restore weights, optimizer and schedule; returns the step to continue from."""
+    """Restore weights, optimizer and schedule; returns the step to continue from. Every
+    file is read before anything is restored: a missing or damaged one raises
+    :class:`CheckpointError` naming it, with the model and optimizer untouched."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    trainer = json.loads((folder / "trainer.json").read_text())
-    optim_state = _nested_optimizer(load_file(folder / "optimizer.safetensors"), trainer)
-    set_state_dict(wrapped, opt, model_state_dict=load_file(folder / "model.safetensors"),
-                   optim_state_dict=optim_state,
+    trainer = read_json(folder / TRAINER)
+    try:
+        step, scheduler = trainer["step"], trainer["scheduler"]
+        optim_state = _nested_optimizer(read_tensors(folder / OPTIMIZER), trainer)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(folder / TRAINER, f"not a trainer state ({e!r})") from e
+    model_state = read_tensors(folder / WEIGHTS)
+    set_state_dict(wrapped, opt, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
-    sched.load_state_dict(trainer["scheduler"])
-    return trainer["step"]
+    sched.load_state_dict(scheduler)
+    return step
+
+
+def resume(out: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,
+           sched: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """Restore the newest checkpoint that loads, ``last``'s first; a damaged one is skipped
+    with a warning naming it. Returns the step to continue from (0: nothing to resume)."""
+    latest = latest_checkpoint(out)
+    candidates = [latest] + [f for f in checkpoint_folders(out) if f != latest] if latest else []
+    for folder in candidates:
+        try:
+            return load_training_state(folder, wrapped, opt, sched)
+        except CheckpointError as e:
+            warnings.warn(f"skipping damaged checkpoint {folder}: {e}", stacklevel=2)
+    return 0
+
+
+def _keep_logged_steps(path: Path, upto: int) -> None:
+    """metrics.jsonl as of step ``upto``: the records of later steps (run again after a
+    resume) and a line cut short by a kill are dropped, so each step is logged once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= upto:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 # -- the loop ---------------------------------------------------------------------------
@@ -321,6 +389,9 @@ def train(config: TrainConfig) -> Mirasol:
     last checkpoint for a whole copy)."""
     if config.ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {config.ablation!r}")
+    if config.keep is not None and config.keep < 1:
+        raise ValueError(f"keep must be >= 1 (the checkpoint a resume starts from), got "
+                         f"{config.keep}")
     if config.fsdp and config.eval_every:
         raise ValueError("eval_every is not supported with fsdp (sharded parameters are "
                          "gathered only inside the model's forward); evaluate the "
@@ -334,12 +405,11 @@ def train(config: TrainConfig) -> Mirasol:
     wrapped = wrap(model, ctx, config.fsdp)
     opt = optimizer(wrapped, config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(config))
-    start = 0
-    resume_from = latest_checkpoint(out) if config.resume else None
-    if resume_from is not None:
-        start = load_training_state(resume_from, wrapped, opt, sched)
-    if resume_from is None and ctx.main:
-        model_config.save(out / "config.json")
+    start = resume(out, wrapped, opt, sched) if config.resume else 0
+    if ctx.main:
+        if start == 0:
+            model_config.save(out / "config.json")
+        _keep_logged_steps(out / "metrics.jsonl", start)
     data = dataset(config, model_config, "train", config.steps * config.batch_size)
     batches = _batches(data, [step_indices(s, config.batch_size, ctx.rank, ctx.world)
                               for s in range(start, config.stop_at or config.steps)],

@@ -83,6 +83,8 @@ def test_bad_settings_are_refused(tmp_path):
         train(_config(tmp_path, "x", steps=1, ablation="smell-only"))
     with pytest.raises(ValueError, match="fsdp"):
         train(_config(tmp_path, "x", steps=1, fsdp=True, eval_every=1))
+    with pytest.raises(ValueError, match=r"keep must be >= 1 .*got 0"):
+        train(_config(tmp_path, "x", steps=1, keep=0))
 
 
 STEPS, LR = 4, 3e-3  # of the data-parallel runs

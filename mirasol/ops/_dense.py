@@ -7,8 +7,8 @@ log-sum-exp and has a backward that consumes it (no piece-sized score matrix in 
 Elsewhere (and for fp32 gradients at head dims >= 256, below) a math version
 materializes one piece's scores at a time.
 
-NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inputs hold a
-NaN run the math version, which propagates a NaN to exactly the outputs and gradients
+NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inputs (or,
+in backward, output gradient) hold a NaN run the math version, which propagates a NaN to exactly the outputs and gradients
 whose formula has a term with it: a pair the mask hides has no term (``where``, never a
 product with 0, and NaN cleared from the dot operand that also serves hidden pairs). The
 check costs one pass over the piece's inputs.
@@ -66,11 +66,17 @@ def _scores(q, k, scale, mask):
     return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
 
 
+def _accumulated(acc: torch.dtype, *tensors: Tensor) -> list[Tensor]:
+    # In the accumulation dtype and contiguous: the matmuls' summation order then does not
+    # depend on the caller's strides (a strided operand can take another BLAS path).
+    return [t.to(acc).contiguous() for t in tensors]
+
+
 def _math_fwd(q, k, v, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
-    scores = _scores(q.to(acc), k.to(acc), scale, mask)
+    q, k, v = _accumulated(acc, q, k, v)
+    scores = _scores(q, k, scale, mask)
     lse = torch.logsumexp(scores, dim=-1)
-    v = v.to(acc)
     probs = _hidden(torch.exp(scores - lse[..., None]), mask)
     o = torch.einsum("bhij,bhjd->bhid", probs, _clean(v, mask))
     if mask is not None:  # a NaN value reaches the rows that see its key, in its dim
@@ -81,9 +87,12 @@ def _math_fwd(q, k, v, scale, mask):
 
 def _math_bwd(do, q, k, v, o, lse, scale, mask):
     acc = torch.promote_types(q.dtype, torch.float32)
-    q, k, v, do, o = (t.to(acc) for t in (q, k, v, do, o))
+    q, k, v, do, o = _accumulated(acc, q, k, v, do, o)
     probs = _hidden(torch.exp(_scores(q, k, scale, mask) - lse[..., None]), mask)
-    dv = torch.einsum("bhij,bhid->bhjd", probs, do)
+    dv = torch.einsum("bhij,bhid->bhjd", probs, _clean(do, mask))
+    if mask is not None:  # a NaN output gradient reaches the values of the keys its row sees
+        seen_nan = torch.einsum("ij,bhid->bhjd", mask.to(acc), do.isnan().to(acc)) > 0
+        dv = dv.masked_fill(seen_nan, math.nan)
     dp = torch.einsum("bhid,bhjd->bhij", do, v)
     ds = _hidden(probs * (dp - (do * o).sum(-1, keepdim=True)), mask) * scale
     dq = torch.einsum("bhij,bhjd->bhid", ds, _clean(k, mask))
@@ -107,9 +116,12 @@ _MATH = (_math_fwd, _math_bwd)
 _FUSED_FP32_BWD_MAX_HEAD_DIM = 255
 
 
-def _kernels(q: Tensor, k: Tensor, v: Tensor, backward: bool = False):
-    # One reduction and one host read for the three (not one per tensor).
-    if torch.stack([t.isnan().any() for t in (q, k, v)]).any():
+def _kernels(*inputs: Tensor, backward: bool = False):
+    """The (forward, backward) pair for these inputs (q, k, v, and the output gradient in
+    backward)."""
+    q = inputs[0]
+    # One reduction and one host read for all of them (not one per tensor).
+    if torch.stack([t.isnan().any() for t in inputs]).any():
         return _MATH
     if backward and q.dtype == torch.float32 and q.shape[-1] > _FUSED_FP32_BWD_MAX_HEAD_DIM:
         return _MATH
@@ -136,7 +148,7 @@ def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tenso
     """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
     dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
     in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
-    _, bwd = _kernels(q, k, v, backward=True)
+    _, bwd = _kernels(q, k, v, do, backward=True)
     kv_heads = k.shape[1]
     dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
                      *(_fold_groups(t, kv_heads) for t in (o, lse)), scale,

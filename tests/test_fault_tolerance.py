@@ -1,0 +1,217 @@
+"""Training that survives being killed (mirasol/train.py, mirasol/model/checkpoint.py).
+
+A harness runs ``mirasol train`` (tiny preset, CPU) and SIGKILLs it at chosen moments —
+while a checkpoint is being written (its hidden temporary folder exists), right after a
+checkpoint that an evaluation follows, and at random times inside the training steps —
+restarting it after each kill. The final weights must equal an uninterrupted run's
+bitwise, and ``metrics.jsonl`` must hold each step's records exactly once, equal to the
+uninterrupted run's (but for the wall-clock rate). Damaged files get errors that name them,
+and a resume skips a damaged newest checkpoint for the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mirasol.model import CheckpointError, load_checkpoint, preset, save_checkpoint
+from mirasol.model.mirasol import Mirasol
+from mirasol.testing import assert_identical
+from mirasol.train import TrainConfig, checkpoint_folders, latest_checkpoint, train
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals, fsync of folders")
+
+STEPS, CHECKPOINT_EVERY, EVAL_EVERY = 24, 4, 8
+ARGS = ["--preset", "tiny", "--steps", str(STEPS), "--batch-size", "4", "--warmup", "2",
+        "--av-warmup-steps", "6", "--log-every", "1", "--checkpoint-every",
+        str(CHECKPOINT_EVERY), "--eval-every", str(EVAL_EVERY), "--eval-size", "8",
+        "--keep", "3", "--no-progress"]
+# A restart that finds the run complete does nothing: a few kills per moment suffice.
+RANDOM_KILLS = 4
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mirasol", "train", "--out", str(out), *ARGS],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+
+
+def _records(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
+            for line in lines]
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+    proc.wait()
+    return False
+
+
+def _writing_a_checkpoint(out: Path) -> bool:
+    folder = out / "checkpoints"
+    return folder.is_dir() and any(p.name.startswith(".step-") and ".tmp-" in p.name
+                                   for p in folder.iterdir())
+
+
+def _pointer(out: Path) -> str:
+    try:
+        return (out / "checkpoints" / "last").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    started = time.monotonic()
+    proc = _start(reference)
+    while not (reference / "metrics.jsonl").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    startup = time.monotonic() - started
+    _finish(proc)
+    training = time.monotonic() - started - startup
+
+    out = tmp_path / "killed"
+    moments = []
+    # While a checkpoint is written: its hidden temporary folder exists.
+    proc = _start(out)
+    if _kill_when(proc, lambda: _writing_a_checkpoint(out)):
+        moments.append(("writing a checkpoint", _pointer(out)))
+        leftovers = [p.name for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
+        assert leftovers, "the kill was meant to land while a checkpoint was written"
+    # Right after a checkpoint that an evaluation follows (the pointer just moved to it).
+    proc = _start(out)
+    before = _pointer(out)
+    if _kill_when(proc, lambda: _pointer(out) not in (before, "") and
+                  int(_pointer(out).split("-")[1]) % EVAL_EVERY == 0):
+        moments.append(("evaluating", _pointer(out)))
+    # Random moments of the training steps (after start-up, which only imports).
+    rng = random.Random(0)
+    for _ in range(RANDOM_KILLS):
+        proc = _start(out)
+        delay = startup + rng.uniform(0.0, training)
+        if _kill_when(proc, lambda t=time.monotonic() + delay: time.monotonic() >= t):
+            moments.append((f"at {delay:.2f} s", _pointer(out)))
+    _finish(_start(out))
+
+    print(f"start-up {startup:.1f} s, training {training:.1f} s; killed: {moments}")
+    assert len(moments) >= 1 + RANDOM_KILLS // 2, moments
+    want = load_file(latest_checkpoint(reference) / "model.safetensors")
+    got = load_file(latest_checkpoint(out) / "model.safetensors")
+    assert latest_checkpoint(out).name == f"step-{STEPS:07d}"
+    assert want.keys() == got.keys()
+    for name in want:
+        assert_identical(got[name], want[name])
+    assert _records(out) == _records(reference)  # every step once, the same numbers
+    assert len(checkpoint_folders(out)) == 3  # --keep 3
+
+
+# ---------------------------------------------------------------------- damaged files
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = Mirasol(preset("tiny"))
+    return save_checkpoint(model, tmp_path / "ckpt"), model
+
+
+def test_a_truncated_weight_file_is_named(checkpoint):
+    folder, _ = checkpoint
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable "
+                                              r"safetensors file") as info:
+        load_checkpoint(folder)
+    assert info.value.path == weights
+
+
+def test_corrupt_bytes_in_the_header_are_named(checkpoint):
+    folder, _ = checkpoint
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"\xff" * 32
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("content,problem", [("{", "not a readable JSON file"),
+                                             ('{"dim": "x", "nope": 1}', "not a MirasolConfig")])
+def test_a_bad_config_is_named(checkpoint, content, problem):
+    folder, _ = checkpoint
+    (folder / "config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=rf"config\.json: {problem}"):
+        load_checkpoint(folder)
+
+
+def test_a_missing_file_is_named(checkpoint):
+    folder, _ = checkpoint
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing"):
+        load_checkpoint(folder)
+
+
+def test_save_replaces_a_checkpoint_whole(checkpoint):
+    folder, model = checkpoint
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_checkpoint(model, folder)
+    assert_identical(next(load_checkpoint(folder).parameters()), next(model.parameters()))
+    assert [p.name for p in folder.parent.iterdir()] == ["ckpt"]  # no temporary left
+
+
+def _config(out: Path, **changes) -> TrainConfig:
+    return TrainConfig(out=str(out), preset="tiny", steps=6, batch_size=4, warmup=1,
+                       av_warmup_steps=2, log_every=1, checkpoint_every=2, progress=False,
+                       **changes)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "missing optimizer", "bad trainer json",
+                                    "dangling pointer"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, damage):
+    full = tmp_path / "full"
+    train(_config(full))
+    out = tmp_path / "damaged"
+    train(_config(out, stop_at=4))
+    newest = out / "checkpoints" / "step-0000004"
+    if damage == "truncated weights":
+        (newest / "model.safetensors").write_bytes(b"\x00" * 10)
+    elif damage == "missing optimizer":
+        (newest / "optimizer.safetensors").unlink()
+    elif damage == "bad trainer json":
+        (newest / "trainer.json").write_text('{"step": ')
+    else:  # the pointer names a checkpoint that is gone: the newest present one serves
+        (out / "checkpoints" / "last").write_text("step-0000099\n")
+    if damage == "dangling pointer":
+        train(_config(out))
+    else:
+        with pytest.warns(UserWarning, match=r"skipping damaged checkpoint .*step-0000004"):
+            train(_config(out))
+    for (name, a), b in zip(load_checkpoint(full / "checkpoints" / "step-0000006")
+                            .state_dict().items(),
+                            load_checkpoint(out / "checkpoints" / "step-0000006")
+                            .state_dict().values()):
+        assert_identical(b, a)
+    assert [r["step"] for r in _records(out)] == list(range(1, 7))
