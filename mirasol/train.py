@@ -446,15 +446,17 @@ def train(config: TrainConfig) -> Mirasol:
             tick = now
             log.write(record)
         log.step({"loss": f"{result.loss.item():.3f}"})  # this rank's shard
-        if config.checkpoint_every and (done % config.checkpoint_every == 0
-                                        or done in (config.steps, config.stop_at)):
-            save_training_state(out, done, model, wrapped, opt, sched, config, ctx)
         if config.eval_every and done % config.eval_every == 0:
-            # Every rank evaluates the same split (no collectives), rank 0 logs it.
+            # Every rank evaluates the same split (no collectives), rank 0 logs it. Before
+            # the step's checkpoint: a run killed during it resumes from the one before and
+            # evaluates again, where one resumed from this step's would skip it.
             metrics = evaluate(model, dataset(config, model_config, "val", config.eval_size),
                                ablation=config.ablation, device=ctx.device)
             log.write({"step": done, "split": "val", **metrics})
             wrapped.train()
+        if config.checkpoint_every and (done % config.checkpoint_every == 0
+                                        or done in (config.steps, config.stop_at)):
+            save_training_state(out, done, model, wrapped, opt, sched, config, ctx)
     log.close()
     if ctx.world > 1:
         dist.barrier()

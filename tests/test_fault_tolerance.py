@@ -66,6 +66,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
             proc.kill()
             proc.wait()
             return True
+        time.sleep(0.001)
     proc.wait()
     return False
 
@@ -74,6 +75,17 @@ def _writing_a_checkpoint(out: Path) -> bool:
     folder = out / "checkpoints"
     return folder.is_dir() and any(p.name.startswith(".step-") and ".tmp-" in p.name
                                    for p in folder.iterdir())
+
+
+def _last_record(out: Path) -> dict:
+    """The last complete record of metrics.jsonl ({} before any)."""
+    path = out / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+    return {}
 
 
 def _pointer(out: Path) -> str:
@@ -101,19 +113,29 @@ def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path):
         moments.append(("writing a checkpoint", _pointer(out)))
         leftovers = [p.name for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
         assert leftovers, "the kill was meant to land while a checkpoint was written"
-    # Right after a checkpoint that an evaluation follows (the pointer just moved to it).
+    # During an evaluation: the training record of an evaluation step is the last logged.
     proc = _start(out)
-    before = _pointer(out)
-    if _kill_when(proc, lambda: _pointer(out) not in (before, "") and
-                  int(_pointer(out).split("-")[1]) % EVAL_EVERY == 0):
+
+    def evaluating() -> bool:
+        last = _last_record(out)
+        return "split" not in last and last.get("step", 0) % EVAL_EVERY == 0 < last.get("step", 0)
+
+    if _kill_when(proc, evaluating):
         moments.append(("evaluating", _pointer(out)))
-    # Random moments of the training steps (after start-up, which only imports).
+    # Random moments inside the steps left: once step s is logged, after a random fraction
+    # of a step's time.
     rng = random.Random(0)
+    step_s = training / STEPS
     for _ in range(RANDOM_KILLS):
+        resumed = int(_pointer(out).split("-")[1]) if _pointer(out) else 0
+        if resumed >= STEPS - 1:
+            break
+        target = rng.randint(resumed + 1, STEPS - 1)
+        extra = rng.uniform(0.0, step_s)
         proc = _start(out)
-        delay = startup + rng.uniform(0.0, training)
-        if _kill_when(proc, lambda t=time.monotonic() + delay: time.monotonic() >= t):
-            moments.append((f"at {delay:.2f} s", _pointer(out)))
+        if _kill_when(proc, lambda: _last_record(out).get("step", 0) >= target
+                      and (time.sleep(extra) or True)):
+            moments.append((f"{extra:.3f} s into step {target + 1}", _pointer(out)))
     _finish(_start(out))
 
     print(f"start-up {startup:.1f} s, training {training:.1f} s; killed: {moments}")
