@@ -237,3 +237,60 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, damage):
                             .state_dict().values()):
         assert_identical(b, a)
     assert [r["step"] for r in _records(out)] == list(range(1, 7))
+
+
+# ------------------------------------------------------------------ two gloo processes
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "mirasol", "train"]
+# A dead peer ends the run within this bound (measured: about 1 s).
+EXIT_BOUND_S = 60
+
+
+def _torchrun(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*TORCHRUN, "--out", str(out), *ARGS, "--eval-every", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _rank_pid(agent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of ``rank`` (read off the children's environments)."""
+    children = subprocess.run(["pgrep", "-P", str(agent)], capture_output=True,
+                              text=True).stdout.split()
+    for pid in children:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+def test_a_killed_rank_ends_the_run_and_the_restart_resumes_exactly(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    _finish(_torchrun(reference))
+
+    out = tmp_path / "killed"
+    agent = _torchrun(out)
+    while _last_record(out).get("step", 0) < STEPS // 2 and agent.poll() is None:
+        time.sleep(0.01)
+    rank1 = _rank_pid(agent.pid, 1)
+    assert rank1 is not None and agent.poll() is None, "the run ended before the kill"
+    os.kill(rank1, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = agent.communicate(timeout=EXIT_BOUND_S)
+    ended = time.monotonic() - killed
+    assert agent.returncode != 0
+    # torchrun names the dead worker and its signal, and stops the surviving one.
+    assert "SIGKILL" in stderr and "rank" in stderr.lower(), stderr[-3000:]
+    print(f"the run ended {ended:.1f} s after rank 1 was killed, at "
+          f"{_pointer(out) or 'no checkpoint'}")
+
+    _finish(_torchrun(out))
+    want = load_file(latest_checkpoint(reference) / "model.safetensors")
+    got = load_file(latest_checkpoint(out) / "model.safetensors")
+    for name in want:
+        assert_identical(got[name], want[name])
+    assert _records(out) == _records(reference)
