@@ -191,6 +191,13 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from mirasol.train import export
+
+    print(f"wrote {export(args.checkpoint, args.out)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from mirasol.demo import DemoConfig, run_demo
 
@@ -337,14 +344,22 @@ def add_ask(sub) -> None:
     ask.set_defaults(func=cmd_ask)
 
 
+def add_export(sub) -> None:
+    export = sub.add_parser("export", help="a whole checkpoint (model.safetensors + "
+                                           "config.json) from a run's, sharded or not")
+    export.add_argument("checkpoint", help="a run folder (its last checkpoint) or a checkpoint")
+    export.add_argument("out", help="the folder to write")
+    export.set_defaults(func=cmd_export)
+
+
 def add_demo(sub) -> None:
     _config_command(sub, "demo", "train the tiny model and its ablations on the synthetic "
                                  "task, report, ask about a real clip",
                     "mirasol.demo:DemoConfig", cmd_demo)
 
 
-COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, add_ask,
-            add_demo)
+COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, add_export,
+            add_ask, add_demo)
 
 
 def parser() -> argparse.ArgumentParser:

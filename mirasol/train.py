@@ -44,8 +44,10 @@ from mirasol.data import ByteTokenizer, media_args
 from mirasol.data.synthetic import (ABLATIONS, SPLITS, SyntheticAVQA, SyntheticConfig, ablate,
                                     collate)
 from mirasol.model import PRESETS, Mirasol, MirasolConfig, load_checkpoint, preset
-from mirasol.model.checkpoint import (WEIGHTS, CheckpointError, atomic_directory, read_json,
-                                      read_tensors, write_checkpoint, write_text_atomic)
+from mirasol.model.checkpoint import (CONFIG, SHARDS, WEIGHTS, CheckpointError,
+                                      atomic_directory, load_config, load_state, publish,
+                                      read_json, read_tensors, save_checkpoint,
+                                      write_checkpoint, write_text_atomic)
 from mirasol.model.config import COMBINERS
 from mirasol.ops import BACKENDS
 
@@ -257,31 +259,56 @@ def _nested_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": dict(state), "param_groups": meta["param_groups"]}
 
 
+def _trainer_state(step: int, config: TrainConfig, sched, **extra) -> str:
+    return json.dumps({"step": step, "config": dataclasses.asdict(config),
+                       "scheduler": sched.state_dict(), **extra}, indent=1) + "\n"
+
+
 def save_training_state(out: Path, step: int, model: Mirasol, wrapped: nn.Module,
                         opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                         config: TrainConfig, ctx: Context) -> None:
-    """Every rank takes part (FSDP gathers); rank 0 writes ``checkpoints/step-…``, whole or
-    not at all (:func:`atomic_directory`), then points ``checkpoints/last`` at it in one
-    rename, then drops the checkpoints past the ``keep`` newest."""
+    """Write ``checkpoints/step-…``, whole or not at all, then point ``checkpoints/last`` at
+    it in one rename, then drop the checkpoints past the ``keep`` newest. Every rank takes
+    part. One process or DDP: rank 0 writes the full state (:func:`atomic_directory`).
+    FSDP2: each rank writes its own shards with ``torch.distributed.checkpoint`` into one
+    temporary folder (no rank holds the full state), which rank 0 renames into place once
+    all are written."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_state, optim_state = get_state_dict(
-        wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not ctx.main:
-        return
     checkpoints = out / "checkpoints"
     folder = checkpoints / f"step-{step:07d}"
-    with atomic_directory(folder) as tmp:
-        write_checkpoint(model, tmp, metadata={"step": str(step)}, state_dict=model_state)
-        tensors, meta = _flat_optimizer(optim_state)
-        save_file(tensors, tmp / OPTIMIZER)
-        (tmp / TRAINER).write_text(json.dumps(
-            {"step": step, "config": dataclasses.asdict(config),
-             "scheduler": sched.state_dict(), **meta}, indent=1) + "\n")
-    write_text_atomic(checkpoints / "last", folder.name + "\n")
-    if config.keep is not None:
-        for old in checkpoint_folders(out)[config.keep:]:
-            shutil.rmtree(old)
+    if config.fsdp and ctx.world > 1:
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = get_state_dict(wrapped, opt)
+        tmp = checkpoints / f".{folder.name}.tmp-sharded"  # one name every rank knows
+        if ctx.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        # Returns on the coordinator (rank 0) once every rank's shards are written.
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / SHARDS)
+        if ctx.main:
+            model.config.save(tmp / CONFIG)
+            (tmp / TRAINER).write_text(_trainer_state(step, config, sched))
+            publish(tmp, folder)
+    else:
+        model_state, optim_state = get_state_dict(
+            wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if ctx.main:
+            with atomic_directory(folder) as tmp:
+                write_checkpoint(model, tmp, metadata={"step": str(step)},
+                                 state_dict=model_state)
+                tensors, meta = _flat_optimizer(optim_state)
+                save_file(tensors, tmp / OPTIMIZER)
+                (tmp / TRAINER).write_text(_trainer_state(step, config, sched, **meta))
+    if ctx.main:
+        write_text_atomic(checkpoints / "last", folder.name + "\n")
+        if config.keep is not None:
+            for old in checkpoint_folders(out)[config.keep:]:
+                shutil.rmtree(old)
+    if ctx.world > 1:
+        dist.barrier()  # no rank resumes training (or reads "last") before it is written
 
 
 def checkpoint_folders(out: str | Path) -> list[Path]:
@@ -301,24 +328,66 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,
                         sched: torch.optim.lr_scheduler.LRScheduler) -> int:
-    """Restore weights, optimizer and schedule; returns the step to continue from. Every
-    file is read before anything is restored: a missing or damaged one raises
-    :class:`CheckpointError` naming it, with the model and optimizer untouched."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    """Restore weights, optimizer and schedule; returns the step to continue from. Either
+    format serves any world size: a full checkpoint is read whole by every rank, a sharded
+    one (FSDP2) is resharded by ``torch.distributed.checkpoint`` to this run's layout (one
+    process included). Every file is read before anything is restored: a missing or
+    damaged one raises :class:`CheckpointError` naming it, with the model and optimizer
+    untouched."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                         set_state_dict)
 
     trainer = read_json(folder / TRAINER)
     try:
         step, scheduler = trainer["step"], trainer["scheduler"]
-        optim_state = _nested_optimizer(read_tensors(folder / OPTIMIZER), trainer)
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except (KeyError, TypeError) as e:
         raise CheckpointError(folder / TRAINER, f"not a trainer state ({e!r})") from e
-    model_state = read_tensors(folder / WEIGHTS)
-    set_state_dict(wrapped, opt, model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
+    if (folder / SHARDS).is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = get_state_dict(wrapped, opt)  # this run's layout
+        state = {"model": model_state, "optim": optim_state}
+        try:
+            dcp.load(state, checkpoint_id=folder / SHARDS)
+        except Exception as e:  # noqa: BLE001 -- DCP raises its own kinds (CheckpointException)
+            raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
+                                                   f"({type(e).__name__}: {e})") from e
+        set_state_dict(wrapped, opt, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+    else:
+        try:
+            optim_state = _nested_optimizer(read_tensors(folder / OPTIMIZER), trainer)
+        except (KeyError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(folder / TRAINER, f"not a trainer state ({e!r})") from e
+        set_state_dict(wrapped, opt, model_state_dict=read_tensors(folder / WEIGHTS),
+                       optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
     sched.load_state_dict(scheduler)
     return step
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """A whole checkpoint (``model.safetensors`` + ``config.json``, for
+    :func:`load_checkpoint`) from ``checkpoint``: a run folder (its last checkpoint) or a
+    checkpoint, sharded (FSDP2) or not. Runs in one process."""
+    folder = Path(checkpoint)
+    folder = latest_checkpoint(folder) or folder
+    model = Mirasol(load_config(folder))
+    if (folder / SHARDS).is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        state = {"model": model.state_dict()}
+        try:
+            dcp.load(state, checkpoint_id=folder / SHARDS)
+        except Exception as e:  # noqa: BLE001 -- as in load_training_state
+            raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
+                                                   f"({type(e).__name__}: {e})") from e
+        model.load_state_dict(state["model"])
+    else:
+        load_state(model, folder)
+    return save_checkpoint(model, out, metadata={"exported_from": str(folder)})
 
 
 def resume(out: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,

@@ -294,3 +294,61 @@ def test_a_killed_rank_ends_the_run_and_the_restart_resumes_exactly(tmp_path):
     for name in want:
         assert_identical(got[name], want[name])
     assert _records(out) == _records(reference)
+
+
+# ------------------------------------------------------------- FSDP2 sharded checkpoints
+
+FSDP_STEPS = 8
+FSDP_ARGS = [*ARGS, "--steps", str(FSDP_STEPS), "--eval-every", "0", "--keep", "9"]
+
+
+def _run(out: Path, nproc: int, *extra: str) -> None:
+    command = ([*TORCHRUN[:3], "--standalone", f"--nproc_per_node={nproc}", *TORCHRUN[5:]]
+               if nproc > 1 else [sys.executable, "-m", "mirasol", "train"])
+    done = subprocess.run([*command, "--out", str(out), *FSDP_ARGS, *extra],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _assert_continuation(got: Path, want: Path) -> None:
+    """Equal continuation across world sizes: the data-parallel rule of test_train.py (a
+    different process count sums the gradients in another order)."""
+    from mirasol.testing import tolerances
+
+    a = load_checkpoint(want).state_dict()
+    for name, b in load_checkpoint(got).state_dict().items():
+        if name.endswith("k_proj.bias"):  # its true gradient is 0 (test_train.py)
+            assert (b - a[name]).abs().max() <= tolerances.adam_drift(FSDP_STEPS, 2e-3), name
+        else:
+            torch.testing.assert_close(b, a[name], **tolerances.DATA_PARALLEL_PARAMETERS,
+                                       msg=name)
+
+
+def test_fsdp_checkpoints_are_sharded_and_resume_on_another_world_size(tmp_path):
+    half = str(FSDP_STEPS // 2)
+    # 2 FSDP2 processes: each rank writes its shard; no model.safetensors.
+    sharded = tmp_path / "fsdp2"
+    _run(sharded, 2, "--fsdp")
+    last = latest_checkpoint(sharded)
+    assert not (last / "model.safetensors").exists()
+    assert len(list((last / "shards").glob("*.distcp"))) == 2
+    with pytest.raises(CheckpointError, match="sharded FSDP2 training checkpoint"):
+        load_checkpoint(last)
+    exported = tmp_path / "exported"
+    assert subprocess.run([sys.executable, "-m", "mirasol", "export", str(sharded),
+                           str(exported)], capture_output=True).returncode == 0
+    # 2 -> 1: half the steps on 2 FSDP2 processes, the rest on one.
+    two_one = tmp_path / "2to1"
+    _run(two_one, 2, "--fsdp", "--stop-at", half)
+    _run(two_one, 1)
+    _assert_continuation(latest_checkpoint(two_one), exported)
+    # 1 -> 2: half on one process, the rest on 2 FSDP2 processes (a full checkpoint read
+    # by both ranks, then sharded ones written).
+    one_two = tmp_path / "1to2"
+    _run(one_two, 1, "--stop-at", half)
+    _run(one_two, 2, "--fsdp")
+    one_two_export = tmp_path / "1to2-exported"
+    assert subprocess.run([sys.executable, "-m", "mirasol", "export", str(one_two),
+                           str(one_two_export)], capture_output=True).returncode == 0
+    _assert_continuation(one_two_export, exported)

@@ -25,6 +25,9 @@ from mirasol.model.config import MirasolConfig
 from mirasol.model.mirasol import Mirasol
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+# An FSDP2 training checkpoint holds its weights and optimizer state here, one file per rank
+# (torch.distributed.checkpoint), in place of WEIGHTS: `mirasol export` consolidates it.
+SHARDS = "shards"
 T = TypeVar("T")
 
 
@@ -56,19 +59,27 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        if final.exists():  # rewriting a step (a resumed run): the old copy goes first
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync(final.parent)
+        publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Flush every file under ``tmp`` to disk, then rename it to ``final`` (replacing an
+    existing one): the last step of :func:`atomic_directory`, for a temporary folder that
+    several processes wrote."""
+    for root, _, files in os.walk(tmp, topdown=False):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+    if final.exists():  # rewriting a step (a resumed run): the old copy goes first
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync(final.parent)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -132,6 +143,10 @@ def load_state(model: Mirasol, directory: str | Path) -> Mirasol:
     device and dtype). Raises :class:`CheckpointError` for a missing or damaged weight
     file, ValueError naming every missing, unexpected and mismatched key when the
     checkpoint was written by a model of another configuration."""
+    if (Path(directory) / SHARDS).is_dir() and not (Path(directory) / WEIGHTS).exists():
+        raise CheckpointError(Path(directory) / WEIGHTS,
+                              "missing: this is a sharded FSDP2 training checkpoint "
+                              "(`mirasol export` writes it whole)")
     state = read_tensors(Path(directory) / WEIGHTS)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
