@@ -10,7 +10,8 @@ reports.
 Run folder: ``metrics.jsonl`` (one JSON object per logged step and per evaluation),
 ``checkpoints/step-XXXXXXX/`` (``model.safetensors`` + ``config.json``: loadable by
 :func:`mirasol.model.load_checkpoint`; ``optimizer.safetensors`` + ``trainer.json`` to
-resume), ``checkpoints/last`` (the latest one's name).
+resume; under FSDP2 ``shards/`` in place of both safetensors files, one file per rank, which
+``mirasol export`` consolidates), ``checkpoints/last`` (the latest one's name).
 
 Killed at any moment (SIGKILL included), a run loses only the steps since its last
 checkpoint: a checkpoint is written into a hidden temporary folder and renamed into place
