@@ -265,51 +265,75 @@ def _trainer_state(step: int, config: TrainConfig, sched, **extra) -> str:
                        "scheduler": sched.state_dict(), **extra}, indent=1) + "\n"
 
 
-def save_training_state(out: Path, step: int, model: Mirasol, wrapped: nn.Module,
-                        opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                        config: TrainConfig, ctx: Context) -> None:
-    """Write ``checkpoints/step-…``, whole or not at all, then point ``checkpoints/last`` at
-    it in one rename, then drop the checkpoints past the ``keep`` newest. Every rank takes
-    part. One process or DDP: rank 0 writes the full state (:func:`atomic_directory`).
-    FSDP2: each rank writes its own shards with ``torch.distributed.checkpoint`` into one
-    temporary folder (no rank holds the full state), which rank 0 renames into place once
-    all are written."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+@dataclass
+class PendingSave:
+    """A sharded checkpoint being written in the background (``dcp.async_save``): its
+    shards go to ``tmp``, renamed to ``folder`` by :meth:`finish` once every rank's are
+    written."""
 
-    checkpoints = out / "checkpoints"
-    folder = checkpoints / f"step-{step:07d}"
-    if config.fsdp and ctx.world > 1:
-        import torch.distributed.checkpoint as dcp
+    written: Any  # the Future that completes when this rank's part is on disk
+    tmp: Path
+    folder: Path
 
-        model_state, optim_state = get_state_dict(wrapped, opt)
-        tmp = checkpoints / f".{folder.name}.tmp-sharded"  # one name every rank knows
-        if ctx.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+    def finish(self, out: Path, config: TrainConfig, ctx: Context) -> None:
+        """Wait for every rank's shards, then publish (every rank calls it)."""
+        getattr(self.written, "upload_completion", self.written).result()
         dist.barrier()
-        # Returns on the coordinator (rank 0) once every rank's shards are written.
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / SHARDS)
         if ctx.main:
-            model.config.save(tmp / CONFIG)
-            (tmp / TRAINER).write_text(_trainer_state(step, config, sched))
-            publish(tmp, folder)
-    else:
-        model_state, optim_state = get_state_dict(
-            wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if ctx.main:
-            with atomic_directory(folder) as tmp:
-                write_checkpoint(model, tmp, metadata={"step": str(step)},
-                                 state_dict=model_state)
-                tensors, meta = _flat_optimizer(optim_state)
-                save_file(tensors, tmp / OPTIMIZER)
-                (tmp / TRAINER).write_text(_trainer_state(step, config, sched, **meta))
+            publish(self.tmp, self.folder)
+        _point_to(out, self.folder, config, ctx)
+
+
+def _point_to(out: Path, folder: Path, config: TrainConfig, ctx: Context) -> None:
+    """``checkpoints/last`` := folder (one rename), then only the ``keep`` newest stay."""
     if ctx.main:
-        write_text_atomic(checkpoints / "last", folder.name + "\n")
+        write_text_atomic(out / "checkpoints" / "last", folder.name + "\n")
         if config.keep is not None:
             for old in checkpoint_folders(out)[config.keep:]:
                 shutil.rmtree(old)
     if ctx.world > 1:
         dist.barrier()  # no rank resumes training (or reads "last") before it is written
+
+
+def save_training_state(out: Path, step: int, model: Mirasol, wrapped: nn.Module,
+                        opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                        config: TrainConfig, ctx: Context,
+                        group: dist.ProcessGroup | None = None) -> PendingSave | None:
+    """Write ``checkpoints/step-…``, whole or not at all, point ``checkpoints/last`` at it
+    in one rename, and drop the checkpoints past the ``keep`` newest. Every rank takes
+    part. One process or DDP: rank 0 writes the full state (:func:`atomic_directory`).
+    FSDP2: each rank writes its own shards with ``torch.distributed.checkpoint`` into one
+    temporary folder (no rank holds the full state), asynchronously: the state is copied to
+    host memory here and written in the background over ``group`` (a process group of
+    its own, beside training's collectives); the returned :class:`PendingSave` publishes
+    it once finished (the caller finishes it before the next save and at the end)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    folder = out / "checkpoints" / f"step-{step:07d}"
+    if config.fsdp and ctx.world > 1:
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = get_state_dict(wrapped, opt)
+        tmp = folder.parent / f".{folder.name}.tmp-sharded"  # one name every rank knows
+        if ctx.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            model.config.save(tmp / CONFIG)
+            (tmp / TRAINER).write_text(_trainer_state(step, config, sched))
+        dist.barrier()
+        written = dcp.async_save({"model": model_state, "optim": optim_state},
+                                 checkpoint_id=tmp / SHARDS, process_group=group)
+        return PendingSave(written, tmp, folder)
+    model_state, optim_state = get_state_dict(
+        wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.main:
+        with atomic_directory(folder) as tmp:
+            write_checkpoint(model, tmp, metadata={"step": str(step)}, state_dict=model_state)
+            tensors, meta = _flat_optimizer(optim_state)
+            save_file(tensors, tmp / OPTIMIZER)
+            (tmp / TRAINER).write_text(_trainer_state(step, config, sched, **meta))
+    _point_to(out, folder, config, ctx)
+    return None
 
 
 def checkpoint_folders(out: str | Path) -> list[Path]:
@@ -487,6 +511,9 @@ def train(config: TrainConfig) -> Mirasol:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda"
                 else contextlib.nullcontext())
     log = _Log(out, ctx, config.steps, start, config.progress)
+    # Sharded checkpoints are written in the background over a group of their own.
+    checkpoint_group = dist.new_group(backend="gloo") if config.fsdp and ctx.world > 1 else None
+    pending: PendingSave | None = None
     wrapped.train()
     tick = time.perf_counter()
     for step, batch in enumerate(batches, start):
@@ -526,7 +553,12 @@ def train(config: TrainConfig) -> Mirasol:
             wrapped.train()
         if config.checkpoint_every and (done % config.checkpoint_every == 0
                                         or done in (config.steps, config.stop_at)):
-            save_training_state(out, done, model, wrapped, opt, sched, config, ctx)
+            if pending is not None:
+                pending.finish(out, config, ctx)
+            pending = save_training_state(out, done, model, wrapped, opt, sched, config, ctx,
+                                          checkpoint_group)
+    if pending is not None:
+        pending.finish(out, config, ctx)
     log.close()
     if ctx.world > 1:
         dist.barrier()

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from mirasol import reference
+from mirasol import masks, reference
 from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
 from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs, check_bool,
                                  check_non_negative_int, check_packed_inputs, check_scale,
@@ -51,9 +51,10 @@ def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
         if q0 + first >= q1 or k0 >= k1:
             continue
         mask = None
-        if causal:
-            mask = torch.ones(q1 - q0 - first, k1 - k0, dtype=torch.bool,
-                              device=q4.device).tril(first + shift)
+        if causal:  # the piece's rows first.. of the segment, against all its keys
+            rows = torch.arange(first, q1 - q0, device=q4.device)[:, None]
+            mask = masks.visible(rows, torch.arange(k1 - k0, device=q4.device)[None, :],
+                                 q1 - q0, k1 - k0, chunk=1)
         yield b, slice(q0 + first, q1), slice(k0, k1), mask
 
 
