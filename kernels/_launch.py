@@ -119,9 +119,10 @@ def empty(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def empty_like(x: torch.Tensor) -> torch.Tensor:
-    """An output buffer laid out like ``x`` (its strides kept when x is dense)."""
-    return torch.empty_like(x)
+def empty_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An output buffer laid out like ``x`` (its strides kept when x is dense), in
+    ``dtype`` (default x's)."""
+    return torch.empty_like(x, dtype=dtype)
 
 
 @dataclass

@@ -5,23 +5,33 @@ The problem: a batch of segments (samples of a padded batch, or segments of a pa
 sequence given by ``cu_seqlens``); segment ``b`` has ``q_len`` query rows and ``k_len`` key
 rows, and query row ``i`` (counted within its segment) sees the keys ``j < limit(i)``:
 
-    limit(i) = min(((i + shift) // CHUNK + 1) * CHUNK, k_len)
+    limit(i) = min((c(i + shift) + 1) * CHUNK, k_len),        c(x) = x // CHUNK
 
-a prefix of its segment's keys that ends at a chunk boundary. Every op here is a choice
-of ``CHUNK`` and ``shift``:
+a prefix of its segment's keys that ends at a chunk boundary; with a window of
+``WINDOW`` chunks (``HAS_WINDOW``) only the keys from ``start(i) = max((c(i + shift) -
+WINDOW + 1) * CHUNK, 0)`` on, and the first ``SINKS`` keys, of that prefix. Every op here
+is a choice of ``CHUNK``, ``shift``, window and sinks:
 
-* chunked causal attention: ``CHUNK = chunk_size``, ``shift = 0``;
+* chunked causal attention (the block-causal family, ``mirasol.masks``): ``CHUNK =
+  chunk_size``, ``shift = k_len - q_len`` (queries are the last positions), the window and
+  sinks as given; teacher forcing is three such launches merged by their log-sum-exp
+  (:func:`chunked_attn_fwd`);
 * cross-attention: ``CHUNK = NO_CHUNKS`` (every row sees all ``k_len`` keys);
 * bottom-right causal attention: ``CHUNK = 1``, ``shift = k_len - q_len``.
+
+``shift`` is never negative with a chunk above 1 (Triton's integer division truncates).
 
 Structure (FlashAttention-2, with loop bounds from ``limit``):
 
 * forward, one program per (query block, segment*head): key blocks below the block's
   first row's limit run unmasked; blocks up to its last row's limit run masked; no key
-  block past that, and none of another segment, is ever loaded. Saves the log-sum-exp.
+  block past that, and none of another segment, is ever loaded. With a window, the same
+  from the block's first row's window start (masked up to its last row's), and the sinks
+  below it: no key block between the sinks and the window is loaded. Saves the
+  log-sum-exp.
 * backward dK/dV, one program per (key block, segment*kv-head): walks the query blocks
-  that see it (masked near the boundary, unmasked beyond), summing over the query heads of
-  its group: no atomics, deterministic.
+  that see it (masked near the boundaries, unmasked between), summing over the query
+  heads of its group: no atomics, deterministic.
 * backward dQ, one program per (query block, segment*head), over the forward's key range.
 
 Tensors are 4-D ``(batch, heads, rows, head_dim)`` views read through their strides. A
@@ -41,7 +51,8 @@ it on a small tile, whose program reads back the rows it owns and returns unless
 a NaN (one load and one reduction per program when there is none: no host sync, no extra
 work; under the interpreter the host checks instead, see ``_repair_may_write``). A program
 that finds one recomputes its rows with the masked blocks exact: the NaN-bearing dot
-operand cleared of NaN and the NaN set directly where a row sees it. A
+operand cleared of NaN and the NaN set directly where a row sees it (which pairs those
+are is one more dot, of the block's visibility with the operand's NaN pattern). A
 program whose rows hold no NaN writes nothing, so with no NaN anywhere the result is the
 fast kernel's, bitwise. (An inf in v or dO is not cleared: a row not seeing it may still
 get ``0 * inf``.)
@@ -91,23 +102,67 @@ def _key_limit(rows, shift, CHUNK, k_len):
 
 
 @triton.jit
+def _window_start(rows, shift, CHUNK, WINDOW):
+    """First key of each row's window (the keys below it it sees only if they are sinks)."""
+    return tl.maximum(((rows + shift) // CHUNK - WINDOW + 1) * CHUNK, 0)
+
+
+@triton.jit
+def _sees(keys, limit, start, SINKS, HAS_WINDOW: tl.constexpr):
+    """Whether a row with this limit (and window start) sees these keys; broadcasts."""
+    seen = keys < limit
+    if HAS_WINDOW:
+        seen = seen & ((keys >= start) | (keys < SINKS))
+    return seen
+
+
+@triton.jit
+def _nan_hits(seen, x):
+    """For each (row, dim) of seen @ x: whether a pair it sees meets a NaN of x (a count,
+    exact: a dot of 0s and 1s)."""
+    return tl.dot(seen.to(tl.float16), (x != x).to(tl.float16)) > 0
+
+
+@triton.jit
 def _first_row_seeing(key, shift, CHUNK):
     """The first row whose limit passes ``key`` (the inverse of _key_limit), at least 0."""
     return tl.maximum((key // CHUNK) * CHUNK - shift, 0)
 
 
 @triton.jit
-def _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    """(unmasked_end, masked_end) for the query block at start_m: keys [0, unmasked_end)
-    are visible to every row of the block and form whole BLOCK_N blocks; keys
-    [unmasked_end, masked_end) need the mask; no row sees a key past masked_end. An empty
-    block (start_m >= q_len) visits nothing."""
+def _key_range(start_m, q_len, shift, CHUNK, k_len, WINDOW, SINKS, HAS_WINDOW: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key ranges the query block at start_m visits, in key order:
+
+        [0, s0) unmasked, [s0, s1) masked          the sinks below the window (HAS_WINDOW)
+        [w0, m1) masked                            the window's ragged start (HAS_WINDOW)
+        [m1, u1) unmasked, [u1, end) masked        up to the causal limit
+
+    Every row of the block sees every key of an unmasked range (whole BLOCK_N blocks); no
+    row sees a key outside the ranges, which are disjoint. Without a window s0 = s1 = w0 =
+    m1 = 0 (the prefix: unmasked below the first row's limit, masked up to the last row's).
+    An empty block (start_m >= q_len) visits nothing."""
     has_rows = start_m < q_len
-    first = tl.maximum(_key_limit(start_m, shift, CHUNK, k_len), 0)
     last_row = tl.minimum(start_m + BLOCK_M, q_len) - 1
-    last = tl.maximum(_key_limit(last_row, shift, CHUNK, k_len), 0)
-    return tl.where(has_rows, (first // BLOCK_N) * BLOCK_N, 0), tl.where(has_rows, last, 0)
+    first = tl.maximum(_key_limit(start_m, shift, CHUNK, k_len), 0)
+    end = tl.where(has_rows, tl.maximum(_key_limit(last_row, shift, CHUNK, k_len), 0), 0)
+    u1 = tl.where(has_rows, (first // BLOCK_N) * BLOCK_N, 0)
+    s0 = 0
+    s1 = 0
+    w0 = 0
+    m1 = 0
+    if HAS_WINDOW:
+        w0 = (_window_start(start_m, shift, CHUNK, WINDOW) // BLOCK_N) * BLOCK_N
+        # Full blocks from the last row's window start; a block straddling it is masked.
+        m1 = tl.maximum(w0, tl.minimum(tl.cdiv(_window_start(last_row, shift, CHUNK, WINDOW),
+                                               BLOCK_N) * BLOCK_N, u1))
+        u1 = tl.maximum(m1, u1)
+        # Sinks below the window (w0 on is the window's), unmasked under the first row's
+        # limit; the last row's limit bounds them (s1 need not end a block: loads stop
+        # there).
+        s1 = tl.minimum(tl.minimum(SINKS, end), w0)
+        s0 = tl.minimum((tl.minimum(SINKS, first) // BLOCK_N) * BLOCK_N, s1)
+    return s0, s1, w0, m1, u1, end
 
 
 @triton.jit
@@ -122,7 +177,8 @@ def _load_lse(LSE_head, rows, stride_n, valid):
 def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n, offs_d,
              d_mask, hi, MASKED: tl.constexpr):
     """K and V rows offs_n of one head, zero-padded to the tile's head dim. Unmasked blocks
-    lie wholly inside every row's visible range; only a masked block can reach past hi."""
+    lie wholly inside every row's visible range; only a masked block can reach past hi (a
+    range's end, never past the segment's keys)."""
     mask = d_mask[None, :]
     if MASKED:
         mask = mask & (offs_n[:, None] < hi)
@@ -132,16 +188,18 @@ def _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
-               offs_d, d_mask, kv_limit, qk_scale, lo, hi,
-               MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_N: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
+               offs_d, d_mask, kv_limit, kv_start, SINKS, qk_scale, lo, hi,
+               MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, EXACT_NAN: tl.constexpr,
+               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
                         offs_d, d_mask, hi, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
-            qk = tl.where(offs_n[None, :] < kv_limit[:, None], qk, float("-inf"))
+            seen = _sees(offs_n[None, :], kv_limit[:, None], kv_start[:, None], SINKS,
+                         HAS_WINDOW)
+            qk = tl.where(seen, qk, float("-inf"))
         # max drops a NaN score; its probability exp2(NaN - m) is NaN all the same, so the
         # row's sum and accumulator carry it.
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -153,20 +211,12 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if MASKED and EXACT_NAN:
-            acc, v = _nan_values(acc, v, offs_n, kv_limit, hi)
+            # A NaN value reaches the rows that see its key, in its own dim.
+            acc = tl.where(_nan_hits(seen, v), float("nan"), acc)
+            v = zero_nan(v)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
-
-
-@triton.jit
-def _nan_values(acc, v, offs_n, kv_limit, hi):
-    """(acc, v) for p @ v over a masked block, exact under NaN: a NaN value reaches the
-    rows that see its key, in its own dim (the first NaN key of each dim decides, as every
-    row sees a prefix), and v is cleared of it."""
-    first = tl.min(tl.where(v != v, offs_n[:, None], hi), 0)  # per dim; hi: none
-    acc = tl.where(first[None, :] < kv_limit[:, None], float("nan"), acc)
-    return acc, zero_nan(v)
 
 
 @triton.jit
@@ -191,9 +241,10 @@ def _attn_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_lb, stride_lh, stride_ln,
-    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, qk_scale,
+    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
@@ -220,14 +271,29 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
-    unmasked_end, masked_end = _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M,
-                                          BLOCK_N)
+    kv_start = _window_start(offs_m, shift, CHUNK, WINDOW)
+    s0, s1, w0, m1, u1, end = _key_range(start_m, q_len, shift, CHUNK, k_len, WINDOW, SINKS,
+                                         HAS_WINDOW, BLOCK_M, BLOCK_N)
+    if HAS_WINDOW:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
+                                   stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
+                                   SINKS, qk_scale, 0, s0, False, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
+                                   stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
+                                   SINKS, qk_scale, s0, s1, True, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
+                                   stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
+                                   SINKS, qk_scale, w0, m1, True, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
-                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                               0, unmasked_end, False, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                               qk_scale, m1, u1, False, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                               DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
-                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                               unmasked_end, masked_end, True, EXACT_NAN, BLOCK_N,
+                               stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                               qk_scale, u1, end, True, HAS_WINDOW, EXACT_NAN, BLOCK_N,
                                DOT_PRECISION)
 
     # A row that saw no key (past its segment's length, or before the first key under
@@ -272,10 +338,11 @@ def _attn_bwd_delta_kernel(
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head,
-                    stride_qn, stride_qd, stride_don, stride_dod, stride_ln, stride_deltan,
-                    offs_n, offs_d, d_mask, q_len, shift, CHUNK, k_len, qk_scale, lo, hi,
-                    MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_M: tl.constexpr,
+def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn,
+                    stride_qd, stride_don, stride_dod, stride_ln, stride_deltan, offs_n,
+                    offs_d, d_mask, q_len, shift, CHUNK, k_len, WINDOW, SINKS, qk_scale, lo,
+                    hi, MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                    EXACT_NAN: tl.constexpr, BLOCK_M: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -289,17 +356,16 @@ def _bwd_dkdv_inner(dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_hea
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         pT = tl.exp2(qkT * qk_scale - lse[None, :])
         if MASKED:
-            visible = offs_n[:, None] < _key_limit(offs_m, shift, CHUNK, k_len)[None, :]
+            visible = _sees(offs_n[:, None], _key_limit(offs_m, shift, CHUNK, k_len)[None, :],
+                            _window_start(offs_m, shift, CHUNK, WINDOW)[None, :], SINKS,
+                            HAS_WINDOW)
             pT = tl.where(visible, pT, 0.0)
         if MASKED and EXACT_NAN:
             # A NaN output gradient reaches dv through the keys its row sees, in its own
-            # dim: as later rows see more keys, the last NaN row of each dim decides
-            # (applied once, after the loops); do is cleared of it for the dot.
+            # dim; do is cleared of it for the dot.
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            nan_do = do != do
-            last_nan = tl.maximum(last_nan, tl.max(tl.where(nan_do, offs_m[:, None], -1), 0))
-            dv += tl.dot(pT.to(do.dtype), tl.where(nan_do, 0.0, do),
-                         input_precision=DOT_PRECISION)
+            dv = tl.where(_nan_hits(visible, do), float("nan"), dv)
+            dv += tl.dot(pT.to(do.dtype), zero_nan(do), input_precision=DOT_PRECISION)
         else:
             dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PRECISION)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -310,7 +376,7 @@ def _bwd_dkdv_inner(dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_hea
             dsT = tl.where(visible, dsT, 0.0)
             q = zero_nan(q)
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=DOT_PRECISION)
-    return dk, dv, last_nan
+    return dk, dv
 
 
 @triton.jit
@@ -324,9 +390,10 @@ def _attn_bwd_dkdv_kernel(
     stride_deltab, stride_deltah, stride_deltan,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    H_KV, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
+    H_KV, LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS, scale, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     block, bh = split_program(tl.cdiv(LK, BLOCK_N))
@@ -362,10 +429,23 @@ def _attn_bwd_dkdv_kernel(
     q_lo = (_first_row_seeing(start_n, shift, CHUNK) // BLOCK_M) * BLOCK_M
     q_full = tl.cdiv(_first_row_seeing(start_n + BLOCK_N - 1, shift, CHUNK), BLOCK_M) * BLOCK_M
     q_full = tl.minimum(tl.where(start_n + BLOCK_N <= k_len, q_full, q_end), q_end)
+    q_stop = q_end
+    u_end = q_end
+    if HAS_WINDOW:
+        # A non-sink key j leaves the window of the rows from (c(j) + WINDOW) * CHUNK -
+        # shift on: rows up to the last key's bound may see some key of the block, rows
+        # below the first non-sink key's bound see all of them (a block of sinks only is
+        # seen by every row from q_full on).
+        last_key = tl.minimum(start_n + BLOCK_N, k_len) - 1
+        q_stop = tl.where(start_n < SINKS, q_end, tl.minimum(
+            q_end, (last_key // CHUNK + WINDOW) * CHUNK - shift))
+        window_full = tl.where(start_n + BLOCK_N <= SINKS, q_end,
+                               (tl.maximum(start_n, SINKS) // CHUNK + WINDOW) * CHUNK - shift)
+        q_full = tl.minimum(q_full, q_stop)
+        u_end = tl.maximum(q_full, tl.minimum((window_full // BLOCK_M) * BLOCK_M, q_stop))
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    last_nan = tl.full([BLOCK_D], -1, tl.int32)  # per dim, the last row with a NaN do
     for g in range(GROUP):
         h = wide(h_kv * GROUP + g)
         Q_head = Q + wide(b) * stride_qb + h * stride_qh + q_start * stride_qn
@@ -373,19 +453,22 @@ def _attn_bwd_dkdv_kernel(
         LSE_head = LSE + wide(b) * stride_lb + h * stride_lh + q_start * stride_ln
         DELTA_head = (DELTA + wide(b) * stride_deltab + h * stride_deltah
                       + q_start * stride_deltan)
-        dk, dv, last_nan = _bwd_dkdv_inner(
-            dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn,
-            stride_qd, stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask,
-            q_len, shift, CHUNK, k_len, qk_scale, q_lo, q_full, True, EXACT_NAN, BLOCK_M,
-            DOT_PRECISION)
-        dk, dv, last_nan = _bwd_dkdv_inner(
-            dk, dv, last_nan, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn,
-            stride_qd, stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask,
-            q_len, shift, CHUNK, k_len, qk_scale, q_full, q_end, False, EXACT_NAN, BLOCK_M,
-            DOT_PRECISION)
-    if EXACT_NAN:
-        seen = offs_n[:, None] < _key_limit(last_nan, shift, CHUNK, k_len)[None, :]
-        dv = tl.where(seen & (last_nan >= 0)[None, :], float("nan"), dv)
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn, stride_qd,
+            stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask, q_len,
+            shift, CHUNK, k_len, WINDOW, SINKS, qk_scale, q_lo, q_full, True, HAS_WINDOW,
+            EXACT_NAN, BLOCK_M, DOT_PRECISION)
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn, stride_qd,
+            stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask, q_len,
+            shift, CHUNK, k_len, WINDOW, SINKS, qk_scale, q_full, u_end, False, HAS_WINDOW,
+            EXACT_NAN, BLOCK_M, DOT_PRECISION)
+        if HAS_WINDOW:
+            dk, dv = _bwd_dkdv_inner(
+                dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qn, stride_qd,
+                stride_don, stride_dod, stride_ln, stride_deltan, offs_n, offs_d, d_mask,
+                q_len, shift, CHUNK, k_len, WINDOW, SINKS, qk_scale, u_end, q_stop, True,
+                HAS_WINDOW, EXACT_NAN, BLOCK_M, DOT_PRECISION)
 
     store_rows(_head(DK, b, h_kv, k_start, stride_dkb, stride_dkh, stride_dkn), offs_n, offs_d,
                stride_dkn, stride_dkd, dk * scale, owned)
@@ -395,9 +478,9 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn,
-                  stride_vd, offs_d, d_mask, kv_limit, qk_scale, lo, hi,
-                  MASKED: tl.constexpr, EXACT_NAN: tl.constexpr, BLOCK_N: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+                  stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS, qk_scale, lo, hi,
+                  MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, EXACT_NAN: tl.constexpr,
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k, v = _load_kv(K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd, offs_n,
@@ -409,7 +492,8 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, s
         if MASKED:
             # Unseen pairs: p (past the lse's keys), dp (a NaN value) or delta (a NaN row)
             # may be NaN or inf there.
-            ds = tl.where(offs_n[None, :] < kv_limit[:, None], ds, 0.0)
+            ds = tl.where(_sees(offs_n[None, :], kv_limit[:, None], kv_start[:, None], SINKS,
+                                HAS_WINDOW), ds, 0.0)
             if EXACT_NAN:
                 k = zero_nan(k)  # a NaN key reaches the rows that see it through ds
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -426,9 +510,10 @@ def _attn_bwd_dq_kernel(
     stride_lb, stride_lh, stride_ln,
     stride_deltab, stride_deltah, stride_deltan,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
-    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, scale, qk_scale,
+    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS, scale, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
     start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
@@ -458,15 +543,29 @@ def _attn_bwd_dq_kernel(
     V_head = V + b * stride_vb + h_kv * stride_vh + k_start * stride_vn
 
     kv_limit = _key_limit(offs_m, shift, CHUNK, k_len)
-    unmasked_end, masked_end = _key_range(start_m, q_len, shift, CHUNK, k_len, BLOCK_M,
-                                          BLOCK_N)
+    kv_start = _window_start(offs_m, shift, CHUNK, WINDOW)
+    s0, s1, w0, m1, u1, end = _key_range(start_m, q_len, shift, CHUNK, k_len, WINDOW, SINKS,
+                                         HAS_WINDOW, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if HAS_WINDOW:
+        dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
+                           stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                           qk_scale, 0, s0, False, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                           DOT_PRECISION)
+        dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
+                           stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                           qk_scale, s0, s1, True, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                           DOT_PRECISION)
+        dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
+                           stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                           qk_scale, w0, m1, True, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                           DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
-                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                       0, unmasked_end, False, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                       qk_scale, m1, u1, False, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd,
-                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, qk_scale,
-                       unmasked_end, masked_end, True, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                       stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
+                       qk_scale, u1, end, True, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     # A padding row (q = 0, lse = +inf) gets p = exp2(0 * NaN - inf) = NaN from a NaN key.
     dq = tl.where(row_valid[:, None], dq * scale, 0.0)
     store_rows(DQ_head, offs_m, offs_d, stride_dqn, stride_dqd, dq, owned)
@@ -494,13 +593,24 @@ class Segments:
     cu_k: Tensor | None = None
     q_lens: Tensor | None = None
     k_lens: Tensor | None = None
+    window: int | None = None
+    sinks: int = 0
 
     @classmethod
-    def chunked(cls, n: int, chunk_size: int, lengths: Tensor | None = None) -> Segments:
-        """Chunked causal attention: each of the (B, H, n, D) samples is a segment, row i
-        sees key j iff ``j // chunk_size <= i // chunk_size`` and both are below the
-        sample's length."""
-        return cls(max_q=n, max_k=n, chunk=chunk_size, q_lens=lengths, k_lens=lengths)
+    def chunked(cls, max_q: int, chunk_size: int, lengths: Tensor | None = None, *,
+                max_k: int | None = None, window: int | None = None, sinks: int = 0,
+                cu_q: Tensor | None = None, cu_k: Tensor | None = None,
+                top_left: bool = False) -> Segments:
+        """Chunked causal attention (the block-causal family without teacher forcing):
+        each padded sample, or packed segment of ``cu_q``/``cu_k``, is a segment whose
+        queries are its last positions; row ``i`` at position ``p`` sees key ``j`` iff
+        ``c(j) <= c(p)`` and (no window, ``c(p) - c(j) < window`` or ``j < sinks``).
+        Padded samples may have ``lengths`` (queries and keys alike). ``top_left``: the
+        queries are the *first* positions instead (``p = i``), as teacher forcing's noisy
+        queries against the clean keys need."""
+        return cls(max_q=max_q, max_k=max_q if max_k is None else max_k, chunk=chunk_size,
+                   causal=not top_left, cu_q=cu_q, cu_k=cu_k, q_lens=lengths, k_lens=lengths,
+                   window=window, sinks=sinks)
 
     @classmethod
     def cross(cls, *, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
@@ -532,14 +642,15 @@ class Segments:
     def constexprs(self, cfg: KernelConfig, q: Tensor, exact_nan: bool) -> dict:
         return dict(VARLEN=self.varlen, HAS_Q_LENS=self.q_lens is not None,
                     HAS_K_LENS=self.k_lens is not None, CAUSAL=self.causal,
-                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                    HAS_WINDOW=self.window is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                     BLOCK_D=head_block(q.shape[-1]), DOT_PRECISION=dot_precision(q.dtype),
                     EXACT_NAN=exact_nan)
 
     def problem(self, q: Tensor, k: Tensor) -> tuple[int, ...]:
-        """LQ, LK, HEAD_DIM, CHUNK, GROUP. LQ and LK are the most rows of a segment: the
-        kernels size their flat grid's row blocks by them (``_program``)."""
-        return self.max_q, self.max_k, q.shape[3], self.chunk, q.shape[1] // k.shape[1]
+        """LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS. LQ and LK are the most rows of a
+        segment: the kernels size their flat grid's row blocks by them (``_program``)."""
+        return (self.max_q, self.max_k, q.shape[3], self.chunk, q.shape[1] // k.shape[1],
+                0 if self.window is None else self.window, self.sinks)
 
 
 def _config(name: str, q: Tensor, capability, exact_nan: bool = False) -> KernelConfig:
@@ -598,11 +709,12 @@ def _repair_may_write(*outputs: Tensor) -> bool:
     return outputs[0].device.type != "cpu" or any(t.isnan().any() for t in outputs)
 
 
-def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
-             scale: float) -> tuple[Tensor, Tensor]:
-    """Forward: ``(o, lse)``, o laid out like q, lse (B, H, L) fp32 in natural log (-inf
-    for a row that sees no key, where o is 0; NaN for a row that sees a NaN)."""
-    o = empty_like(q)
+def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments, scale: float,
+             dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """Forward: ``(o, lse)``, o laid out like q (in ``dtype``, default q's), lse (B, H, L)
+    fp32 in natural log (-inf for a row that sees no key, where o is 0; NaN for a row that
+    sees a NaN)."""
+    o = empty_like(q, dtype=dtype)
     lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
     attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
     if _repair_may_write(o):
@@ -611,10 +723,11 @@ def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments,
 
 
 def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-             seg: Segments, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward: ``(dq, dk, dv)`` laid out like q, k, v."""
+             seg: Segments, scale: float,
+             dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward: ``(dq, dk, dv)`` laid out like q, k, v (in ``dtype``, default theirs)."""
     delta = empty(lse.shape, dtype=torch.float32, device=q.device)
-    dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
+    dq, dk, dv = (empty_like(t, dtype=dtype) for t in (q, k, v))
     attn_bwd_delta_launch(o, do, delta).run()
     attn_bwd_dkdv_launch(q, k, v, do, lse, delta, dk, dv, seg, scale).run()
     attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
@@ -628,17 +741,101 @@ def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor
 # ------------------------------------------------- the launchers mirasol.ops calls
 
 
-def chunked_attn_fwd(q, k, v, chunk_size: int, scale: float, lengths=None):
-    """Chunked causal attention (:meth:`Segments.chunked`), SDPA's layout: q (B, H, N, D),
-    k/v (B, H_kv, N, D). Returns ``(o, lse)``: o like q, lse (B, H, N) fp32 (natural log,
-    -inf past a sample's length, where o is 0)."""
-    return attn_fwd(q, k, v, Segments.chunked(q.shape[2], chunk_size, lengths), scale)
+def chunked_attn_fwd(q, k, v, chunk_size: int, scale: float, lengths=None, *,
+                     window: int | None = None, sinks: int = 0, teacher_forcing: bool = False,
+                     cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int | None = None,
+                     max_seqlen_k: int | None = None):
+    """Chunked causal attention, the block-causal family (:meth:`Segments.chunked`), on
+    4-D tensors: padded q (B, H, Nq, D), k/v (B, H_kv, Nk, D), Nq <= Nk, queries the last
+    Nq positions (``lengths``: per-sample lengths, Nq = Nk); or the (1, H, total, D) views
+    of packed tensors with int32 ``cu_seqlens_q/_k`` and the longest segments. Teacher
+    forcing (padded, no lengths): :func:`_teacher_forcing_pieces`, merged by their
+    log-sum-exp. Returns ``(o, lse)``: o like q, lse (B, H, Nq) fp32 (natural log, -inf
+    for a row that sees no key, where o is 0)."""
+    if teacher_forcing:
+        return _teacher_forcing_fwd(q, k, v, chunk_size, window, sinks, scale)
+    seg = Segments.chunked(max_seqlen_q or q.shape[2], chunk_size, lengths,
+                           max_k=max_seqlen_k or k.shape[2], window=window, sinks=sinks,
+                           cu_q=cu_seqlens_q, cu_k=cu_seqlens_k)
+    return attn_fwd(q, k, v, seg, scale)
 
 
-def chunked_attn_bwd(do, q, k, v, o, lse, chunk_size: int, scale: float, lengths=None):
+def chunked_attn_bwd(do, q, k, v, o, lse, chunk_size: int, scale: float, lengths=None, *,
+                     window: int | None = None, sinks: int = 0, teacher_forcing: bool = False,
+                     cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int | None = None,
+                     max_seqlen_k: int | None = None):
     """Returns ``(dq, dk, dv)`` laid out like ``q, k, v``."""
-    return attn_bwd(do, q, k, v, o, lse, Segments.chunked(q.shape[2], chunk_size, lengths),
-                    scale)
+    if teacher_forcing:
+        return _teacher_forcing_bwd(do, q, k, v, o, lse, chunk_size, window, sinks, scale)
+    seg = Segments.chunked(max_seqlen_q or q.shape[2], chunk_size, lengths,
+                           max_k=max_seqlen_k or k.shape[2], window=window, sinks=sinks,
+                           cu_q=cu_seqlens_q, cu_k=cu_seqlens_k)
+    return attn_bwd(do, q, k, v, o, lse, seg, scale)
+
+
+def _teacher_forcing_pieces(n: int, chunk_size: int, window: int | None, sinks: int):
+    """Teacher forcing on (B, H, n, D) tensors, n = 2L (``mirasol.masks``), as launches of
+    the chunked kernels: ``(query rows, key rows, Segments)`` of each piece.
+
+    * clean queries against clean keys: the family's rule;
+    * noisy queries against their own chunk's noisy keys: a window of one chunk;
+    * noisy queries of chunks >= 1 against the clean keys of earlier chunks: the rule
+      with the queries first-aligned one chunk late (row i' = i - chunk_size of the noisy
+      half, so c(i') = c(i) - 1 bounds the causal prefix) and the window one chunk
+      shorter (``c(i) - c(j) < window`` is ``c(i') - c(j) < window - 1``). Absent when
+      the noisy half is one chunk.
+    """
+    half = n // 2
+    clean, noisy = slice(0, half), slice(half, n)
+    pieces = [(clean, clean, Segments.chunked(half, chunk_size, window=window, sinks=sinks)),
+              (noisy, noisy, Segments.chunked(half, chunk_size, window=1))]
+    if half > chunk_size:
+        pieces.append((slice(half + chunk_size, n), clean, Segments.chunked(
+            half - chunk_size, chunk_size, max_k=half, top_left=True, sinks=sinks,
+            window=None if window is None else window - 1)))
+    return pieces
+
+
+def _teacher_forcing_fwd(q, k, v, chunk_size, window, sinks, scale):
+    # Each piece in fp32; a noisy row's pieces merged by their log-sum-exps, then rounded
+    # once to q's dtype.
+    pieces = _teacher_forcing_pieces(q.shape[2], chunk_size, window, sinks)
+    o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+    for rows, keys, seg in pieces:
+        o_piece, lse_piece = attn_fwd(q[:, :, rows], k[:, :, keys], v[:, :, keys], seg, scale,
+                                      dtype=torch.float32)
+        merged = torch.logaddexp(lse[:, :, rows], lse_piece)
+        # A piece whose row sees none of its keys (lse -inf) weighs 0; a NaN lse is NaN.
+        o[:, :, rows] = (o[:, :, rows] * _weight(lse[:, :, rows], merged)
+                         + o_piece * _weight(lse_piece, merged))
+        lse[:, :, rows] = merged
+    return _like(o, q), lse
+
+
+def _weight(lse_piece: Tensor, lse: Tensor) -> Tensor:
+    """exp(lse_piece - lse) as a (..., 1) factor; 0 where the piece saw nothing."""
+    return torch.where(lse_piece == float("-inf"), 0.0, torch.exp(lse_piece - lse))[..., None]
+
+
+def _teacher_forcing_bwd(do, q, k, v, o, lse, chunk_size, window, sinks, scale):
+    # Each piece's gradients from the merged output and log-sum-exp (its probabilities are
+    # exp(s - lse) of the whole row), summed in fp32 where pieces share rows or keys.
+    dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v))
+    for rows, keys, seg in _teacher_forcing_pieces(q.shape[2], chunk_size, window, sinks):
+        gq, gk, gv = attn_bwd(do[:, :, rows], q[:, :, rows], k[:, :, keys], v[:, :, keys],
+                              o[:, :, rows], lse[:, :, rows], seg, scale, dtype=torch.float32)
+        dq[:, :, rows] += gq
+        dk[:, :, keys] += gk
+        dv[:, :, keys] += gv
+    return tuple(_like(g, t) for g, t in ((dq, q), (dk, k), (dv, v)))
+
+
+def _like(x: Tensor, t: Tensor) -> Tensor:
+    """x copied into an output buffer laid out like t, in t's dtype."""
+    out = empty_like(t)
+    out.copy_(x)
+    return out
 
 
 def cross_attn_fwd(q, k, v, scale: float, **segments):

@@ -13,15 +13,28 @@ padded batch (:class:`PaddedMask`) or the segments of a packed sequence given by
 ``cu_seqlens`` (:class:`PackedMask`). A segment has ``q_len`` queries and ``k_len`` keys, and
 its queries are the *last* ``q_len`` of its ``k_len`` positions (bottom-right aligned): query
 row ``i`` of the segment sits at position ``p = i + k_len - q_len``. Query ``i`` sees key
-``j`` of its own segment iff ``i < q_len``, ``j < k_len`` and, with ``c(x) = x // chunk``,
-``c(j) <= c(p)``; without a chunk (``chunk=None``) it sees every key of its segment.
+``j`` of its own segment iff ``i < q_len``, ``j < k_len`` and the segment's :class:`Rule`
+admits the pair; without a rule (``None``) it sees every key of its segment. With
+``c(x) = x // chunk``, a rule admits ``(p, j)`` iff
 
-The masks of today's ops:
+* ``c(j) <= c(p)`` (chunk-causal), and
+* ``window is None``, or ``c(p) - c(j) < window`` (the query's own chunk and the
+  ``window - 1`` before it), or ``j < sinks`` (sink keys stay visible to every later chunk).
 
-* :func:`chunked_causal` (``ops.chunked_causal_attention``): ``chunk = chunk_size``, each
-  sample's queries and keys its first ``lengths[b]`` rows (``q_len = k_len``, so ``p = i``);
+Teacher forcing (``Rule.teacher_forcing``; CausVid / Self-Forcing training): a segment of
+``2L`` positions, ``L`` clean then ``L`` noisy, each half chunked from its own start. A clean
+query sees the clean keys the rule above admits and no noisy key; a noisy query of chunk
+``c`` sees the clean keys of chunks ``< c`` (window and sinks counted from ``c``: ``c - c(j)
+< window`` or ``j < sinks``) and the noisy keys of its own chunk ``c``, nothing else.
+
+The masks of the ops:
+
+* :func:`chunked_causal` (``ops.chunked_causal_attention``, padded): a :class:`Rule` of
+  ``chunk_size`` (window, sinks, teacher forcing); each sample's queries and keys its first
+  ``lengths[b]`` rows, or ``q_rows`` queries bottom-right against ``k_rows`` keys (cache
+  prefill); :func:`chunked_causal_packed`: the same over packed segments;
 * :func:`cross_attention` (``ops.cross_attention``, packed): block-diagonal over the
-  segments; ``causal``: ``chunk = 1``, bottom-right causal (``j <= i + k_len - q_len``);
+  segments; ``causal``: :data:`TOKEN_CAUSAL`, bottom-right causal (``j <= i + k_len - q_len``);
 * :func:`cross_attention_padded` (``ops.cross_attention_padded``): every query row, the
   sample's first ``k_lengths[b]`` keys (key padding); ``causal`` as above.
 
@@ -43,15 +56,54 @@ from torch import Tensor
 _STRIP_ELEMENTS = 1 << 24
 
 
-def visible(i: Tensor, j: Tensor, q_len, k_len, chunk: int | None) -> Tensor:
+@dataclass(frozen=True)
+class Rule:
+    """Which keys of its segment a query position sees (module doc): chunks of ``chunk``
+    positions, an optional ``window`` of chunks, ``sinks`` always-visible first keys, and
+    teacher forcing's clean/noisy halves."""
+
+    chunk: int
+    window: int | None = None
+    sinks: int = 0
+    teacher_forcing: bool = False
+
+    def admits(self, p: Tensor, j: Tensor, k_len) -> Tensor:
+        """Whether position ``p`` sees key ``j`` of a segment of ``k_len`` keys (``p`` and
+        ``j`` inside it; tensors broadcast)."""
+        if not self.teacher_forcing:
+            return self._sees(p // self.chunk, j)
+        half = k_len // 2
+        noisy_p, noisy_j = p >= half, j >= half
+        p, j = p - half * noisy_p, j - half * noisy_j
+        cp = p // self.chunk
+        return torch.where(noisy_p,
+                           torch.where(noisy_j, j // self.chunk == cp,
+                                       self._sees(cp, j, strictly_earlier=True)),
+                           ~noisy_j & self._sees(cp, j))
+
+    def _sees(self, cp: Tensor, j: Tensor, strictly_earlier: bool = False) -> Tensor:
+        # Key j's chunk is cp's or earlier (strictly earlier: a noisy query's clean keys),
+        # and inside cp's window or a sink. Floor division: a query before the first key
+        # (p < 0) has c(p) < 0 <= c(j).
+        cj = j // self.chunk
+        seen = cj < cp if strictly_earlier else cj <= cp
+        if self.window is not None:
+            seen = seen & ((cp - cj < self.window) | (j < self.sinks))
+        return seen
+
+
+# Token-causal attention (bottom-right aligned), as cross-attention's ``causal`` means it.
+TOKEN_CAUSAL = Rule(1)
+
+
+def visible(i: Tensor, j: Tensor, q_len, k_len, rule: Rule | None) -> Tensor:
     """The rule: query ``i`` of a segment of ``q_len`` queries sees key ``j`` of its
     ``k_len`` keys (positions counted within the segment, queries bottom-right aligned).
     Tensors broadcast; ``q_len``/``k_len`` may be ints or tensors."""
     inside = (i < q_len) & (j < k_len)
-    if chunk is None:
+    if rule is None:
         return inside
-    # Floor division: a query before the first key (p < 0) has c(p) < 0 <= c(j).
-    return inside & (j // chunk <= (i + k_len - q_len) // chunk)
+    return inside & rule.admits(i + k_len - q_len, j, k_len)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +113,7 @@ class Mask(ABC):
     on ``device``. A subclass defines the layout (:meth:`sees`); the rest derives."""
     q_rows: int
     k_rows: int
-    chunk: int | None
+    rule: Rule | None
     device: torch.device
 
     @property
@@ -128,7 +180,7 @@ class PaddedMask(Mask):
     def sees(self, b, i, j):
         q_len = self.q_rows if self.q_lens is None else self.q_lens[b]
         k_len = self.k_rows if self.k_lens is None else self.k_lens[b]
-        return visible(i, j, q_len, k_len, self.chunk)
+        return visible(i, j, q_len, k_len, self.rule)
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,7 +206,7 @@ class PackedMask(Mask):
         s = self._seg_q[i]
         q_len, k_len = cu_q[s + 1] - cu_q[s], cu_k[s + 1] - cu_k[s]
         return (self._seg_k[j] == s) & visible(i - cu_q[s], j - cu_k[s], q_len, k_len,
-                                               self.chunk)
+                                               self.rule)
 
 
 def _device(lengths: Tensor | None, device) -> torch.device:
@@ -164,18 +216,33 @@ def _device(lengths: Tensor | None, device) -> torch.device:
 
 
 def chunked_causal(n: int, chunk_size: int, lengths: Tensor | None = None,
-                   device=None) -> PaddedMask:
-    """The mask of ``ops.chunked_causal_attention`` on (B, H, n, D): ``j // chunk_size <=
-    i // chunk_size`` and ``i, j < lengths[b]`` (``device``: where it lives when
-    ``lengths`` is None)."""
-    return PaddedMask(n, n, chunk_size, _device(lengths, device), lengths, lengths)
+                   device=None, *, k_rows: int | None = None, window_chunks: int | None = None,
+                   sink_tokens: int = 0, teacher_forcing: bool = False) -> PaddedMask:
+    """The mask of ``ops.chunked_causal_attention`` on padded (B, H, n, D) queries and
+    (B, H_kv, k_rows, D) keys (``k_rows`` default n; more: the queries are the last n
+    positions, as in a cache prefill): :class:`Rule` ``(chunk_size, window_chunks,
+    sink_tokens, teacher_forcing)``, and ``i, j < lengths[b]`` (n = k_rows only).
+    ``device``: where it lives when ``lengths`` is None."""
+    rule = Rule(chunk_size, window_chunks, sink_tokens, teacher_forcing)
+    return PaddedMask(n, n if k_rows is None else k_rows, rule, _device(lengths, device),
+                      lengths, lengths)
+
+
+def chunked_causal_packed(q_rows: int, k_rows: int, chunk_size: int, *, cu_seqlens_q: Tensor,
+                          cu_seqlens_k: Tensor, window_chunks: int | None = None,
+                          sink_tokens: int = 0, teacher_forcing: bool = False) -> PackedMask:
+    """The mask of ``ops.chunked_causal_attention`` on packed (q_rows, H, D) queries and
+    (k_rows, H_kv, D) keys: the :class:`Rule` within each segment (chunks restart at each),
+    its queries the last of its positions."""
+    rule = Rule(chunk_size, window_chunks, sink_tokens, teacher_forcing)
+    return PackedMask(q_rows, k_rows, rule, cu_seqlens_q.device, cu_seqlens_q, cu_seqlens_k)
 
 
 def cross_attention(q_rows: int, k_rows: int, *, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                     causal: bool = False) -> PackedMask:
     """The mask of ``ops.cross_attention`` on packed (q_rows, H, D) queries and (k_rows, H,
     D) keys: block-diagonal over the segments; ``causal``: bottom-right causal within each."""
-    return PackedMask(q_rows, k_rows, 1 if causal else None, cu_seqlens_q.device,
+    return PackedMask(q_rows, k_rows, TOKEN_CAUSAL if causal else None, cu_seqlens_q.device,
                       cu_seqlens_q, cu_seqlens_k)
 
 
@@ -184,8 +251,8 @@ def cross_attention_padded(q_rows: int, k_rows: int, *, k_lengths: Tensor | None
     """The mask of ``ops.cross_attention_padded`` on (B, H, q_rows, D) queries and (B, H_kv,
     k_rows, D) keys: every query row sees sample b's first ``k_lengths[b]`` keys;
     ``causal``: bottom-right causal against them."""
-    return PaddedMask(q_rows, k_rows, 1 if causal else None, _device(k_lengths, device),
-                      None, k_lengths)
+    return PaddedMask(q_rows, k_rows, TOKEN_CAUSAL if causal else None,
+                      _device(k_lengths, device), None, k_lengths)
 
 
 # -------------------------------------------------------------------- segment layout

@@ -34,8 +34,8 @@ def test_shape_dtype_device_errors(backend):
             backend=backend)
     _raises(ValueError, r"query heads \(4\) must be a multiple of .* key/value heads \(3\)", q,
             torch.randn(2, 3, 8, 16), torch.randn(2, 3, 8, 16), 4, backend=backend)
-    _raises(ValueError, r"k and q of the same length, got 7 and 8", q, k[:, :, :7],
-            v[:, :, :7], 4, backend=backend)
+    _raises(ValueError, r"q has 8 rows but k has 7: the queries are the last q_len of k_len "
+            r"positions, so q_len <= k_len", q, k[:, :, :7], v[:, :, :7], 4, backend=backend)
     _raises(ValueError, r"k is on meta but q is on cpu", q, k.to("meta"), v, 4, backend=backend)
     _raises(TypeError, r"q must be a torch.Tensor, got list", [1.0], k, v, 4, backend=backend)
 
@@ -44,6 +44,55 @@ def test_shape_dtype_device_errors(backend):
 def test_chunk_size_must_be_a_positive_int(chunk):
     _raises(ValueError, re.escape(f"chunk_size must be a positive int, got {chunk!r}"),
             *_qkv(), chunk)
+
+
+@pytest.mark.parametrize("window", [0, -1, 1.5, True])
+def test_window_chunks_must_be_a_positive_int_or_none(window):
+    _raises(ValueError, re.escape(f"window_chunks must be a positive int, got {window!r}"),
+            *_qkv(), 4, window_chunks=window)
+
+
+@pytest.mark.parametrize("sinks", [-1, 2.0, None, False])
+def test_sink_tokens_must_be_a_non_negative_int(sinks):
+    _raises(ValueError, re.escape(f"sink_tokens must be a non-negative int, got {sinks!r}"),
+            *_qkv(), 4, window_chunks=2, sink_tokens=sinks)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+def test_family_layout_errors(backend):
+    q, k, v = _qkv()
+    long_k, long_v = torch.cat([k, k], 2), torch.cat([v, v], 2)
+    _raises(ValueError, r"lengths needs q and k of the same length \(got 8 and 16\)", q, long_k,
+            long_v, 4, lengths=torch.tensor([8, 3]), backend=backend)
+    _raises(ValueError, r"teacher_forcing needs q and k of one even length", q[:, :, :7],
+            k[:, :, :7], v[:, :, :7], 4, teacher_forcing=True, backend=backend)
+    _raises(ValueError, r"teacher_forcing needs q and k of one even length", q, long_k, long_v,
+            4, teacher_forcing=True, backend=backend)
+    _raises(ValueError, r"teacher_forcing takes a padded batch .* \(no lengths\)", q, k, v, 4,
+            lengths=torch.tensor([8, 4]), teacher_forcing=True, backend=backend)
+    _raises(TypeError, r"teacher_forcing must be a bool, got int", q, k, v, 4,
+            teacher_forcing=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+def test_packed_layout_errors(backend):
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in _qkv())  # (8, H, 16) packed
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    _raises(ValueError, r"cu_seqlens_q and cu_seqlens_k must be given together", q, k, v, 4,
+            cu_seqlens_q=cu, backend=backend)
+    _raises(ValueError, r"lengths is for the padded layout", q, k, v, 4, cu_seqlens_q=cu,
+            cu_seqlens_k=cu, lengths=torch.tensor([3, 5]), backend=backend)
+    _raises(ValueError, r"teacher_forcing takes a padded batch .* \(no cu_seqlens\)", q, k, v,
+            4, cu_seqlens_q=cu, cu_seqlens_k=cu, teacher_forcing=True, backend=backend)
+    _raises(ValueError, r"max_seqlen_q is for the packed layout", *_qkv(), 4, max_seqlen_q=8,
+            backend=backend)
+    _raises(ValueError, r"segment 1 has 5 queries but 4 keys \(cu_seqlens_q, cu_seqlens_k\)",
+            q, k[:7], v[:7], 4, cu_seqlens_q=cu, cu_seqlens_k=torch.tensor([0, 3, 7],
+                                                                          dtype=torch.int32),
+            backend=backend)
+    _raises(ValueError, r"cu_seqlens_k must start at 0, never decrease and end at the number "
+            r"of tokens \(8\)", q, k, v, 4, cu_seqlens_q=cu,
+            cu_seqlens_k=torch.tensor([0, 3, 9], dtype=torch.int32), backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "reference"])

@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mirasol import reference
+from mirasol.masks import Rule
 from mirasol.ops import chunked_attention
 
 
@@ -30,12 +31,21 @@ class LargestTensor(TorchDispatchMode):
 B, H, N, D, C = 1, 2, 512, 16, 64
 
 
+# The family's masks too: a window with sinks (the gathered keys of a row span) and
+# teacher forcing (its clean keys summed over two row spans).
+RULES = [Rule(C), Rule(C, window=2, sinks=40), Rule(C, window=3, sinks=8, teacher_forcing=True)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=["chunked", "window_sinks", "teacher_forcing"])
 @pytest.mark.parametrize("lengths", [None, torch.tensor([300])])
-def test_torch_backend_has_no_n_by_n_tensor(lengths):
+def test_torch_backend_has_no_n_by_n_tensor(lengths, rule):
+    if rule.teacher_forcing and lengths is not None:
+        pytest.skip("teacher forcing takes no lengths")
     q, k, v, do = torch.randn(4, B, H, N, D).unbind(0)
     with LargestTensor() as probe:
-        out, lse = chunked_attention._torch_fwd(q, k, v, lengths, C, D**-0.5)
-        chunked_attention._torch_bwd(do, q, k, v, out, lse, lengths, C, D**-0.5)
+        out, lse = chunked_attention._torch_fwd(q, k, v, lengths, None, None, rule, D**-0.5)
+        chunked_attention._torch_bwd(do, q, k, v, out, lse, lengths, None, None, rule,
+                                     D**-0.5)
     assert probe.numel < N * N, probe.numel
 
 

@@ -176,21 +176,35 @@ def _capturing(t: Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def check_values(op: str, *indices: Packed | Lengths) -> list[int]:
+def check_values(op: str, *indices: Packed | Lengths,
+                 queries_within_keys: bool = False) -> list[int]:
     """Checks every index tensor's values, read in one host transfer, and returns per
     index the bound the kernels' grid needs: the longest segment of a Packed, n for
-    Lengths. While a CUDA graph is being captured nothing can be read: lengths go
-    unchecked, and a Packed needs its max_seqlen given."""
+    Lengths. ``queries_within_keys`` (two Packed, queries then keys): each query segment is
+    no longer than its key segment (queries are the last of its positions). While a CUDA
+    graph is being captured nothing can be read: lengths go unchecked, and a Packed needs
+    its max_seqlen given."""
     tensors = [ix.cu if isinstance(ix, Packed) else ix.lengths for ix in indices]
     if any(_capturing(t) for t in tensors):
         return [_bound_unread(op, ix) for ix in indices]
     flat = torch.cat([t.reshape(-1).long() for t in tensors]).tolist() if tensors else []
-    bounds, start = [], 0
+    bounds, start, read = [], 0, []
     for ix, t in zip(indices, tensors):
         values, start = flat[start:start + t.numel()], start + t.numel()
+        read.append(values)
         bounds.append(_check_packed(op, ix, values) if isinstance(ix, Packed)
                       else _check_lengths(op, ix, values))
+    if queries_within_keys:
+        _check_queries_within_keys(op, indices, *read)
     return bounds
+
+
+def _check_queries_within_keys(op: str, indices, cu_q: list[int], cu_k: list[int]) -> None:
+    for s, (q0, q1, k0, k1) in enumerate(zip(cu_q, cu_q[1:], cu_k, cu_k[1:])):
+        if q1 - q0 > k1 - k0:
+            raise ValueError(f"{op}: segment {s} has {q1 - q0} queries but {k1 - k0} keys "
+                             f"({indices[0].name}, {indices[1].name}): its queries are the "
+                             "last of its positions, so it needs q_len <= k_len")
 
 
 def _bound_unread(op: str, ix: Packed | Lengths) -> int:

@@ -72,31 +72,36 @@ def _host_ints(values: Sequence[int]) -> Tensor:
 
 @torch.library.custom_op("mirasol::segment_maxima", mutates_args=())
 def _segment_maxima(op: str, cu_seqlens_q: Tensor, total_q: int, max_seqlen_q: int | None,
-                    cu_seqlens_k: Tensor | None, total_k: int,
-                    max_seqlen_k: int | None) -> Tensor:
+                    cu_seqlens_k: Tensor | None, total_k: int, max_seqlen_k: int | None,
+                    queries_within_keys: bool = False) -> Tensor:
     suffixes = ("",) if cu_seqlens_k is None else ("_q", "_k")
     given = zip(suffixes, (cu_seqlens_q, cu_seqlens_k), (total_q, total_k),
                 (max_seqlen_q, max_seqlen_k))
     return _host_ints(check_values(op, *(Packed(f"cu_seqlens{s}", cu, total, m,
                                                 f"max_seqlen{s}")
-                                         for s, cu, total, m in given)))
+                                         for s, cu, total, m in given),
+                                   queries_within_keys=queries_within_keys))
 
 
 @_segment_maxima.register_fake
-def _(op, cu_seqlens_q, total_q, max_seqlen_q, cu_seqlens_k, total_k, max_seqlen_k):
+def _(op, cu_seqlens_q, total_q, max_seqlen_q, cu_seqlens_k, total_k, max_seqlen_k,
+      queries_within_keys=False):
     return torch.empty(1 if cu_seqlens_k is None else 2, dtype=torch.int64, device="cpu")
 
 
 def segment_maxima(op: str, cu_seqlens_q: Tensor, total_q: int, max_seqlen_q: int | None = None,
                    cu_seqlens_k: Tensor | None = None, total_k: int = 0,
-                   max_seqlen_k: int | None = None) -> Tensor:
+                   max_seqlen_k: int | None = None,
+                   queries_within_keys: bool = False) -> Tensor:
     """Checks packed segments' bounds (``cu_seqlens``, or the pair ``cu_seqlens_q/_k``
-    with their ``max_seqlen``s) in one host read and returns the longest segments as a
-    CPU int64 tensor: what the kernels' grid needs, forward and backward, read there
-    without a device sync. A custom op, so torch.compile keeps the read out of the graph;
-    every fast path passes its result to the forward custom op, so no graph drops it."""
+    with their ``max_seqlen``s; ``queries_within_keys``: no query segment longer than its
+    key segment) in one host read and returns the longest segments as a CPU int64 tensor:
+    what the kernels' grid needs, forward and backward, read there without a device sync.
+    A custom op, so torch.compile keeps the read out of the graph; every fast path passes
+    its result to the forward custom op, so no graph drops it."""
     return torch.ops.mirasol.segment_maxima(op, cu_seqlens_q, total_q, max_seqlen_q,
-                                            cu_seqlens_k, total_k, max_seqlen_k)
+                                            cu_seqlens_k, total_k, max_seqlen_k,
+                                            queries_within_keys)
 
 
 def maxima_or(maxima: Tensor | None, *shape_bounds: int) -> list[int]:

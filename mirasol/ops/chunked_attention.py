@@ -1,8 +1,11 @@
-"""Chunked causal attention: argument checks, backend choice, autograd, custom op.
+"""Chunked causal attention, the block-causal family: argument checks, backend choice,
+autograd, custom op.
 
-Token i attends to token j iff ``j // chunk_size <= i // chunk_size``: every token sees
-all tokens of its own chunk and of every earlier chunk (Mirasol3B's A/V autoregressive
-model, with one chunk per time span). Chain of names::
+The mask (:mod:`mirasol.masks`, DESIGN.md §2a): queries are the last ``q_len`` of a
+sequence's ``k_len`` positions; with ``c(x) = x // chunk_size``, the query at position ``p``
+sees key ``j`` iff ``c(j) <= c(p)`` and (no window, or ``c(p) - c(j) < window_chunks``, or
+``j < sink_tokens``); teacher forcing's noisy half sees the clean chunks before its own and
+its own noisy chunk. Chain of names::
 
     _attn_fwd_kernel / _attn_bwd_*_kernel                    (mirasol.kernels.attention,
                                                              shared with cross-attention)
@@ -11,104 +14,226 @@ model, with one chunk per time span). Chain of names::
     ChunkedAttentionFunction                                 (autograd)
     chunked_causal_attention                                 (functional, here)
     ChunkedCausalSelfAttention                               (nn.Module, mirasol.layers)
+
+Internally both layouts are 4-D: a packed (total, H, D) tensor travels as its
+(1, H, total, D) view.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from mirasol import reference
+from mirasol.masks import Rule
 from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
-from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs,
-                                 check_positive_int, check_scale, check_values,
-                                 default_scale)
+from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs, check_bool,
+                                 check_non_negative_int, check_packed_inputs,
+                                 check_positive_int, check_scale, check_values, default_scale,
+                                 shape_of)
 from mirasol.ops._dense import attention_lse, attention_lse_backward
-from mirasol.ops._op import Op, register
+from mirasol.ops._op import Op, maxima_or, register, segment_maxima
+
+OP_NAME = "chunked_causal_attention"
 
 
 # ----------------------------------------------------------------- the torch backend
 
 
-def _chunks(lengths: Tensor | None, n: int, chunk_size: int):
-    """(batch slice, chunk start, chunk end, sample length) of every chunk: of all samples
-    at once when there are no lengths, else of each sample in turn."""
-    samples = ([(slice(None), n)] if lengths is None
-               else [(slice(b, b + 1), int(length)) for b, length in enumerate(lengths.tolist())])
-    for b, length in samples:
-        for start in range(0, length, chunk_size):
-            yield b, start, min(start + chunk_size, length), length
+def _segments(q: Tensor, k: Tensor, lengths, cu_q, cu_k):
+    """(batch slice, first query row, q_len, first key row, k_len) of each segment of the
+    4-D views: each packed segment, each sample with a length, or the whole batch."""
+    if cu_q is not None:
+        qb, kb = cu_q.tolist(), cu_k.tolist()
+        return [(slice(0, 1), qb[s], qb[s + 1] - qb[s], kb[s], kb[s + 1] - kb[s])
+                for s in range(len(qb) - 1)]
+    if lengths is not None:
+        return [(slice(b, b + 1), 0, n, 0, n) for b, n in enumerate(lengths.tolist())]
+    return [(slice(None), 0, q.shape[2], 0, k.shape[2])]
+
+
+def _runs(flags: list[bool], cuts: list[int]) -> tuple[tuple[int, int], ...]:
+    """The [cuts[a], cuts[b]) spans of consecutive True flags (flag i spans cuts[i:i+2])."""
+    runs, start = [], None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = cuts[i]
+        elif not flag and start is not None:
+            runs.append((start, cuts[i]))
+            start = None
+    return tuple(runs)
+
+
+def _merged(cuts: list[int], patterns: list[tuple]) -> list[tuple[int, int, tuple]]:
+    """Consecutive spans of ``cuts`` with equal patterns, merged: (start, end, pattern)."""
+    spans = []
+    for i, pattern in enumerate(patterns):
+        if spans and spans[-1][2] == pattern:
+            spans[-1] = (spans[-1][0], cuts[i + 1], pattern)
+        else:
+            spans.append((cuts[i], cuts[i + 1], pattern))
+    return spans
+
+
+@lru_cache(maxsize=4096)
+def _tiles(q_len: int, k_len: int, rule: Rule):
+    """One segment's visible pairs as unmasked tiles, from the rule itself: rows and keys
+    cut where visibility can change (chunk starts, each half's under teacher forcing, and
+    the sinks' end), so that it is constant over each (row span, key span), and
+    ``rule.admits`` evaluated once per pair of spans. Returns ``(forward, backward)``:
+    forward, per row span, the key spans its rows see, ``((r0, r1, ((k0, k1), ...)), ...)``;
+    backward, per key span, the row spans that see it. Neighbouring spans with the same
+    pattern are merged."""
+    half = k_len // 2 if rule.teacher_forcing else k_len
+    streams = ((0, half), (half, k_len)) if rule.teacher_forcing else ((0, k_len),)
+    chunk_starts = {a + c for a, b in streams for c in range(0, b - a, rule.chunk)}
+    sinks = {min(rule.sinks, half)} if rule.window is not None else set()
+    key_cuts = sorted(chunk_starts | sinks | {0, k_len})
+    shift = k_len - q_len
+    row_cuts = sorted({p - shift for p in chunk_starts if 0 < p - shift < q_len} | {0, q_len})
+    rows = torch.tensor(row_cuts[:-1], dtype=torch.int64)
+    keys = torch.tensor(key_cuts[:-1], dtype=torch.int64)
+    seen = rule.admits(rows[:, None] + shift, keys[None, :], k_len).tolist()
+    by_row = [_runs(flags, key_cuts) for flags in seen]
+    by_key = [_runs(list(flags), row_cuts) for flags in zip(*seen)]
+    return (tuple(span for span in _merged(row_cuts, by_row) if span[2]),
+            tuple(span for span in _merged(key_cuts, by_key) if span[2]))
+
+
+def _keys(t: Tensor, b: slice, start: int, spans) -> Tensor:
+    # A view for one span (the usual case), else the spans' rows gathered.
+    parts = [t[b, :, start + k0:start + k1] for k0, k1 in spans]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _torch_fwd(q, k, v, lengths, chunk_size, scale):
-    """Per chunk: its queries against the visible key prefix, unmasked. Half-precision
+def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
+    """Per row span of each segment: its queries against exactly the keys they see (the
+    sinks and the window gathered when apart), one unmasked fused call. Half-precision
     inputs are computed in fp32 (as the CPU kernel accumulates anyway), so the output's is
     the only rounding to the input dtype."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     q, k, v = (t.to(acc) for t in (q, k, v))
-    out = torch.empty(q.shape, dtype=acc, device=q.device)
-    lse = torch.empty(q.shape[:3], dtype=acc, device=q.device)
-    if lengths is not None:  # rows past a length are never written: 0, with lse = log 0
-        out.zero_()
-        lse.fill_(-math.inf)
-    for b, start, end, _ in _chunks(lengths, q.shape[2], chunk_size):
-        out[b, :, start:end], lse[b, :, start:end] = attention_lse(
-            q[b, :, start:end], k[b, :, :end], v[b, :, :end], scale)
+    out = torch.zeros(q.shape, dtype=acc, device=q.device)  # rows that see nothing: 0,
+    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)  # lse = log 0
+    for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
+        for r0, r1, spans in _tiles(q_len, k_len, rule)[0]:
+            rows = slice(q0 + r0, q0 + r1)
+            out[b, :, rows], lse[b, :, rows] = attention_lse(
+                q[b, :, rows], _keys(k, b, k0, spans), _keys(v, b, k0, spans), scale)
     return out.to(dtype), lse
 
 
-def _torch_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
-    """Per chunk of keys: every query that sees it, unmasked, probabilities recomputed from
-    the saved lse. Each key chunk's dK/dV come out whole; dQ sums one partial per key chunk
-    (in fp32). Keyed by key chunk rather than query chunk, one gradient is summed instead of
-    two (dK and dV), which halves the memory traffic of the sums."""
+def _torch_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale):
+    """Per key span of each segment: every row span that sees it, unmasked, probabilities
+    recomputed from the saved lse. Keyed by keys rather than queries, a key span's dK/dV
+    usually come out whole (teacher forcing's clean keys sum two row spans) and dQ sums one
+    partial per key span (in fp32), which halves the memory traffic of the sums."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
     dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
-    for b, start, end, length in _chunks(lengths, q.shape[2], chunk_size):
-        rows, keys = slice(start, length), slice(start, end)
-        gq, dk[b, :, keys], dv[b, :, keys] = attention_lse_backward(
-            do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys], out[b, :, rows],
-            lse[b, :, rows], scale)
-        dq[b, :, rows] += gq
+    for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
+        for c0, c1, spans in _tiles(q_len, k_len, rule)[1]:
+            keys = slice(k0 + c0, k0 + c1)
+            for r0, r1 in spans:
+                rows = slice(q0 + r0, q0 + r1)
+                gq, gk, gv = attention_lse_backward(
+                    do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys],
+                    out[b, :, rows], lse[b, :, rows], scale)
+                dq[b, :, rows] += gq
+                dk[b, :, keys] += gk
+                dv[b, :, keys] += gv
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
 # ---------------------------------------------------------------- the triton backend
 
 
-def _triton_fwd(q, k, v, lengths, chunk_size, scale):
+def _kernel_args(rule: Rule, lengths, cu_q, cu_k, max_q: int, max_k: int) -> dict:
+    return dict(lengths=lengths, window=rule.window, sinks=rule.sinks,
+                teacher_forcing=rule.teacher_forcing, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                max_seqlen_q=max_q, max_seqlen_k=max_k)
+
+
+def _triton_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale, max_q, max_k):
     from mirasol.kernels import chunked_attn_fwd
 
-    return chunked_attn_fwd(q, k, v, chunk_size, scale, lengths)
+    return chunked_attn_fwd(q, k, v, rule.chunk, scale,
+                            **_kernel_args(rule, lengths, cu_q, cu_k, max_q, max_k))
 
 
-def _triton_bwd(do, q, k, v, out, lse, lengths, chunk_size, scale):
+def _triton_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale, max_q, max_k):
     from mirasol.kernels import chunked_attn_bwd
 
-    return chunked_attn_bwd(do, q, k, v, out, lse, chunk_size, scale, lengths)
+    return chunked_attn_bwd(do, q, k, v, out, lse, rule.chunk, scale,
+                            **_kernel_args(rule, lengths, cu_q, cu_k, max_q, max_k))
 
 
-_FWD = {"triton": _triton_fwd, "torch": _torch_fwd}
-_BWD = {"triton": _triton_bwd, "torch": _torch_bwd}
+# Called as fwd(q, k, v, *layout, rule, scale, max_q, max_k) and bwd(do, q, k, v, out, lse,
+# *layout, rule, scale, max_q, max_k). The maxima size the kernels' grid; the torch path
+# walks the segments.
+_FWD = {"triton": _triton_fwd, "torch": lambda *args: _torch_fwd(*args[:-2])}
+_BWD = {"triton": _triton_bwd, "torch": lambda *args: _torch_bwd(*args[:-2])}
 
 
 # ------------------------------------------------------------ the chain of the op
 
-OP_NAME = "chunked_causal_attention"
 
-
-def _check(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *, scale: float | None = None,
-           lengths: Tensor | None = None) -> Call:
-    check_attention_inputs(OP_NAME, q, k, v, lengths=lengths, self_attention=True)
-    check_positive_int(OP_NAME, "chunk_size", chunk_size)
-    check_scale(OP_NAME, scale)
+def _check(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *,
+           window_chunks: int | None = None, sink_tokens: int = 0,
+           lengths: Tensor | None = None, cu_seqlens_q: Tensor | None = None,
+           cu_seqlens_k: Tensor | None = None, max_seqlen_q: int | None = None,
+           max_seqlen_k: int | None = None, teacher_forcing: bool = False,
+           scale: float | None = None) -> Call:
+    op = OP_NAME
+    check_positive_int(op, "chunk_size", chunk_size)
+    if window_chunks is not None:
+        check_positive_int(op, "window_chunks", window_chunks)
+    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+        raise ValueError(f"{op}: sink_tokens must be a non-negative int, got {sink_tokens!r}")
+    check_bool(op, "teacher_forcing", teacher_forcing)
+    check_scale(op, scale)
+    if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+        raise ValueError(f"{op}: cu_seqlens_q and cu_seqlens_k must be given together (the "
+                         "packed layout)")
+    if cu_seqlens_q is not None:
+        if lengths is not None:
+            raise ValueError(f"{op}: lengths is for the padded layout; packed segments take "
+                             "their lengths from cu_seqlens_q/cu_seqlens_k")
+        if teacher_forcing:
+            raise ValueError(f"{op}: teacher_forcing takes a padded batch of equal-length "
+                             "sequences (no cu_seqlens)")
+        check_packed_inputs(op, q, k, v, cu_seqlens_q, cu_seqlens_k)
+        for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+            if value is not None:
+                check_non_negative_int(op, name, value)
+        return attention_call(q, k, v)
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if value is not None:
+            raise ValueError(f"{op}: {name} is for the packed layout (with cu_seqlens)")
+    check_attention_inputs(op, q, k, v, lengths=lengths, self_attention=False)
+    n_q, n_k = q.shape[2], k.shape[2]
+    if n_q > n_k:
+        raise ValueError(f"{op}: q has {n_q} rows but k has {n_k}: the queries are the last "
+                         "q_len of k_len positions, so q_len <= k_len")
+    if lengths is not None and n_q != n_k:
+        raise ValueError(f"{op}: lengths needs q and k of the same length (got {n_q} and "
+                         f"{n_k}); for cached prefixes of several lengths, pack the batch "
+                         "(cu_seqlens_q/cu_seqlens_k)")
+    if teacher_forcing:
+        if lengths is not None:
+            raise ValueError(f"{op}: teacher_forcing takes a padded batch of equal-length "
+                             "sequences (no lengths)")
+        if n_q != n_k or n_q % 2:
+            raise ValueError(f"{op}: teacher_forcing needs q and k of one even length 2L (L "
+                             f"clean then L noisy tokens), got q {shape_of(q)} and k "
+                             f"{shape_of(k)}")
     return attention_call(q, k, v)
 
 
@@ -122,78 +247,140 @@ def _check_values(q: Tensor, lengths: Tensor | None) -> None:
 
 @torch.library.custom_op("mirasol::chunked_attention_fwd", mutates_args=())
 def _chunked_attention_fwd(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None,
-                           chunk_size: int, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+                           cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
+                           maxima: Tensor | None, chunk_size: int, window_chunks: int | None,
+                           sink_tokens: int, teacher_forcing: bool, scale: float,
+                           backend: str) -> tuple[Tensor, Tensor]:
+    """maxima: the longest query and key segments of packed inputs (segment_maxima)."""
     _check_values(q, lengths)
-    return _FWD[backend](q, k, v, lengths, chunk_size, scale)
+    rule = Rule(chunk_size, window_chunks, sink_tokens, teacher_forcing)
+    return _FWD[backend](q, k, v, lengths, cu_seqlens_q, cu_seqlens_k, rule, scale,
+                         *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_chunked_attention_fwd.register_fake
-def _(q, k, v, lengths, chunk_size, scale, backend):
+def _(q, k, v, lengths, cu_seqlens_q, cu_seqlens_k, maxima, chunk_size, window_chunks,
+      sink_tokens, teacher_forcing, scale, backend):
     lse_dtype = torch.promote_types(q.dtype, torch.float32)
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-            q.new_empty(q.shape[:3], dtype=lse_dtype))
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=lse_dtype)
 
 
 @torch.library.custom_op("mirasol::chunked_attention_bwd", mutates_args=())
 def _chunked_attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                           lse: Tensor, lengths: Tensor | None, chunk_size: int, scale: float,
+                           lse: Tensor, lengths: Tensor | None, cu_seqlens_q: Tensor | None,
+                           cu_seqlens_k: Tensor | None, maxima: Tensor | None,
+                           chunk_size: int, window_chunks: int | None, sink_tokens: int,
+                           teacher_forcing: bool, scale: float,
                            backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _BWD[backend](do, q, k, v, out, lse, lengths, chunk_size, scale)
+    rule = Rule(chunk_size, window_chunks, sink_tokens, teacher_forcing)
+    return _BWD[backend](do, q, k, v, out, lse, lengths, cu_seqlens_q, cu_seqlens_k, rule,
+                         scale, *maxima_or(maxima, q.shape[2], k.shape[2]))
 
 
 @_chunked_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, lengths, chunk_size, scale, backend):
-    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+def _(do, q, k, v, out, lse, lengths, cu_seqlens_q, cu_seqlens_k, maxima, chunk_size,
+      window_chunks, sink_tokens, teacher_forcing, scale, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 class ChunkedAttentionFunction(torch.autograd.Function):
-    """Autograd for the triton and torch backends: the forward saves (out, lse), the
-    backward recomputes probabilities from them (nothing of size N x N is kept)."""
+    """Autograd for the triton and torch backends on 4-D (batch, heads, rows, head_dim)
+    views: the forward saves (out, lse), the backward recomputes probabilities from them
+    (nothing of size N x N is kept)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, lengths, chunk_size: int, scale: float, backend: str):
-        out, lse = torch.ops.mirasol.chunked_attention_fwd(q, k, v, lengths, chunk_size,
-                                                           scale, backend)
-        ctx.save_for_backward(q, k, v, out, lse, lengths)
-        ctx.chunk_size, ctx.scale, ctx.backend = chunk_size, scale, backend
+    def forward(ctx, q, k, v, lengths, cu_seqlens_q, cu_seqlens_k, maxima, chunk_size: int,
+                window_chunks: int | None, sink_tokens: int, teacher_forcing: bool,
+                scale: float, backend: str):
+        rest = (chunk_size, window_chunks, sink_tokens, teacher_forcing, scale, backend)
+        out, lse = torch.ops.mirasol.chunked_attention_fwd(
+            q, k, v, lengths, cu_seqlens_q, cu_seqlens_k, maxima, *rest)
+        ctx.save_for_backward(q, k, v, out, lse, lengths, cu_seqlens_q, cu_seqlens_k, maxima)
+        ctx.rest = rest
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, lengths = ctx.saved_tensors
-        dq, dk, dv = torch.ops.mirasol.chunked_attention_bwd(
-            do, q, k, v, out, lse, lengths, ctx.chunk_size, ctx.scale, ctx.backend)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = torch.ops.mirasol.chunked_attention_bwd(do, *ctx.saved_tensors,
+                                                             *ctx.rest)
+        return dq, dk, dv, *(None,) * 10
 
 
 def chunked_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, *,
-                             scale: float | None = None, lengths: Tensor | None = None,
+                             window_chunks: int | None = None, sink_tokens: int = 0,
+                             lengths: Tensor | None = None,
+                             cu_seqlens_q: Tensor | None = None,
+                             cu_seqlens_k: Tensor | None = None,
+                             max_seqlen_q: int | None = None, max_seqlen_k: int | None = None,
+                             teacher_forcing: bool = False, scale: float | None = None,
                              backend: str = "auto") -> Tensor:
-    """Chunked (block-) causal attention in SDPA's layout.
+    """Chunked (block-) causal attention and its family: chunk windows, sink tokens, cached
+    prefixes, packed sequences, teacher forcing (:mod:`mirasol.masks` defines each mask).
 
-    ``out[b, h, i] = softmax_j(q[b,h,i] · k[b,h',j] · scale, j visible) @ v[b,h',j]`` where
-    ``j`` is visible from ``i`` iff ``j // chunk_size <= i // chunk_size`` and
-    ``i, j < lengths[b]``; ``h' = h // (H / H_kv)``.
+    ``out[i] = softmax_j(q[i] · k[j] · scale, j visible from i) @ v[j]``, with query heads
+    ``h`` reading key/value head ``h // (H / H_kv)``. The queries of a sequence of
+    ``k_len`` keys are its last ``q_len`` positions: row ``i`` at ``p = i + k_len - q_len``
+    (``q_len = k_len``: ``p = i``; fewer queries: a chunk, or several, against a cached
+    prefix, under the same rule). With ``c(x) = x // chunk_size``, ``j`` is visible from
+    ``p`` iff ``c(j) <= c(p)`` and (``window_chunks`` is None, or ``c(p) - c(j) <
+    window_chunks``, or ``j < sink_tokens``).
 
     Args:
-        q: (B, H, N, D) queries; fp16, bf16, fp32 (fp64 on the torch and reference backends).
-        k, v: (B, H_kv, N, D) keys and values, ``H % H_kv == 0`` (grouped-query attention).
-        chunk_size: tokens per chunk, any positive int (need not divide N or the tile size).
+        q: padded (B, H, Nq, D), or packed (total_q, H, D) with ``cu_seqlens_q``; fp16,
+            bf16, fp32 (fp64 on the torch and reference backends); D <= 256.
+        k, v: padded (B, H_kv, Nk, D), Nq <= Nk; or packed (total_k, H_kv, D);
+            ``H % H_kv == 0`` (grouped-query attention).
+        chunk_size: tokens per chunk, any positive int (need not divide N or the tile).
+        window_chunks: a query sees its own chunk and the ``window_chunks - 1`` before it
+            (None: every earlier chunk).
+        sink_tokens: the first keys of each sequence, visible to every later chunk
+            whatever the window (StreamingLLM's attention sinks; no effect without one).
+        lengths: padded with Nq = Nk only: optional (B,) int, ``0 <= lengths[b] <= N``:
+            sample b occupies positions [0, lengths[b]); rows past it are 0 and get zero
+            gradients.
+        cu_seqlens_q, cu_seqlens_k: the packed layout, int32 (S + 1,) as in flash-attn's
+            varlen functions (chunks restart at each segment; segments may be empty; each
+            has ``q_len <= k_len``). max_seqlen_q, max_seqlen_k: the longest segments,
+            computed (one host read) when None, checked when given.
+        teacher_forcing: each sequence is ``2L`` tokens, ``L`` clean then ``L`` noisy,
+            chunked alike: a clean query follows the rule over clean keys; a noisy query of
+            chunk ``c`` sees the clean keys of chunks ``< c`` (window and sinks counted from
+            ``c``) and the noisy keys of chunk ``c`` (CausVid / Self-Forcing training).
+            Padded, Nq = Nk even, no lengths.
         scale: score scale, default ``D ** -0.5``.
-        lengths: optional (B,) int tensor, ``0 <= lengths[b] <= N``, on q's device: sample b
-            occupies positions [0, lengths[b]); rows past it are 0 and get zero gradients.
         backend: "auto" | "triton" | "torch" | "reference" (see ``mirasol.ops``).
 
     Returns:
-        (B, H, N, D) in q's dtype. Accumulation is fp32 (fp64 for fp64 inputs); the error
+        Laid out like q, in q's dtype. Accumulation is fp32 (fp64 for fp64 inputs); the error
         against a float64 oracle is at most twice that of the reference computed in q's
         dtype (``mirasol.testing``).
+
+    Raises:
+        ValueError / TypeError naming the argument, before any kernel runs: a chunk size,
+        window or sink count that is not a positive (non-negative) int, q longer than k,
+        lengths with Nq != Nk, teacher forcing on an odd or packed sequence, cu_seqlens
+        that do not describe the tensors or give a segment more queries than keys.
     """
-    call = _check(q, k, v, chunk_size, scale=scale, lengths=lengths)
+    call = _check(q, k, v, chunk_size, window_chunks=window_chunks, sink_tokens=sink_tokens,
+                  lengths=lengths, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                  max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                  teacher_forcing=teacher_forcing, scale=scale)
     name = OP.choose(backend, call)
     scale = default_scale(q, scale)
+    packed = cu_seqlens_q is not None
+    maxima = None
+    if packed:
+        maxima = segment_maxima(OP_NAME, cu_seqlens_q, q.shape[0], max_seqlen_q, cu_seqlens_k,
+                                k.shape[0], max_seqlen_k, queries_within_keys=True)
     if name == "reference":
         _check_values(q, lengths)
-        return reference.chunked_causal_attention(q, k, v, chunk_size, scale=scale,
-                                                  lengths=lengths)
-    return ChunkedAttentionFunction.apply(q, k, v, lengths, chunk_size, scale, name)
+        return reference.chunked_causal_attention(
+            q, k, v, chunk_size, window_chunks=window_chunks, sink_tokens=sink_tokens,
+            lengths=lengths, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+            teacher_forcing=teacher_forcing, scale=scale)
+    if packed:
+        q, k, v = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+    out = ChunkedAttentionFunction.apply(q, k, v, lengths, cu_seqlens_q, cu_seqlens_k, maxima,
+                                         chunk_size, window_chunks, sink_tokens,
+                                         teacher_forcing, scale, name)
+    return out.transpose(1, 2).squeeze(0) if packed else out

@@ -54,7 +54,7 @@ def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
         if causal:  # the piece's rows first.. of the segment, against all its keys
             rows = torch.arange(first, q1 - q0, device=q4.device)[:, None]
             mask = masks.visible(rows, torch.arange(k1 - k0, device=q4.device)[None, :],
-                                 q1 - q0, k1 - k0, chunk=1)
+                                 q1 - q0, k1 - k0, masks.TOKEN_CAUSAL)
         yield b, slice(q0 + first, q1), slice(k0, k1), mask
 
 

@@ -50,15 +50,28 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 def chunked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             chunk_size: int, *, scale: float | None = None,
-                             lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Chunked causal attention: token i attends to token j iff
-    j // chunk_size <= i // chunk_size (and both are inside the sample's length).
+                             chunk_size: int, *, window_chunks: int | None = None,
+                             sink_tokens: int = 0, lengths: torch.Tensor | None = None,
+                             cu_seqlens_q=None, cu_seqlens_k=None, teacher_forcing: bool = False,
+                             scale: float | None = None) -> torch.Tensor:
+    """Chunked causal attention and its family (``mirasol.masks.Rule``): the query at
+    position p sees key j iff j // chunk_size <= p // chunk_size, within the window of
+    chunks or among the sinks; teacher forcing's clean and noisy halves.
 
-    q: (B, H, N, D); k, v: (B, H_kv, N, D); lengths: (B,) or None. Rows at or past a
-    sample's length are 0.
+    Padded: q (B, H, Nq, D), k, v (B, H_kv, Nk, D), the queries the last Nq positions;
+    lengths (B,) or None (Nq = Nk), rows at or past a sample's length are 0. Packed: q
+    (total_q, H, D), k, v (total_k, H_kv, D), segments from cu_seqlens.
     """
-    mask = masks.chunked_causal(q.shape[2], chunk_size, lengths, q.device)
+    family = dict(window_chunks=window_chunks, sink_tokens=sink_tokens,
+                  teacher_forcing=teacher_forcing)
+    if cu_seqlens_q is not None:  # (total, H, D) -> (1, H, total, D)
+        q, k, v = (t.transpose(0, 1)[None] for t in (q, k, v))
+        mask = masks.chunked_causal_packed(q.shape[2], k.shape[2], chunk_size,
+                                           cu_seqlens_q=cu_seqlens_q,
+                                           cu_seqlens_k=cu_seqlens_k, **family)
+        return masked_attention(q, k, v, mask.dense(), scale)[0].transpose(0, 1)
+    mask = masks.chunked_causal(q.shape[2], chunk_size, lengths, q.device, k_rows=k.shape[2],
+                                **family)
     return masked_attention(q, k, v, mask.dense(), scale)
 
 
