@@ -351,6 +351,20 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return folders[0] if folders else None
 
 
+def _load_shards(folder: Path, state: dict) -> dict:
+    """``state`` filled in place from ``folder/shards`` (``torch.distributed.checkpoint``
+    reshards the saved tensors to ``state``'s layout) and returned; an unreadable one
+    raises :class:`CheckpointError`."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        dcp.load(state, checkpoint_id=folder / SHARDS)
+    except Exception as e:  # noqa: BLE001 -- DCP raises its own kinds (CheckpointException)
+        raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
+                                               f"({type(e).__name__}: {e})") from e
+    return state
+
+
 def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optimizer,
                         sched: torch.optim.lr_scheduler.LRScheduler) -> int:
     """Restore weights, optimizer and schedule; returns the step to continue from. Either
@@ -368,23 +382,15 @@ def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optim
     except (KeyError, TypeError) as e:
         raise CheckpointError(folder / TRAINER, f"not a trainer state ({e!r})") from e
     if (folder / SHARDS).is_dir():
-        import torch.distributed.checkpoint as dcp
-
         model_state, optim_state = get_state_dict(wrapped, opt)  # this run's layout
-        state = {"model": model_state, "optim": optim_state}
-        try:
-            dcp.load(state, checkpoint_id=folder / SHARDS)
-        except Exception as e:  # noqa: BLE001 -- DCP raises its own kinds (CheckpointException)
-            raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
-                                                   f"({type(e).__name__}: {e})") from e
+        state = _load_shards(folder, {"model": model_state, "optim": optim_state})
         set_state_dict(wrapped, opt, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
     else:
+        optimizer_tensors = read_tensors(folder / OPTIMIZER)
         try:
-            optim_state = _nested_optimizer(read_tensors(folder / OPTIMIZER), trainer)
+            optim_state = _nested_optimizer(optimizer_tensors, trainer)
         except (KeyError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
             raise CheckpointError(folder / TRAINER, f"not a trainer state ({e!r})") from e
         set_state_dict(wrapped, opt, model_state_dict=read_tensors(folder / WEIGHTS),
                        optim_state_dict=optim_state,
@@ -401,15 +407,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     folder = latest_checkpoint(folder) or folder
     model = Mirasol(load_config(folder))
     if (folder / SHARDS).is_dir():
-        import torch.distributed.checkpoint as dcp
-
-        state = {"model": model.state_dict()}
-        try:
-            dcp.load(state, checkpoint_id=folder / SHARDS)
-        except Exception as e:  # noqa: BLE001 -- as in load_training_state
-            raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
-                                                   f"({type(e).__name__}: {e})") from e
-        model.load_state_dict(state["model"])
+        model.load_state_dict(_load_shards(folder, {"model": model.state_dict()})["model"])
     else:
         load_state(model, folder)
     return save_checkpoint(model, out, metadata={"exported_from": str(folder)})

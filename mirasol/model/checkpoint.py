@@ -113,6 +113,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(path: str | Path):
+    """A JSON file's value (a truncated or corrupt one: :class:`CheckpointError`)."""
     return read_file(path, lambda p: json.loads(p.read_text()), "JSON file")
 
 
@@ -143,11 +144,11 @@ def load_state(model: Mirasol, directory: str | Path) -> Mirasol:
     device and dtype). Raises :class:`CheckpointError` for a missing or damaged weight
     file, ValueError naming every missing, unexpected and mismatched key when the
     checkpoint was written by a model of another configuration."""
-    if (Path(directory) / SHARDS).is_dir() and not (Path(directory) / WEIGHTS).exists():
-        raise CheckpointError(Path(directory) / WEIGHTS,
-                              "missing: this is a sharded FSDP2 training checkpoint "
-                              "(`mirasol export` writes it whole)")
-    state = read_tensors(Path(directory) / WEIGHTS)
+    weights = Path(directory) / WEIGHTS
+    if (weights.parent / SHARDS).is_dir() and not weights.exists():
+        raise CheckpointError(weights, "missing: this is a sharded FSDP2 training checkpoint "
+                                       "(`mirasol export` writes it whole)")
+    state = read_tensors(weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
