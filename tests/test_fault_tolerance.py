@@ -26,30 +26,54 @@ from safetensors.torch import load_file
 
 from mirasol.model import CheckpointError, load_checkpoint, preset, save_checkpoint
 from mirasol.model.mirasol import Mirasol
-from mirasol.testing import assert_identical
+from mirasol.testing import assert_identical, tolerances
 from mirasol.train import TrainConfig, checkpoint_folders, latest_checkpoint, train
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals, fsync of folders")
-
 STEPS, CHECKPOINT_EVERY, EVAL_EVERY = 24, 4, 8
-ARGS = ["--preset", "tiny", "--steps", str(STEPS), "--batch-size", "4", "--warmup", "2",
-        "--av-warmup-steps", "6", "--log-every", "1", "--checkpoint-every",
-        str(CHECKPOINT_EVERY), "--eval-every", str(EVAL_EVERY), "--eval-size", "8",
-        "--keep", "3", "--no-progress"]
+# The runs' TrainConfig fields (as `mirasol train` flags: see _flags).
+SETTINGS = dict(preset="tiny", steps=STEPS, batch_size=4, warmup=2, av_warmup_steps=6,
+                log_every=1, checkpoint_every=CHECKPOINT_EVERY, eval_every=EVAL_EVERY,
+                eval_size=8, keep=3, progress=False)
 # A restart that finds the run complete does nothing: a few kills per moment suffice.
 RANDOM_KILLS = 4
 
 
-def _start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mirasol", "train", "--out", str(out), *ARGS],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+def _flags(settings: dict) -> list[str]:
+    """``mirasol train``'s flags for TrainConfig fields: ``--field-name value``, a bool
+    ``--field-name`` or ``--no-field-name``."""
+    flags = []
+    for name, value in settings.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            flags += [f"--{flag}", str(value)]
+    return flags
+
+
+def _start(out: Path, nproc: int = 1, **changes) -> subprocess.Popen:
+    """``mirasol train`` of SETTINGS updated with ``changes`` into ``out``: one process, or
+    ``nproc`` under torchrun (gloo on the CPU)."""
+    torchrun = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [])
+    return subprocess.Popen([sys.executable, *torchrun, "-m", "mirasol", "train", "--out",
+                             str(out), *_flags({**SETTINGS, **changes})],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> None:
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
+
+
+def _assert_same_weights(got: Path, want: Path) -> None:
+    """The runs' last checkpoints hold bitwise equal weights."""
+    a = load_file(latest_checkpoint(want) / "model.safetensors")
+    b = load_file(latest_checkpoint(got) / "model.safetensors")
+    assert b.keys() == a.keys()
+    for name in a:
+        assert_identical(b[name], a[name])
 
 
 def _records(out: Path) -> list[dict]:
@@ -140,12 +164,8 @@ def test_a_run_killed_at_any_moment_resumes_exactly(tmp_path):
 
     print(f"start-up {startup:.1f} s, training {training:.1f} s; killed: {moments}")
     assert len(moments) >= 1 + RANDOM_KILLS // 2, moments
-    want = load_file(latest_checkpoint(reference) / "model.safetensors")
-    got = load_file(latest_checkpoint(out) / "model.safetensors")
     assert latest_checkpoint(out).name == f"step-{STEPS:07d}"
-    assert want.keys() == got.keys()
-    for name in want:
-        assert_identical(got[name], want[name])
+    _assert_same_weights(out, reference)
     assert _records(out) == _records(reference)  # every step once, the same numbers
     assert len(checkpoint_folders(out)) == 3  # --keep 3
 
@@ -241,17 +261,13 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, damage):
 
 # ------------------------------------------------------------------ two gloo processes
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "mirasol", "train"]
 # A dead peer ends the run within this bound (measured: about 1 s).
 EXIT_BOUND_S = 60
 
 
 def _torchrun(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*TORCHRUN, "--out", str(out), *ARGS, "--eval-every", "0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    """``mirasol train`` on 2 gloo processes, without evaluations."""
+    return _start(out, 2, eval_every=0)
 
 
 def _rank_pid(agent: int, rank: int) -> int | None:
@@ -268,6 +284,8 @@ def _rank_pid(agent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.skipif(sys.platform != "linux",
+                    reason="finds the worker of a rank through /proc/<pid>/environ")
 def test_a_killed_rank_ends_the_run_and_the_restart_resumes_exactly(tmp_path):
     reference = tmp_path / "uninterrupted"
     _finish(_torchrun(reference))
@@ -289,33 +307,28 @@ def test_a_killed_rank_ends_the_run_and_the_restart_resumes_exactly(tmp_path):
           f"{_pointer(out) or 'no checkpoint'}")
 
     _finish(_torchrun(out))
-    want = load_file(latest_checkpoint(reference) / "model.safetensors")
-    got = load_file(latest_checkpoint(out) / "model.safetensors")
-    for name in want:
-        assert_identical(got[name], want[name])
+    _assert_same_weights(out, reference)
     assert _records(out) == _records(reference)
 
 
 # ------------------------------------------------------------- FSDP2 sharded checkpoints
 
 FSDP_STEPS = 8
-FSDP_ARGS = [*ARGS, "--steps", str(FSDP_STEPS), "--eval-every", "0", "--keep", "9"]
 
 
-def _run(out: Path, nproc: int, *extra: str) -> None:
-    command = ([*TORCHRUN[:3], "--standalone", f"--nproc_per_node={nproc}", *TORCHRUN[5:]]
-               if nproc > 1 else [sys.executable, "-m", "mirasol", "train"])
-    done = subprocess.run([*command, "--out", str(out), *FSDP_ARGS, *extra],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=600)
+def _run(out: Path, nproc: int, **changes) -> None:
+    _finish(_start(out, nproc, steps=FSDP_STEPS, eval_every=0, keep=9, **changes))
+
+
+def _export(run: Path, out: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mirasol", "export", str(run), str(out)],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _assert_continuation(got: Path, want: Path) -> None:
     """Equal continuation across world sizes: the data-parallel rule of test_train.py (a
     different process count sums the gradients in another order)."""
-    from mirasol.testing import tolerances
-
     a = load_checkpoint(want).state_dict()
     for name, b in load_checkpoint(got).state_dict().items():
         if name.endswith("k_proj.bias"):  # its true gradient is 0 (test_train.py)
@@ -326,29 +339,27 @@ def _assert_continuation(got: Path, want: Path) -> None:
 
 
 def test_fsdp_checkpoints_are_sharded_and_resume_on_another_world_size(tmp_path):
-    half = str(FSDP_STEPS // 2)
+    half = FSDP_STEPS // 2
     # 2 FSDP2 processes: each rank writes its shard; no model.safetensors.
     sharded = tmp_path / "fsdp2"
-    _run(sharded, 2, "--fsdp")
+    _run(sharded, 2, fsdp=True)
     last = latest_checkpoint(sharded)
     assert not (last / "model.safetensors").exists()
     assert len(list((last / "shards").glob("*.distcp"))) == 2
     with pytest.raises(CheckpointError, match="sharded FSDP2 training checkpoint"):
         load_checkpoint(last)
     exported = tmp_path / "exported"
-    assert subprocess.run([sys.executable, "-m", "mirasol", "export", str(sharded),
-                           str(exported)], capture_output=True).returncode == 0
+    _export(sharded, exported)
     # 2 -> 1: half the steps on 2 FSDP2 processes, the rest on one.
     two_one = tmp_path / "2to1"
-    _run(two_one, 2, "--fsdp", "--stop-at", half)
+    _run(two_one, 2, fsdp=True, stop_at=half)
     _run(two_one, 1)
     _assert_continuation(latest_checkpoint(two_one), exported)
     # 1 -> 2: half on one process, the rest on 2 FSDP2 processes (a full checkpoint read
     # by both ranks, then sharded ones written).
     one_two = tmp_path / "1to2"
-    _run(one_two, 1, "--stop-at", half)
-    _run(one_two, 2, "--fsdp")
+    _run(one_two, 1, stop_at=half)
+    _run(one_two, 2, fsdp=True)
     one_two_export = tmp_path / "1to2-exported"
-    assert subprocess.run([sys.executable, "-m", "mirasol", "export", str(one_two),
-                           str(one_two_export)], capture_output=True).returncode == 0
+    _export(one_two, one_two_export)
     _assert_continuation(one_two_export, exported)
