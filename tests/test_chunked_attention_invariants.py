@@ -104,20 +104,62 @@ def test_every_output_element_is_written(backend, case):
         assert not t.isnan().any(), f"{name} has unwritten (NaN-poisoned) elements"
 
 
+def _fast_kernels(q, k, v, **family):
+    """(out, dq) of the triton backend's fast kernels alone, without the NaN repair passes
+    (which would make the outputs exact whatever the fast kernels loaded)."""
+    from mirasol.kernels.attention import (Segments, attn_bwd_delta_launch, attn_bwd_dq_launch,
+                                           attn_fwd_launch)
+
+    seg = Segments.chunked(q.shape[2], max_k=k.shape[2], **family)
+    scale = q.shape[-1] ** -0.5
+    out, lse = torch.empty_like(q), torch.empty(q.shape[:3])
+    attn_fwd_launch(q, k, v, out, lse, seg, scale).run()
+    do, delta, dq = torch.ones_like(q), torch.empty(q.shape[:3]), torch.empty_like(q)
+    attn_bwd_delta_launch(out, do, delta).run()
+    attn_bwd_dq_launch(q, k, v, do, lse, delta, dq, seg, scale).run()
+    return out, dq
+
+
+# (key rows no query sees, rows whose queries are checked, the family's arguments, q rows).
+# With chunk 16 or 32, the interpreter's 16-row query blocks below row 32 end in a chunk
+# that ends by key 32. A chunk of 16 queries (the last of 96 positions) with a window of 2
+# and 5 sinks sees keys [0, 5) and [64, 96): the blocks between are never loaded.
+UNSEEN = {
+    "causal_16": (slice(32, None), slice(0, 32), dict(chunk_size=16), 64),
+    "causal_32": (slice(32, None), slice(0, 32), dict(chunk_size=32), 64),
+    "window_sinks_prefill": (slice(5, 64), slice(None), dict(chunk_size=16, window=2, sinks=5),
+                             16),
+    "window_prefill": (slice(0, 48), slice(None), dict(chunk_size=16, window=3), 16),
+}
+
+
 @BACKENDS
-@pytest.mark.parametrize("chunk", [16, 32])
-def test_keys_no_query_block_can_see_are_never_read(backend, chunk):
-    # With chunk 16 or 32, the interpreter's 16-row query blocks below row 32 end in a
-    # chunk that ends by key 32: keys 32.. are invisible to them. Poisoned with NaN, those
-    # keys must not reach rows < 32 — not even as 0 * NaN through a masked-out probability,
-    # which is what a kernel that loaded every block and masked afterwards would produce.
-    q, k, v = torch.randn(3, 1, 2, 64, 32).unbind(0)
+@pytest.mark.parametrize("which", UNSEEN)
+def test_keys_no_query_block_can_see_are_never_read(backend, which):
+    # Poisoned with NaN, keys no query of a block sees must not reach its rows — not even as
+    # 0 * NaN through a masked-out probability, which is what a kernel that loaded every
+    # block and masked afterwards would produce. The triton backend's fast kernels are run
+    # alone (the repair pass would mend such a NaN); the torch backend computes exactly the
+    # visible keys.
+    unseen, rows, family, n_q = UNSEEN[which]
+    q = torch.randn(1, 2, n_q, 32)
+    k, v = torch.randn(2, 1, 2, 96 if n_q == 16 else 64, 32).unbind(0)
     k_bad, v_bad = k.clone(), v.clone()
-    k_bad[:, :, 32:], v_bad[:, :, 32:] = float("nan"), float("nan")
-    q = q.requires_grad_()
-    out = chunked_causal_attention(q, k_bad, v_bad, chunk, backend=backend)
-    (dq,) = torch.autograd.grad(out[:, :, :32].sum(), q)
-    want = chunked_causal_attention(q, k, v, chunk, backend=backend)
-    (want_dq,) = torch.autograd.grad(want[:, :, :32].sum(), q)
-    assert_identical(out[:, :, :32], want[:, :, :32])
-    assert_identical(dq[:, :, :32], want_dq[:, :, :32])
+    k_bad[:, :, unseen], v_bad[:, :, unseen] = float("nan"), float("nan")
+    if backend == "triton":
+        got, want = (_fast_kernels(q, k_, v_, **family) for k_, v_ in ((k_bad, v_bad), (k, v)))
+    else:
+        op = partial(chunked_causal_attention, chunk_size=family["chunk_size"],
+                     window_chunks=family.get("window"), sink_tokens=family.get("sinks", 0),
+                     backend=backend)
+        got, want = (_out_and_dq(op, q, k_, v_) for k_, v_ in ((k_bad, v_bad), (k, v)))
+    for g, w in zip(got, want):
+        assert not g[:, :, rows].isnan().any()
+        assert_identical(g[:, :, rows], w[:, :, rows])
+
+
+def _out_and_dq(op, q, k, v):
+    q = q.clone().requires_grad_()
+    out = op(q, k, v)
+    (dq,) = torch.autograd.grad(out, q, torch.ones_like(out))
+    return out, dq

@@ -13,7 +13,8 @@ from mirasol.kernels import KernelConfig
 from mirasol.kernels._launch import override_config
 from mirasol.ops import chunked_causal_attention
 from mirasol.testing import assert_parity, compare_with_oracle
-from mirasol.testing.strategies import AttentionCase, attention_cases
+from mirasol.testing.strategies import (AttentionCase, CrossAttentionCase, PackedChunkedCase,
+                                        attention_cases, family_cases, packed_family_cases)
 
 F32, F16 = torch.float32, torch.float16
 
@@ -41,22 +42,25 @@ EDGES = [
 
 def _check(case: AttentionCase, backend: str):
     q, k, v, lengths = case.tensors()
-    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=lengths)
+    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=lengths,
+                 **case.mask_args)
     reports = compare_with_oracle(
         partial(op, backend=backend), partial(op, backend="reference"), (q, k, v),
         names=("q", "k", "v"), seed=case.seed)
     assert_parity(reports)
 
 
-def _with_edges(test):
-    for edge in EDGES:
-        test = example(case=edge)(test)
-    return test
+def _with_edges(edges):
+    def pin(test):
+        for edge in edges:
+            test = example(case=edge)(test)
+        return test
+    return pin
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @given(case=attention_cases())
-@_with_edges
+@_with_edges(EDGES)
 def test_parity_forward_and_gradients(backend, case):
     _check(case, backend)
 
@@ -99,3 +103,62 @@ def test_parity_with_unequal_tiles(tiles, case):
         for name, config in TILE_SHAPES[tiles].items():
             stack.enter_context(override_config(name, config))
         _check(case, "triton")
+
+
+# ------------------------------------------------------------- the block-causal family
+
+
+def _family(N=24, chunk=5, window=None, sinks=0, k_seqlen=None, tf=False, B=1, H=2, H_kv=1,
+            D=16, lengths=None, dtype=F32):
+    return AttentionCase(B, H, H_kv, N, D, chunk, lengths, dtype, "contiguous", seed=99,
+                         k_seqlen=k_seqlen, window=window, sinks=sinks, teacher_forcing=tf)
+
+
+# The family's edges (issue 19): window 1, a window past the number of chunks, sinks inside
+# the first chunk and spanning chunks, one query and a chunk of queries against a longer
+# cached prefix, q_len = k_len, a chunk that divides neither N nor the 16-row tile, teacher
+# forcing with one chunk and with several, lengths under a window.
+FAMILY_EDGES = [
+    _family(N=37, chunk=5, window=1),
+    _family(N=20, chunk=3, window=9),
+    _family(N=40, chunk=7, window=2, sinks=3),
+    _family(N=45, chunk=4, window=2, sinks=13, H=4, H_kv=2),
+    _family(N=1, chunk=4, window=2, sinks=5, k_seqlen=43),
+    _family(N=11, chunk=6, window=3, sinks=2, k_seqlen=50, dtype=F16),
+    _family(N=34, chunk=34, tf=True),
+    _family(N=44, chunk=5, window=2, sinks=6, tf=True),
+    _family(N=30, chunk=4, window=3, sinks=0, tf=True, dtype=F16),
+    _family(N=33, chunk=5, window=2, sinks=4, B=2, lengths=(33, 12)),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@settings(max_examples=15)
+@given(case=family_cases())
+@_with_edges(FAMILY_EDGES)
+def test_family_parity(backend, case):
+    _check(case, backend)
+
+
+def _check_packed(case: PackedChunkedCase, backend: str):
+    q, k, v, cu_q, cu_k = case.segments.packed()
+    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, cu_seqlens_q=cu_q,
+                 cu_seqlens_k=cu_k, **case.mask_args)
+    assert_parity(compare_with_oracle(
+        partial(op, backend=backend), partial(op, backend="reference"), (q, k, v),
+        names=("q", "k", "v"), seed=case.segments.seed))
+
+
+def _packed(q_lens, k_lens, chunk, window=None, sinks=0, H=2, H_kv=1, D=16, dtype=F32):
+    return PackedChunkedCase(CrossAttentionCase(q_lens, k_lens, H, H_kv, D, False, dtype, 7),
+                             chunk, window, sinks)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@settings(max_examples=12)
+@given(case=packed_family_cases(max_len=30))
+@example(case=_packed((5, 0, 13, 3), (14, 7, 20, 3), 5, window=2, sinks=3))  # empty segments
+@example(case=_packed((0, 17), (0, 17), 4))  # an empty batch entry first; q_len = k_len
+@example(case=_packed((1, 2), (33, 2), 6, window=1, sinks=7, dtype=F16))  # one-query prefill
+def test_packed_family_parity(backend, case):
+    _check_packed(case, backend)

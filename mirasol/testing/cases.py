@@ -18,6 +18,10 @@ HEAD_DIMS = (16, 24, 32, 40, 64, 80, 96, 112, 128, 256)
 
 @dataclass(frozen=True)
 class AttentionCase:
+    """A padded chunked-attention problem: ``seqlen`` queries against ``k_seqlen`` keys
+    (default ``seqlen``; more: the queries are the last positions, a cache prefill), and
+    the family's mask parameters (``mirasol.masks.Rule``)."""
+
     batch: int
     heads: int
     kv_heads: int
@@ -28,23 +32,34 @@ class AttentionCase:
     dtype: torch.dtype
     layout: str
     seed: int
+    k_seqlen: int | None = None
+    window: int | None = None
+    sinks: int = 0
+    teacher_forcing: bool = False
 
-    def _make(self, heads: int, gen: torch.Generator, device) -> torch.Tensor:
-        B, N, D = self.batch, self.seqlen, self.head_dim
+    @property
+    def mask_args(self) -> dict:
+        """The op's mask keywords for this case (``lengths`` as a tensor is separate)."""
+        return dict(window_chunks=self.window, sink_tokens=self.sinks,
+                    teacher_forcing=self.teacher_forcing)
+
+    def _make(self, heads: int, rows: int, gen: torch.Generator, device) -> torch.Tensor:
+        B, D = self.batch, self.head_dim
         if self.layout == "bnhd":
-            x = torch.randn(B, N, heads, D, generator=gen).transpose(1, 2)
+            x = torch.randn(B, rows, heads, D, generator=gen).transpose(1, 2)
         elif self.layout == "padded":
-            x = torch.randn(B, heads, N, D + 8, generator=gen)[..., 3:3 + D]
+            x = torch.randn(B, heads, rows, D + 8, generator=gen)[..., 3:3 + D]
         else:
-            x = torch.randn(B, heads, N, D, generator=gen)
+            x = torch.randn(B, heads, rows, D, generator=gen)
         return x.to(device=device, dtype=self.dtype)
 
     def tensors(self, device="cpu"):
         """(q, k, v, lengths) for this case; lengths is an int32 tensor or None."""
         gen = torch.Generator().manual_seed(self.seed)
-        q = self._make(self.heads, gen, device)
-        k = self._make(self.kv_heads, gen, device)
-        v = self._make(self.kv_heads, gen, device)
+        n_k = self.seqlen if self.k_seqlen is None else self.k_seqlen
+        q = self._make(self.heads, self.seqlen, gen, device)
+        k = self._make(self.kv_heads, n_k, gen, device)
+        v = self._make(self.kv_heads, n_k, gen, device)
         lengths = (None if self.lengths is None
                    else torch.tensor(self.lengths, dtype=torch.int32, device=device))
         return q, k, v, lengths
@@ -83,6 +98,22 @@ class CrossAttentionCase:
         return (*(_pad(t, cu, max(lens, default=0)) for t, cu, lens in
                   ((q, cu_q, self.q_lens), (k, cu_k, self.k_lens), (v, cu_k, self.k_lens))),
                 torch.tensor(self.k_lens, dtype=torch.int32, device=device))
+
+
+@dataclass(frozen=True)
+class PackedChunkedCase:
+    """Chunked attention on packed segments (``segments``: their query and key lengths,
+    q_lens[b] <= k_lens[b], heads, dtype; its ``causal`` unused), chunks restarting at each
+    segment, with the family's window and sinks."""
+
+    segments: CrossAttentionCase
+    chunk_size: int
+    window: int | None = None
+    sinks: int = 0
+
+    @property
+    def mask_args(self) -> dict:
+        return dict(window_chunks=self.window, sink_tokens=self.sinks)
 
 
 def _pad(x: torch.Tensor, cu: torch.Tensor, rows: int) -> torch.Tensor:

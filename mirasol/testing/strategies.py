@@ -7,14 +7,17 @@ deterministic inputs from the case's seed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from hypothesis import strategies as st
 
 from mirasol.testing.cases import (HEAD_DIMS, LAYOUTS, AttentionCase, CrossAttentionCase,
-                                   TokenPoolCase)
+                                   PackedChunkedCase, TokenPoolCase)
 
-__all__ = ["AttentionCase", "CrossAttentionCase", "TokenPoolCase", "attention_cases",
-           "cross_attention_cases", "token_pool_cases", "HEAD_DIMS", "LAYOUTS"]
+__all__ = ["AttentionCase", "CrossAttentionCase", "PackedChunkedCase", "TokenPoolCase",
+           "attention_cases", "cross_attention_cases", "family_cases", "packed_family_cases",
+           "token_pool_cases", "HEAD_DIMS", "LAYOUTS"]
 
 
 @st.composite
@@ -39,6 +42,46 @@ def attention_cases(draw, *, max_batch: int = 3, max_heads: int = 4, max_seqlen:
         dtype=draw(st.sampled_from(dtypes)), layout=draw(st.sampled_from(layouts)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+def _window_and_sinks(draw, n: int, chunk: int) -> tuple[int | None, int]:
+    # Windows from one chunk to past the number of chunks; sinks inside the first chunk,
+    # spanning chunks, or none.
+    chunks = -(-max(n, 1) // chunk)
+    if not draw(st.booleans()):
+        return None, 0
+    return draw(st.integers(1, chunks + 1)), draw(st.integers(0, n))
+
+
+@st.composite
+def family_cases(draw, *, max_seqlen: int = 48, **kwargs) -> AttentionCase:
+    """Padded problems of the whole block-causal family: windows and sinks, cache prefills
+    (fewer queries than keys: a chunk or several, or one query, against a longer prefix)
+    and teacher forcing (2L rows), with ``attention_cases``' shapes, dtypes and layouts."""
+    case = draw(attention_cases(max_seqlen=max_seqlen, **kwargs))
+    n, chunk = case.seqlen, case.chunk_size
+    window, sinks = _window_and_sinks(draw, n, chunk)
+    form = draw(st.sampled_from(("plain", "prefill", "teacher_forcing")))
+    fields = dict(window=window, sinks=sinks)
+    if form == "prefill":
+        fields |= dict(lengths=None, k_seqlen=n + draw(st.integers(1, max_seqlen)))
+    elif form == "teacher_forcing":
+        fields |= dict(lengths=None, seqlen=2 * max(1, n // 2), teacher_forcing=True)
+    return dataclasses.replace(case, **fields)
+
+
+@st.composite
+def packed_family_cases(draw, **kwargs) -> PackedChunkedCase:
+    """Packed segments (empty ones included) with q_len <= k_len each, a chunk size, and
+    the family's window and sinks."""
+    segments = draw(cross_attention_cases(causal=(False,), **kwargs))
+    extra = draw(st.lists(st.integers(0, 20), min_size=len(segments.q_lens),
+                          max_size=len(segments.q_lens)))
+    k_lens = tuple(q + e for q, e in zip(segments.q_lens, extra))
+    segments = dataclasses.replace(segments, k_lens=k_lens)
+    chunk = draw(st.integers(1, max(k_lens, default=0) + 4))
+    window, sinks = _window_and_sinks(draw, max(k_lens, default=0), chunk)
+    return PackedChunkedCase(segments, chunk, window, sinks)
 
 
 @st.composite
