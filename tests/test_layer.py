@@ -7,7 +7,7 @@ from torch import nn
 
 from mirasol import ChunkedCausalSelfAttention, CrossModalAttention
 from mirasol.layers import RotaryEmbedding
-from mirasol.testing import assert_parity, parity_report
+from mirasol.testing import assert_identical, assert_parity, parity_report
 
 
 class TimmAttention(nn.Module):
@@ -164,3 +164,36 @@ def test_causal_self_attention_cache_equals_full_recompute(backend):
         torch.testing.assert_close(torch.cat([g[b] for g in got]), full[0, -steps:])
     with pytest.raises(ValueError, match="capacity"):
         layer(x[:, :4], cache, lengths + 7)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_window_and_sinks_match_timm_under_the_familys_mask(backend):
+    """The whole-sequence forward applies the window and sinks: timm's attention with the
+    dense mask of mirasol.masks is the oracle."""
+    from mirasol import masks
+
+    timm = TimmAttention(32, num_heads=2).double()
+    family = dict(chunk_size=3, window_chunks=2, sink_tokens=4)
+    ours = ChunkedCausalSelfAttention(32, num_heads=2, backend=backend, **family)
+    ref = ChunkedCausalSelfAttention(32, num_heads=2, backend="reference", **family)
+    ours.load_state_dict(timm.state_dict())
+    ref.load_state_dict(timm.state_dict())
+    x = torch.randn(2, 17, 32, dtype=torch.float64)
+    mask = masks.chunked_causal(17, 3, window_chunks=2, sink_tokens=4).dense()
+    assert_parity(parity_report("out", ours(x.float()), ref(x.float()), timm(x, mask)))
+    assert "chunk_size=3, window_chunks=2, sink_tokens=4, backend=" in repr(ours)
+
+
+def test_default_forward_is_the_plain_chunked_op_bit_for_bit():
+    """window_chunks=None, sink_tokens=0 (the defaults) compute what the layer computed
+    before the family existed: the op called with the chunk size alone."""
+    from mirasol.ops import chunked_causal_attention
+
+    layer = ChunkedCausalSelfAttention(32, num_heads=4, num_kv_heads=2, chunk_size=3,
+                                       rope=True, backend="torch")
+    x = torch.randn(2, 11, 32)
+    lengths = torch.tensor([11, 6])
+    q, k, v = layer.qkv(x).view(2, 11, 8, 8).transpose(1, 2).split((4, 2, 2), dim=1)
+    out = chunked_causal_attention(layer.rope(q), layer.rope(k), v, 3, lengths=lengths,
+                                   backend="torch")
+    assert_identical(layer(x, lengths), layer.proj(out.transpose(1, 2).reshape(2, 11, 32)))

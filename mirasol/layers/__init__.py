@@ -6,6 +6,7 @@ from torch import nn
 from mirasol.layers.attention import ChunkedCausalSelfAttention, CrossModalAttention
 from mirasol.layers.combiner import TransformerCombiner, TTMCombiner
 from mirasol.layers.decoder import CausalSelfAttention, DecoderLayer, KVCache
+from mirasol.layers.kv_cache import ChunkKVCache
 from mirasol.layers.rotary import RotaryEmbedding
 from mirasol.layers.token_learner import TokenLearner
 from mirasol.layers.transformer import Block, Mlp
@@ -19,6 +20,6 @@ def set_backend(module: nn.Module, backend: str) -> nn.Module:
     return module
 
 
-__all__ = ["Block", "CausalSelfAttention", "ChunkedCausalSelfAttention", "CrossModalAttention",
-           "DecoderLayer", "KVCache", "Mlp", "RotaryEmbedding", "TokenLearner",
-           "TransformerCombiner", "TTMCombiner", "set_backend"]
+__all__ = ["Block", "CausalSelfAttention", "ChunkKVCache", "ChunkedCausalSelfAttention",
+           "CrossModalAttention", "DecoderLayer", "KVCache", "Mlp", "RotaryEmbedding",
+           "TokenLearner", "TransformerCombiner", "TTMCombiner", "set_backend"]

@@ -1,39 +1,52 @@
 """Drop-in attention modules: chunked causal self-attention (the A/V model) and
-cross-modal cross-attention (text -> latents, the Combiner's queries). The decoder's causal
-self-attention and its cache are in :mod:`mirasol.layers.decoder`."""
+cross-modal cross-attention (text -> latents, the Combiner's queries). The chunked layer's
+streaming cache is in :mod:`mirasol.layers.kv_cache`; the decoder's causal self-attention and
+its cache are in :mod:`mirasol.layers.decoder`."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from mirasol.layers.kv_cache import ChunkKVCache, check_rule
 from mirasol.layers.rotary import RotaryEmbedding
 from mirasol.ops import chunked_causal_attention, cross_attention, cross_attention_padded
 
 
 class ChunkedCausalSelfAttention(nn.Module):
     """Self-attention in which a token sees every token of its own chunk and of all
-    earlier chunks (chunks of ``chunk_size`` consecutive tokens).
+    earlier chunks (chunks of ``chunk_size`` consecutive tokens), or, with
+    ``window_chunks``, of its own chunk and the ``window_chunks - 1`` before it plus the
+    first ``sink_tokens`` tokens (the block-causal family, :mod:`mirasol.masks`).
 
     Parameters and state_dict keys follow timm's ``Attention`` (``qkv`` Linear with the
     q, k, v blocks stacked, ``proj`` Linear, optional ``q_norm``/``k_norm``), so a timm or
     ViT checkpoint loads unchanged; with ``chunk_size >= N`` the module computes exactly
     what timm's does.
 
+    Streaming: :meth:`new_cache` builds a :class:`~mirasol.layers.ChunkKVCache` for this
+    layer, and ``forward(x, cache=cache)`` takes the next chunks of the stream, attending
+    them to the cached keys under exactly the whole-sequence mask.
+
     Args:
         dim: model width; ``num_heads`` must divide it.
         num_heads: query heads.
         chunk_size: tokens per chunk.
+        window_chunks: chunks a token sees, its own included (None: all earlier chunks).
+        sink_tokens: first tokens of the sequence every later chunk sees whatever the
+            window (attention sinks; no effect without a window).
         num_kv_heads: key/value heads (grouped-query attention); default ``num_heads``
             (the only setting with timm's layout).
         qkv_bias, proj_bias, qk_norm: as in timm.
-        rope: apply rotary position embedding to q and k (no parameters).
+        rope: apply rotary position embedding to q and k at their positions in the sequence
+            (no parameters).
         rope_base: rotary base frequency.
         proj_drop: dropout after the output projection.
         backend: passed to :func:`mirasol.ops.chunked_causal_attention`.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, *, chunk_size: int,
+                 window_chunks: int | None = None, sink_tokens: int = 0,
                  num_kv_heads: int | None = None, qkv_bias: bool = False,
                  proj_bias: bool = True, qk_norm: bool = False, rope: bool = False,
                  rope_base: float = 10000.0, proj_drop: float = 0.0, backend: str = "auto"):
@@ -44,9 +57,11 @@ class ChunkedCausalSelfAttention(nn.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
                              f"({num_kv_heads})")
+        check_rule(type(self).__name__, window_chunks, sink_tokens)
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
         self.chunk_size, self.backend = chunk_size, backend
+        self.window_chunks, self.sink_tokens = window_chunks, sink_tokens
         self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
@@ -54,26 +69,83 @@ class ChunkedCausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x: (B, N, dim); lengths: optional (B,) valid tokens per sample (rows past it
-        carry no information). Returns (B, N, dim)."""
+    def new_cache(self, batch: int, *, max_chunks: int | None = None,
+                  capacity: int | None = None, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None,
+                  keep_graph: bool = False) -> ChunkKVCache:
+        """An empty :class:`~mirasol.layers.ChunkKVCache` for streaming ``batch`` sequences
+        through this layer: its heads, head dim and mask rule; dtype and device default to
+        the ``qkv`` weight's. ``max_chunks`` (windowed) / ``capacity`` (no window) size it
+        (see the cache)."""
+        weight = self.qkv.weight
+        return ChunkKVCache(batch, self.num_kv_heads, self.head_dim,
+                            chunk_size=self.chunk_size, window_chunks=self.window_chunks,
+                            sink_tokens=self.sink_tokens, max_chunks=max_chunks,
+                            capacity=capacity, dtype=weight.dtype if dtype is None else dtype,
+                            device=weight.device if device is None else device,
+                            keep_graph=keep_graph)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, *,
+                cache: ChunkKVCache | None = None) -> Tensor:
+        """x: (B, N, dim) -> (B, N, dim).
+
+        Without a cache, x is whole sequences; lengths: optional (B,) valid tokens per
+        sample (rows past it carry no information).
+
+        With ``cache`` (from :meth:`new_cache`), x is the next N tokens of the cached
+        stream, at positions ``cache.length + 0..N-1``: a whole number of chunks, or the
+        stream's last push. Their keys/values are written into the cache, and the output
+        equals the rows of those positions of the whole-sequence forward (RoPE at the same
+        positions, the same mask). Gradients reach x and the layer's weights; the cached
+        rows' history only with ``keep_graph`` (see the cache)."""
         B, N, _ = x.shape
         H, H_kv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        positions = None
+        if cache is not None:
+            self._check_cache(cache, x, lengths)
+            positions = torch.arange(cache.length, cache.length + N, device=x.device)
         # (B, N, heads, D) views transposed to (B, heads, N, D): the kernels read them
         # through their strides, no copy.
         q, k, v = self.qkv(x).view(B, N, H + 2 * H_kv, D).transpose(1, 2).split(
             (H, H_kv, H_kv), dim=1)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
-        out = chunked_causal_attention(q, k, v, self.chunk_size, lengths=lengths,
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        out = chunked_causal_attention(q, k, v, self.chunk_size,
+                                       window_chunks=self.window_chunks,
+                                       sink_tokens=self.sink_tokens, lengths=lengths,
                                        backend=self.backend)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, H * D)))
 
+    def _check_cache(self, cache: ChunkKVCache, x: Tensor, lengths: Tensor | None) -> None:
+        """A push the cache can take, into a cache built for this layer: raised before any
+        compute."""
+        name = type(self).__name__
+        if not isinstance(cache, ChunkKVCache):
+            raise TypeError(f"{name}: cache must be a ChunkKVCache (see new_cache), got "
+                            f"{type(cache).__name__}")
+        if lengths is not None:
+            raise ValueError(f"{name}: lengths is for whole sequences; a cached stream "
+                             "keeps every sample at the same position")
+        mine = (self.num_kv_heads, self.head_dim, self.chunk_size, self.window_chunks,
+                self.sink_tokens)
+        theirs = (cache.num_kv_heads, cache.head_dim, cache.chunk_size, cache.window_chunks,
+                  cache.sink_tokens)
+        if mine != theirs:
+            labels = ("num_kv_heads", "head_dim", "chunk_size", "window_chunks", "sink_tokens")
+            raise ValueError(f"{name}: the cache was built for another layer: " + ", ".join(
+                f"{label} {a} (layer) != {b} (cache)"
+                for label, a, b in zip(labels, mine, theirs) if a != b))
+        cache.check_push(x.shape[0], x.shape[1], x.device)
+
     def extra_repr(self) -> str:
         kv = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
+        window = ("" if self.window_chunks is None else
+                  f", window_chunks={self.window_chunks}, sink_tokens={self.sink_tokens}")
         return (f"num_heads={self.num_heads}{kv}, head_dim={self.head_dim}, "
-                f"chunk_size={self.chunk_size}, backend={self.backend!r}")
+                f"chunk_size={self.chunk_size}{window}, backend={self.backend!r}")
 
 
 class CrossModalAttention(nn.Module):
