@@ -357,9 +357,10 @@ def _load_shards(folder: Path, state: dict) -> dict:
     raises :class:`CheckpointError`."""
     import torch.distributed.checkpoint as dcp
 
+    # DCP reports a failed read as its CheckpointException, a BaseException (not Exception).
     try:
         dcp.load(state, checkpoint_id=folder / SHARDS)
-    except Exception as e:  # noqa: BLE001 -- DCP raises its own kinds (CheckpointException)
+    except (Exception, dcp.CheckpointException) as e:  # noqa: BLE001
         raise CheckpointError(folder / SHARDS, f"not a readable sharded checkpoint "
                                                f"({type(e).__name__}: {e})") from e
     return state

@@ -314,10 +314,11 @@ def test_a_killed_rank_ends_the_run_and_the_restart_resumes_exactly(tmp_path):
 # ------------------------------------------------------------- FSDP2 sharded checkpoints
 
 FSDP_STEPS = 8
+FSDP_SETTINGS = dict(SETTINGS, steps=FSDP_STEPS, eval_every=0, keep=9)
 
 
 def _run(out: Path, nproc: int, **changes) -> None:
-    _finish(_start(out, nproc, steps=FSDP_STEPS, eval_every=0, keep=9, **changes))
+    _finish(_start(out, nproc, **FSDP_SETTINGS, **changes))
 
 
 def _export(run: Path, out: Path) -> None:
@@ -363,3 +364,10 @@ def test_fsdp_checkpoints_are_sharded_and_resume_on_another_world_size(tmp_path)
     one_two_export = tmp_path / "1to2-exported"
     _export(one_two, one_two_export)
     _assert_continuation(one_two_export, exported)
+    # A damaged shard: the resume skips that checkpoint for the previous one.
+    shard = next((last / "shards").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.warns(UserWarning, match=rf"skipping damaged checkpoint .*{last.name}: "
+                                         r".*shards: not a readable sharded checkpoint"):
+        train(TrainConfig(out=str(sharded), **FSDP_SETTINGS))
+    assert [r["step"] for r in _records(sharded)] == list(range(1, FSDP_STEPS + 1))
