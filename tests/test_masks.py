@@ -15,6 +15,7 @@
   a row with one key has a constant softmax, whose gradient is 0 whatever the mask.)
 """
 
+import dataclasses
 from functools import partial
 
 import pytest
@@ -29,8 +30,9 @@ from mirasol import masks
 from mirasol.ops import chunked_causal_attention, cross_attention, cross_attention_padded
 from mirasol.reference import masked_attention
 from mirasol.testing import assert_identical, assert_parity, compare_with_oracle
-from mirasol.testing.strategies import (AttentionCase, CrossAttentionCase, attention_cases,
-                                        cross_attention_cases)
+from mirasol.testing.strategies import (AttentionCase, CrossAttentionCase, PackedChunkedCase,
+                                        attention_cases, cross_attention_cases, family_cases,
+                                        packed_family_cases)
 
 BACKENDS = pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
 F32 = torch.float32
@@ -50,7 +52,21 @@ def _cross_cases():
 
 def _chunked_mask(case: AttentionCase) -> masks.PaddedMask:
     lengths = None if case.lengths is None else torch.tensor(case.lengths, dtype=torch.int32)
-    return masks.chunked_causal(case.seqlen, case.chunk_size, lengths)
+    return masks.chunked_causal(case.seqlen, case.chunk_size, lengths, k_rows=case.k_seqlen,
+                                **case.mask_args)
+
+
+def _family_cases():
+    return family_cases(max_batch=2, max_heads=2, max_seqlen=SHORT // 2, head_dims=(16,),
+                        dtypes=(F32,), layouts=("contiguous",))
+
+
+def _packed_family_mask(case: PackedChunkedCase) -> masks.PackedMask:
+    seg = case.segments
+    return masks.chunked_causal_packed(sum(seg.q_lens), sum(seg.k_lens), case.chunk_size,
+                                       cu_seqlens_q=masks.cu_seqlens(seg.q_lens),
+                                       cu_seqlens_k=masks.cu_seqlens(seg.k_lens),
+                                       **case.mask_args)
 
 
 def _packed_mask(case: CrossAttentionCase) -> masks.PackedMask:
@@ -108,6 +124,56 @@ def test_chunked_with_lengths_is_each_sample_alone_padded_with_nothing(case):
         alone = torch.zeros(case.seqlen, case.seqlen, dtype=torch.bool)
         alone[:n, :n] = masks.chunked_causal(n, case.chunk_size).dense()[0, 0]
         assert_identical(dense[b, 0], alone)
+
+
+def _family_by_hand(q_len, k_len, chunk, window, sinks, teacher_forcing) -> torch.Tensor:
+    """The family's definition in the issue's words, pair by pair in plain Python."""
+    def sees(p, j, strictly_earlier=False):
+        cp, cj = p // chunk, j // chunk
+        causal = cj < cp if strictly_earlier else cj <= cp
+        return causal and (window is None or cp - cj < window or j < sinks)
+
+    half = k_len // 2
+    dense = torch.zeros(q_len, k_len, dtype=torch.bool)
+    for i in range(q_len):
+        p = i + k_len - q_len
+        for j in range(k_len):
+            if not teacher_forcing:
+                dense[i, j] = sees(p, j)
+            elif p < half:  # a clean query: clean keys by the rule
+                dense[i, j] = j < half and sees(p, j)
+            elif j < half:  # a noisy query of chunk c: clean keys of chunks < c
+                dense[i, j] = sees(p - half, j, strictly_earlier=True)
+            else:  # and the noisy keys of its own chunk
+                dense[i, j] = (p - half) // chunk == (j - half) // chunk
+    return dense
+
+
+@given(case=_family_cases())
+@example(case=AttentionCase(1, 1, 1, 12, 16, 3, None, F32, "contiguous", 0, window=2, sinks=4,
+                            teacher_forcing=True))
+@example(case=AttentionCase(1, 1, 1, 5, 16, 4, None, F32, "contiguous", 0, k_seqlen=23,
+                            window=1, sinks=6))
+def test_the_family_is_its_definition_pair_by_pair(case):
+    n_k = case.seqlen if case.k_seqlen is None else case.k_seqlen
+    dense = _chunked_mask(case).dense()
+    for b in range(dense.shape[0]):
+        n = case.seqlen if case.lengths is None else case.lengths[b]
+        want = torch.zeros(case.seqlen, n_k, dtype=torch.bool)
+        want[:n, :n_k if case.lengths is None else n] = _family_by_hand(
+            n, n_k if case.lengths is None else n, case.chunk_size, case.window, case.sinks,
+            case.teacher_forcing)
+        assert_identical(dense[b, 0], want)
+
+
+@given(case=_family_cases(), extra=st.integers(0, 3))
+def test_a_window_past_every_chunk_is_no_window_and_sinks_need_one(case, extra):
+    n_k = case.seqlen if case.k_seqlen is None else case.k_seqlen
+    wide = dataclasses.replace(case, window=-(-n_k // case.chunk_size) + extra)
+    plain = dataclasses.replace(case, window=None)
+    assert_identical(_chunked_mask(wide).dense(), _chunked_mask(plain).dense())
+    assert_identical(_chunked_mask(dataclasses.replace(plain, sinks=case.sinks + 5)).dense(),
+                     _chunked_mask(plain).dense())
 
 
 def _xformers_dense(case: CrossAttentionCase) -> torch.Tensor:
@@ -191,6 +257,14 @@ def test_block_mask_of_chunked_causal(case):
     _check_block_mask(_chunked_mask(case))
 
 
+@given(case=_family_cases(), packed=packed_family_cases(max_batch=3, max_heads=1, max_len=14,
+                                                        head_dims=(16,), dtypes=(F32,)))
+def test_block_masks_of_the_family(case, packed):
+    for mask in (_chunked_mask(case), _packed_family_mask(packed)):
+        if mask.q_rows and mask.k_rows:  # FlexAttention takes no empty sequence
+            _check_block_mask(mask)
+
+
 @given(case=_cross_cases())
 @_with(CROSS_EDGES)
 def test_block_masks_of_cross_attention(case):
@@ -214,10 +288,11 @@ def _uniform(dense: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@given(case=_chunked_cases(), cross=_cross_cases())
-@example(case=CHUNKED_EDGES[0], cross=CROSS_EDGES[1])
-def test_flex_attention_eager_sees_what_the_mask_says(case, cross):
-    for mask in (_chunked_mask(case), _packed_mask(cross)):
+@given(case=_chunked_cases(), cross=_cross_cases(), family=_family_cases())
+@example(case=CHUNKED_EDGES[0], cross=CROSS_EDGES[1], family=AttentionCase(
+    1, 1, 1, 20, 16, 3, None, F32, "contiguous", 0, window=2, sinks=4, teacher_forcing=True))
+def test_flex_attention_eager_sees_what_the_mask_says(case, cross, family):
+    for mask in (_chunked_mask(case), _packed_mask(cross), _chunked_mask(family)):
         if mask.q_rows and mask.k_rows:  # FlexAttention takes no empty sequence
             assert_identical(_flex_pattern(mask, flex_attention), _uniform(mask.dense()))
 
@@ -273,6 +348,45 @@ def test_chunked_causal_attention_sees_what_the_mask_says(backend, case):
     assert_identical(out, weights.expand_as(out))
     assert_identical(dv > 0, mask.dense().transpose(-1, -2).expand_as(dv))
     assert not (dv < 0).any()
+
+
+@BACKENDS
+@given(case=_family_cases())
+@example(case=AttentionCase(1, 2, 1, 24, 16, 5, None, F32, "contiguous", 0, window=2, sinks=7,
+                            teacher_forcing=True))
+@example(case=AttentionCase(1, 1, 1, 6, 16, 4, None, F32, "contiguous", 0, k_seqlen=30,
+                            window=2, sinks=3))
+def test_the_family_sees_what_the_mask_says(backend, case):
+    mask = _chunked_mask(case)
+    n_q, n_k = mask.q_rows, mask.k_rows
+    D = max(16, n_k)
+    op = partial(chunked_causal_attention, chunk_size=case.chunk_size, lengths=mask.q_lens,
+                 backend=backend, **case.mask_args)
+    out, dv = _probe(op, (case.batch, case.heads, n_q, D), (case.batch, case.kv_heads, n_k, D),
+                     -2)
+    weights = _uniform(mask.dense()).expand_as(out)
+    if case.teacher_forcing and backend == "triton":
+        # Three launches merged by their log-sum-exps: the weights are 1/n only to rounding.
+        assert_identical(out > 0, weights > 0)
+    else:
+        assert_identical(out, weights)
+    assert_identical(dv > 0, mask.dense().transpose(-1, -2).expand_as(dv))
+
+
+@BACKENDS
+@given(case=packed_family_cases(max_batch=3, max_heads=2, max_len=12, head_dims=(16,),
+                                dtypes=(F32,)))
+def test_packed_family_sees_what_the_mask_says(backend, case):
+    mask = _packed_family_mask(case)
+    tq, tk = mask.q_rows, mask.k_rows
+    D = max(16, tq, tk)
+    op = partial(chunked_causal_attention, chunk_size=case.chunk_size,
+                 cu_seqlens_q=mask.cu_seqlens_q, cu_seqlens_k=mask.cu_seqlens_k,
+                 backend=backend, **case.mask_args)
+    out, dv = _probe(op, (tq, case.segments.heads, D), (tk, case.segments.kv_heads, D), 0)
+    weights = _uniform(mask.dense())[0, 0]
+    assert_identical(out, weights[:, None, :].expand_as(out))
+    assert_identical(dv > 0, mask.dense()[0, 0].T[:, None, :].expand_as(dv))
 
 
 @BACKENDS

@@ -120,8 +120,10 @@ def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
     the only rounding to the input dtype."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     q, k, v = (t.to(acc) for t in (q, k, v))
-    out = torch.zeros(q.shape, dtype=acc, device=q.device)  # rows that see nothing: 0,
-    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)  # lse = log 0
+    # Laid out like q, as the triton backend's (and the fake's) outputs; rows that see
+    # nothing stay 0, with lse = log 0.
+    out = torch.zeros_like(q)
+    lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
     for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
         for r0, r1, spans in _tiles(q_len, k_len, rule)[0]:
             rows = slice(q0 + r0, q0 + r1)
@@ -137,7 +139,7 @@ def _torch_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale):
     partial per key span (in fp32), which halves the memory traffic of the sums."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
-    dq, dk, dv = (torch.zeros(t.shape, dtype=acc, device=t.device) for t in (q, k, v))
+    dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))  # laid out like them
     for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
         for c0, c1, spans in _tiles(q_len, k_len, rule)[1]:
             keys = slice(k0 + c0, k0 + c1)
