@@ -60,7 +60,9 @@ get ``0 * inf``.)
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import triton
@@ -77,21 +79,24 @@ NO_CHUNKS = 1 << 30
 
 
 @triton.jit
-def _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN: tl.constexpr,
-                   HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr, CAUSAL: tl.constexpr,
-                   BLOCK_M: tl.constexpr):
+def _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, SPLITS,
+                   VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
+                   CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
     """A query-block program's first row, segment, head, kv head, the segment's query and
-    key bounds, and its shift. Later query blocks see more keys: they launch first, which
-    shortens the tail."""
+    key bounds, its shift, and which of the ``SPLITS`` key splits it computes (the
+    split-KV forward; 0 of 1 otherwise). Later query blocks see more keys: they launch
+    first, which shortens the tail."""
     blocks = tl.cdiv(LQ, BLOCK_M)
-    block, bh = split_program(blocks)
+    index, bh = split_program(blocks * SPLITS)
+    block = index // SPLITS
+    split = index - block * SPLITS
     start_m = (blocks - 1 - block) * BLOCK_M
     b = bh // H
     h = bh % H
     q_start, q_len, q_extent = segment(CU_Q, Q_LENS, b, LQ, VARLEN, HAS_Q_LENS)
     k_start, k_len, _ = segment(CU_K, K_LENS, b, LK, VARLEN, HAS_K_LENS)
     shift = k_len - q_len if CAUSAL else 0
-    return start_m, b, h, h // GROUP, q_start, q_len, q_extent, k_start, k_len, shift
+    return start_m, b, h, h // GROUP, q_start, q_len, q_extent, k_start, k_len, shift, split
 
 
 @triton.jit
@@ -233,29 +238,36 @@ def _clean(BASE, rows, offs_d, stride_n, stride_d, mask):
     return tl.max((x != x).to(tl.int32)) == 0
 
 
-@triton.jit
+# The split-KV arguments take any value without a recompile: one compile (the one the CI
+# gate checks) serves split and unsplit launches.
+@triton.jit(do_not_specialize=["stride_os", "stride_ls", "SPLITS", "SPLIT_KEYS"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, Q_LENS, K_LENS,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    stride_lb, stride_lh, stride_ln,
-    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS, qk_scale,
+    stride_lb, stride_lh, stride_ln, stride_os, stride_ls,
+    H, LQ, LK, HEAD_DIM, CHUNK, GROUP, WINDOW, SINKS, SPLITS, SPLIT_KEYS, qk_scale,
     VARLEN: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
-    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
-        CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
-        BLOCK_M)
+    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift, split = (
+        _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, SPLITS, VARLEN,
+                       HAS_Q_LENS, HAS_K_LENS, CAUSAL, BLOCK_M))
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     row_valid = offs_m < q_len
     owned = offs_m < q_extent
+    # A split writes its own partial (o, lse) over keys [k_lo, k_hi): merged by the host.
+    O = O + wide(split) * stride_os
+    LSE = LSE + wide(split) * stride_ls
+    k_lo = split * SPLIT_KEYS
+    k_hi = k_lo + SPLIT_KEYS
     O_head = O + wide(b) * stride_ob + wide(h) * stride_oh + q_start * stride_on
     if EXACT_NAN:
         if _clean(O_head, offs_m, offs_d, stride_on, stride_od,
@@ -274,27 +286,29 @@ def _attn_fwd_kernel(
     kv_start = _window_start(offs_m, shift, CHUNK, WINDOW)
     s0, s1, w0, m1, u1, end = _key_range(start_m, q_len, shift, CHUNK, k_len, WINDOW, SINKS,
                                          HAS_WINDOW, BLOCK_M, BLOCK_N)
+    # Each range clipped to the split's keys (SPLIT_KEYS is whole key blocks: a range keeps
+    # its masked or unmasked kind).
     if HAS_WINDOW:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, 0, s0, False, HAS_WINDOW, EXACT_NAN,
-                                   BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, tl.maximum(0, k_lo), tl.minimum(s0, k_hi),
+                                   False, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, s0, s1, True, HAS_WINDOW, EXACT_NAN,
-                                   BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, tl.maximum(s0, k_lo), tl.minimum(s1, k_hi),
+                                   True, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, w0, m1, True, HAS_WINDOW, EXACT_NAN,
-                                   BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, tl.maximum(w0, k_lo), tl.minimum(m1, k_hi),
+                                   True, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
-                               qk_scale, m1, u1, False, HAS_WINDOW, EXACT_NAN, BLOCK_N,
-                               DOT_PRECISION)
+                               qk_scale, tl.maximum(m1, k_lo), tl.minimum(u1, k_hi), False,
+                               HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
-                               qk_scale, u1, end, True, HAS_WINDOW, EXACT_NAN, BLOCK_N,
-                               DOT_PRECISION)
+                               qk_scale, tl.maximum(u1, k_lo), tl.minimum(end, k_hi), True,
+                               HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
 
     # A row that saw no key (past its segment's length, or before the first key under
     # bottom-right causality, or in a segment without keys) outputs 0; its log-sum-exp is
@@ -516,8 +530,8 @@ def _attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
 ):
-    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift = _query_program(
-        CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
+    start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift, _ = _query_program(
+        CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, 1, VARLEN, HAS_Q_LENS, HAS_K_LENS, CAUSAL,
         BLOCK_M)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -660,15 +674,22 @@ def _config(name: str, q: Tensor, capability, exact_nan: bool = False) -> Kernel
 
 
 def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=None,
-                    exact_nan: bool = False) -> Launch:
+                    exact_nan: bool = False, splits: int = 1) -> Launch:
     """The forward kernel's grid, arguments and config for these (possibly meta) tensors;
     ``capability`` (default: q's device) picks the config. ``exact_nan``: the repair pass
-    that follows it (module doc), on the same arguments."""
+    that follows it (module doc), on the same arguments. ``splits`` > 1: the split-KV
+    forward, o (splits, *q.shape) and lse (splits, *q.shape[:3]) the partials of each
+    split's keys (whole key blocks, the first splits - 1 of equal size)."""
     cfg = _config("attn_fwd", q, capability, exact_nan)
-    args = (q, k, v, o, lse, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
-            *seg.strides(v), *seg.strides(o), *seg.strides(lse), q.shape[1],
-            *seg.problem(q, k), scale * LOG2E.value)
-    grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m), seg.count(q) * q.shape[1])
+    split_keys = triton.cdiv(triton.cdiv(seg.max_k, splits), cfg.block_n) * cfg.block_n
+    partial = splits > 1
+    o_rows, lse_rows = (o[0], lse[0]) if partial else (o, lse)
+    split_strides = (o.stride(0), lse.stride(0)) if partial else (0, 0)
+    args = (q, k, v, o_rows, lse_rows, *seg.pointers(q), *seg.strides(q), *seg.strides(k),
+            *seg.strides(v), *seg.strides(o_rows), *seg.strides(lse_rows), *split_strides,
+            q.shape[1], *seg.problem(q, k), splits, split_keys if partial else NO_CHUNKS,
+            scale * LOG2E.value)
+    grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m) * splits, seg.count(q) * q.shape[1])
     return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
 
 
@@ -713,13 +734,79 @@ def attn_fwd(q: Tensor, k: Tensor, v: Tensor, seg: Segments, scale: float,
              dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """Forward: ``(o, lse)``, o laid out like q (in ``dtype``, default q's), lse (B, H, L)
     fp32 in natural log (-inf for a row that sees no key, where o is 0; NaN for a row that
-    sees a NaN)."""
-    o = empty_like(q, dtype=dtype)
-    lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    attn_fwd_launch(q, k, v, o, lse, seg, scale).run()
+    sees a NaN). Split over the keys (:func:`key_splits`) when its query blocks cannot fill
+    the GPU, the partials merged by their log-sum-exps."""
+    splits = key_splits(q, seg)
+    if splits == 1:
+        o = empty_like(q, dtype=dtype)
+        lse = empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        _run_forward(q, k, v, o, lse, seg, scale)
+        return o, lse
+    o_parts = empty((splits, *q.shape), dtype=torch.float32, device=q.device)
+    lse_parts = empty((splits, *q.shape[:3]), dtype=torch.float32, device=q.device)
+    _run_forward(q, k, v, o_parts, lse_parts, seg, scale, splits)
+    o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+    for o_part, lse_part in zip(o_parts, lse_parts):
+        _merge_into(o, lse, o_part, lse_part)
+    return _like(o, q, dtype), lse
+
+
+def _run_forward(q, k, v, o, lse, seg, scale, splits: int = 1) -> None:
+    attn_fwd_launch(q, k, v, o, lse, seg, scale, splits=splits).run()
     if _repair_may_write(o):
-        attn_fwd_launch(q, k, v, o, lse, seg, scale, exact_nan=True).run()
-    return o, lse
+        attn_fwd_launch(q, k, v, o, lse, seg, scale, exact_nan=True, splits=splits).run()
+
+
+def _merge_into(o: Tensor, lse: Tensor, o_part: Tensor, lse_part: Tensor) -> None:
+    """Attention over the union of two disjoint key sets from each one's (o, lse): o and
+    lse (fp32, the running result, updated in place) with a part's. A part whose row saw
+    none of its keys (lse -inf) weighs 0; a NaN lse makes the row NaN."""
+    merged = torch.logaddexp(lse, lse_part)
+    o.copy_(o * _weight(lse, merged) + o_part * _weight(lse_part, merged))
+    lse.copy_(merged)
+
+
+# The fewest key blocks a split of the split-KV forward gets, and the programs (query
+# blocks x segments x heads) per SM below which a forward is split.
+_MIN_SPLIT_BLOCKS = 4
+_PROGRAMS_PER_SM = 2
+_FORCED_SPLITS: list[int] = []
+
+
+def key_splits(q: Tensor, seg: Segments) -> int:
+    """How many key splits the forward of these inputs runs in (1: none): on a GPU,
+    :func:`split_count` for its SMs and programs; under the interpreter 1, or what
+    :func:`force_key_splits` says."""
+    if _FORCED_SPLITS:
+        return _FORCED_SPLITS[-1]
+    if q.device.type != "cuda":
+        return 1
+    cfg = _config("attn_fwd", q, None)
+    programs = triton.cdiv(seg.max_q, cfg.block_m) * seg.count(q) * q.shape[1]
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return split_count(programs, sms, seg.max_k, cfg.block_n)
+
+
+def split_count(programs: int, sms: int, max_k: int, block_n: int) -> int:
+    """Key splits for a forward of ``programs`` (query blocks x segments x heads) on
+    ``sms`` SMs: enough that every SM gets ``_PROGRAMS_PER_SM`` programs (Mirasol's
+    32-token chunk against thousands of cached latents; a decoding step), each split at
+    least ``_MIN_SPLIT_BLOCKS`` key blocks of ``block_n`` (flash-decoding); 1 when the
+    query blocks fill the GPU already."""
+    wanted = triton.cdiv(_PROGRAMS_PER_SM * sms, max(programs, 1))
+    return max(1, min(wanted, max_k // (_MIN_SPLIT_BLOCKS * block_n)))
+
+
+@contextlib.contextmanager
+def force_key_splits(splits: int) -> Iterator[None]:
+    """Run every forward split in ``splits`` over the keys (tests: the split-KV path and
+    its merge on the interpreter)."""
+    _FORCED_SPLITS.append(splits)
+    try:
+        yield
+    finally:
+        _FORCED_SPLITS.pop()
 
 
 def attn_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
@@ -803,13 +890,9 @@ def _teacher_forcing_fwd(q, k, v, chunk_size, window, sinks, scale):
     o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
     for rows, keys, seg in pieces:
-        o_piece, lse_piece = attn_fwd(q[:, :, rows], k[:, :, keys], v[:, :, keys], seg, scale,
-                                      dtype=torch.float32)
-        merged = torch.logaddexp(lse[:, :, rows], lse_piece)
-        # A piece whose row sees none of its keys (lse -inf) weighs 0; a NaN lse is NaN.
-        o[:, :, rows] = (o[:, :, rows] * _weight(lse[:, :, rows], merged)
-                         + o_piece * _weight(lse_piece, merged))
-        lse[:, :, rows] = merged
+        _merge_into(o[:, :, rows], lse[:, :, rows],
+                    *attn_fwd(q[:, :, rows], k[:, :, keys], v[:, :, keys], seg, scale,
+                              dtype=torch.float32))
     return _like(o, q), lse
 
 
@@ -831,9 +914,9 @@ def _teacher_forcing_bwd(do, q, k, v, o, lse, chunk_size, window, sinks, scale):
     return tuple(_like(g, t) for g, t in ((dq, q), (dk, k), (dv, v)))
 
 
-def _like(x: Tensor, t: Tensor) -> Tensor:
-    """x copied into an output buffer laid out like t, in t's dtype."""
-    out = empty_like(t)
+def _like(x: Tensor, t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """x copied into an output buffer laid out like t, in ``dtype`` (default t's)."""
+    out = empty_like(t, dtype=dtype)
     out.copy_(x)
     return out
 

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from mirasol import reference
 from mirasol.kernels import KernelConfig
 from mirasol.kernels._launch import override_config
+from mirasol.kernels.attention import force_key_splits, split_count
 from mirasol.ops import chunked_causal_attention
 from mirasol.testing import assert_parity, compare_with_oracle
 from mirasol.testing.strategies import (AttentionCase, CrossAttentionCase, PackedChunkedCase,
@@ -162,3 +163,36 @@ def _packed(q_lens, k_lens, chunk, window=None, sinks=0, H=2, H_kv=1, D=16, dtyp
 @example(case=_packed((1, 2), (33, 2), 6, window=1, sinks=7, dtype=F16))  # one-query prefill
 def test_packed_family_parity(backend, case):
     _check_packed(case, backend)
+
+
+# ------------------------------------------------------------- the split-KV forward
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+@settings(max_examples=8)
+@given(case=family_cases(head_dims=(16, 40, 64)))
+@example(case=_family(N=4, chunk=4, k_seqlen=70))  # a decode step against a long prefix
+@example(case=_family(N=8, chunk=4, window=3, sinks=5, k_seqlen=70))  # sinks in split 0 only
+@example(case=_family(N=24, chunk=5, window=2, sinks=3, tf=True))
+def test_split_kv_forward_parity(splits, case):
+    # Each split's partial (o, lse) over its keys, merged by their log-sum-exps: the parity
+    # rule still holds, gradients included (the backward reads the merged o and lse).
+    with force_key_splits(splits):
+        _check(case, "triton")
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_split_kv_forward_packed(splits):
+    with force_key_splits(splits):
+        _check_packed(_packed((5, 0, 13, 3), (40, 7, 20, 3), 6, window=2, sinks=3), "triton")
+
+
+def test_split_count_fills_the_gpu_only_where_it_is_needed():
+    # H200: 132 SMs; the tuned forward's 64-key blocks (sm90 half, head dim 128).
+    # Mirasol's decode shape, 32 queries x 16 heads against 4,096 keys: 16 programs.
+    assert split_count(programs=16, sms=132, max_k=4096, block_n=64) == 16
+    # A Wan chunk against its cache, 4,680 queries x 12 heads (37 blocks of 128): full.
+    assert split_count(programs=37 * 12, sms=132, max_k=32760, block_n=64) == 1
+    # Few keys: no split shorter than 4 blocks.
+    assert split_count(programs=1, sms=132, max_k=300, block_n=64) == 1
+    assert split_count(programs=1, sms=132, max_k=512, block_n=64) == 2
