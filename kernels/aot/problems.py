@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .._launch import Capability, Launch
 
-ATTENTION_LAYOUTS = ("chunked", "chunked_lengths", "cross", "cross_causal")
+ATTENTION_LAYOUTS = ("chunked", "chunked_lengths", "chunked_window", "cross",
+                     "cross_causal")
 TOKEN_POOL_LAYOUTS = ("padded", "padded_lengths", "packed")
 
 TensorFactory = Callable[..., Tensor]
@@ -36,7 +37,8 @@ def _check_layout(layout: str, known: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class AttentionProblem:
     """An attention problem. Padded layouts ("chunked", "chunked_lengths": chunked causal
-    attention with chunk size ``chunk``, with or without per-sample lengths): q
+    attention with chunk size ``chunk``, with or without per-sample lengths;
+    "chunked_window": with lengths, a window of ``window`` chunks and ``sinks`` sinks): q
     (segments, heads, q_rows, head_dim), k and v (segments, kv_heads, k_rows, head_dim).
     Packed layouts ("cross", "cross_causal": cross-attention on ``cu_seqlens`` segments,
     plain or bottom-right causal): q (q_rows, heads, head_dim), k and v (k_rows, kv_heads,
@@ -53,6 +55,8 @@ class AttentionProblem:
     max_q: int | None = None
     max_k: int | None = None
     chunk: int | None = None  # the chunked layouts' chunk size
+    window: int = 4  # chunked_window's window (chunks) and sink tokens
+    sinks: int = 512
 
     def launches(self, dtype: torch.dtype, capability: Capability, *,
                  scale: float | None = None, tensor: TensorFactory = meta
@@ -87,9 +91,12 @@ class AttentionProblem:
             def rows(name, n, heads, dt=dtype):
                 return tensor(name, B, heads, n, D, dtype=dt)
 
-            lengths = (tensor("lengths", B, dtype=torch.int32)
-                       if self.layout == "chunked_lengths" else None)
-            seg = Segments.chunked(n_q, self.chunk, lengths)
+            lengths = (None if self.layout == "chunked"
+                       else tensor("lengths", B, dtype=torch.int32))
+            windowed = self.layout == "chunked_window"
+            seg = Segments.chunked(n_q, self.chunk, lengths,
+                                   window=self.window if windowed else None,
+                                   sinks=self.sinks if windowed else 0)
             lse_shape = (B, H, n_q)
         q, o, do, dq = (rows(name, n_q, H) for name in ("q", "o", "do", "dq"))
         k, v, dk, dv = (rows(name, n_k, H_kv) for name in ("k", "v", "dk", "dv"))

@@ -14,10 +14,10 @@ from .problems import AttentionProblem, TokenPoolProblem
 
 # The specializations each op launches, by the name reports give them, and the layout of
 # each (problems.py).
-VARIANTS = ("chunked", "cross", "cross-causal")
+VARIANTS = ("chunked", "chunked-window", "cross", "cross-causal")
 TOKEN_POOL_VARIANTS = ("padded", "packed")
-_LAYOUTS = {"chunked": "chunked_lengths", "cross": "cross", "cross-causal": "cross_causal",
-            "padded": "padded_lengths", "packed": "packed"}
+_LAYOUTS = {"chunked": "chunked_lengths", "chunked-window": "chunked_window", "cross": "cross",
+            "cross-causal": "cross_causal", "padded": "padded_lengths", "packed": "packed"}
 
 
 def _layout(variant: str, known: tuple[str, ...]) -> str:
@@ -31,8 +31,10 @@ def attention_launches(capability: Capability, dtype: torch.dtype, head_dim: int
                        kv_heads: int = 2, seqlen: int = 4096) -> dict[str, Launch]:
     """Every kernel launch of one attention forward + backward, with the configs
     ``capability`` selects. Variants (each a different specialization of the same
-    kernels): "chunked" (padded samples with lengths, chunk 256), "cross" (packed segments,
-    cu_seqlens), "cross-causal" (packed, bottom-right causal). Grouped-query heads."""
+    kernels): "chunked" (padded samples with lengths, chunk 256), "chunked-window" (the
+    same with a window of 4 chunks and 512 sinks: the block-causal family's
+    specialization), "cross" (packed segments, cu_seqlens), "cross-causal" (packed,
+    bottom-right causal). Grouped-query heads."""
     layout = _layout(variant, VARIANTS)
     rows = seqlen if layout.startswith("chunked") else batch * seqlen
     problem = AttentionProblem(layout, batch, heads, kv_heads, head_dim, rows, max_q=seqlen,
