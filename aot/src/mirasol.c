@@ -145,6 +145,10 @@ static void fill_attention(mirasol_attn_fwd_args *a, const void *q, const void *
   a->HEAD_DIM = head_dim;
   a->CHUNK = chunk;
   a->GROUP = heads / kv_heads;
+  /* No window (the C API's variants are compiled without one: WINDOW and SINKS stay 0)
+     and one split over all keys (the split-KV forward is the Python launcher's). */
+  a->SPLITS = 1;
+  a->SPLIT_KEYS = 1 << 30;
   a->qk_scale = (float)((double)scale * MIRASOL_LOG2E);
 }
 
