@@ -297,13 +297,19 @@ def test_flex_attention_eager_sees_what_the_mask_says(case, cross, family):
             assert_identical(_flex_pattern(mask, flex_attention), _uniform(mask.dense()))
 
 
-@pytest.mark.parametrize("which", ["chunked", "cross"])
+# A family mask: a cache prefill's chunk of queries under a window with sinks.
+FAMILY_EDGE = AttentionCase(1, 2, 2, 9, 16, 4, None, F32, "contiguous", 0, k_seqlen=45,
+                            window=2, sinks=5)
+
+
+@pytest.mark.parametrize("which", ["chunked", "cross", "family"])
 def test_flex_attention_compiled_forward_parity(which):
     # The compiled kernel skips empty blocks and applies no mask_mod in full ones: it holds
     # the BlockMask's structure, not only the mask_mod, against the reference.
     torch._dynamo.reset()  # a fresh recompile budget: no silent fallback to eager
-    mask = (_chunked_mask(CHUNKED_EDGES[0]) if which == "chunked"
-            else _packed_mask(CROSS_EDGES[1]))
+    mask = {"chunked": lambda: _chunked_mask(CHUNKED_EDGES[0]),
+            "cross": lambda: _packed_mask(CROSS_EDGES[1]),
+            "family": lambda: _chunked_mask(FAMILY_EDGE)}[which]()
     B, D = mask.batch or 1, 16
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, 2, rows, D, generator=gen)
