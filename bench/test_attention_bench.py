@@ -2,6 +2,7 @@
 
     pytest bench/ --benchmark-group-by=param:problem,param:mode
     MIRASOL_BENCH_SEQLEN=1024 pytest bench/     # a quicker chunked problem
+    MIRASOL_BENCH_FAMILY=1 pytest bench/        # also the family tables (mirasol bench --op family)
 """
 
 import contextlib
@@ -15,6 +16,8 @@ from mirasol import benchmark as mb
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SETTING = mb.Setting(device=DEVICE, dtype=torch.float32 if DEVICE == "cpu" else torch.bfloat16)
 PROBLEMS = mb.problems(SETTING, seqlen=int(os.environ.get("MIRASOL_BENCH_SEQLEN", 4096)))
+if os.environ.get("MIRASOL_BENCH_FAMILY"):
+    PROBLEMS.update({f"family-{name}": problem for name, problem in mb.family(SETTING).items()})
 CASES = [(name, variant) for name, problem in PROBLEMS.items()
          for variant in problem.variants()[1]]
 
@@ -28,6 +31,10 @@ def test_attention(benchmark, problem, variant, mode):
 
 
 def _bench(benchmark, problem, variant, mode):
+    if mode not in getattr(PROBLEMS[problem], "modes", ("fwd", "fwd+bwd")):
+        pytest.skip(f"{problem} is timed in {', '.join(PROBLEMS[problem].modes)} only")
+    if mode == "fwd+bwd" and variant.forward_only:
+        pytest.skip(variant.forward_only)
     args = variant.inputs(mode == "fwd+bwd")
     try:
         grad_out = torch.randn_like(variant.fn(*args).detach())

@@ -2,7 +2,8 @@
 
     mirasol check   parity of every op and backend available here, and a short benchmark
     mirasol bench   benchmark tables of the attention ops (ratios measured side by side),
-                    and of the model's cost at 4x the frames (--op scaling); --suite gpu:
+                    the block-causal family against its targets (--op family), and of
+                    the model's cost at 4x the frames (--op scaling); --suite gpu:
                     parity, benchmarks against the rivals and a report, on a CUDA machine
     mirasol params  parameter counts per component of every preset
     mirasol profile registers, shared memory, spills, occupancy and tensor-core use of every
@@ -76,16 +77,19 @@ def cmd_bench(args) -> int:
     device = _device(args.device)
     from mirasol import benchmark
 
+    load_before = os.getloadavg()
     if args.op == "scaling":
         table = benchmark.scaling(reps=args.reps, device=device.type, progress=_progress)
         text, device_name = benchmark.format_scaling(table), table.device_name
         records = {"scaling": asdict(table)}
+    elif args.op == "family":
+        text, device_name, records = _bench_family(args, device, benchmark)
     else:
         dtype = getattr(torch, args.dtype) if args.dtype else (
             torch.float32 if device.type == "cpu" else torch.bfloat16)
         setting = benchmark.Setting(heads=args.heads, head_dim=args.head_dim, dtype=dtype,
                                     device=device.type)
-        problems = benchmark.problems(setting, seqlen=args.seqlen)
+        problems = benchmark.problems(setting, seqlen=args.seqlen or 4096)
         names = list(problems) if args.op == "all" else [args.op]
         peak = (benchmark.card_peak(torch.cuda.get_device_name(device), dtype)
                 if device.type == "cuda" else None)
@@ -98,11 +102,56 @@ def cmd_bench(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"device": device_name, "torch": torch.__version__, "tables": records}
+        command, load_after = _bench_command(args), os.getloadavg()
+        record = {"device": device_name, "torch": torch.__version__, "command": command,
+                  "load_average": {"start": load_before, "end": load_after},
+                  "tables": records}
         out.write_text(json.dumps(record, indent=2) + "\n")
-        out.with_suffix(".md").write_text("```\n" + text + "\n```\n")
+        loads = " and ".join(f"{' '.join(f'{x:.2f}' for x in load)} at the {when}"
+                             for load, when in ((load_before, "start"), (load_after, "end")))
+        out.with_suffix(".md").write_text(f"command: `{command}`\n\nload average (1, 5, 15 "
+                                          f"min): {loads}\n\n```\n{text}\n```\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def _bench_family(args, device: torch.device, benchmark):
+    """``--op family``: each family table (benchmark.family) in each dtype (fp32 and bf16
+    unless --dtype), then their targets in one table. Returns (text, device, records)."""
+    dtypes = [args.dtype] if args.dtype else ["float32", "bfloat16"]
+    tables, records = [], {}
+    for dtype in dtypes:
+        setting = benchmark.Setting(heads=args.heads, head_dim=args.head_dim,
+                                    dtype=getattr(torch, dtype), device=device.type)
+        peak = (benchmark.card_peak(torch.cuda.get_device_name(device), setting.dtype)
+                if device.type == "cuda" else None)
+        family = benchmark.family(setting, seqlen=args.seqlen or 8192,
+                                  chunk_size=args.chunk_size)
+        for name, problem in family.items():
+            table = benchmark.run(problem, reps=args.reps, peak=peak, progress=_progress)
+            tables.append(table)
+            records[f"{name}/{dtype}"] = benchmark.table_record(table)
+    gflops = device.type == "cpu"
+    text = "\n\n".join([*(benchmark.format_table(t, gflops=gflops) for t in tables),
+                         "targets (median time of the first over the second, side by side "
+                         "in this run; reported, not asserted):\n"
+                         + benchmark.format_targets(tables)])
+    return text, tables[0].device_name, records
+
+
+def _bench_command(args) -> str:
+    """The command that reproduces this run: its options spelled out, and the thread
+    count's environment variable when set."""
+    options = [f"--op {args.op}", f"--device {args.device}", f"--reps {args.reps}"]
+    if args.op != "scaling":
+        options += [f"--heads {args.heads}", f"--head-dim {args.head_dim}"]
+        options += [f"--dtype {args.dtype}"] if args.dtype else []
+        options += [f"--seqlen {args.seqlen}"] if args.seqlen else []
+        options += [f"--chunk-size {args.chunk_size}"] if args.op == "family" else []
+    options += [f"--out {args.out}"] if args.out else []
+    env = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+           if "OMP_NUM_THREADS" in os.environ else "")
+    return f"{env}python -m mirasol bench {' '.join(options)}"
 
 
 def _gpu_suite(args) -> int:
@@ -219,15 +268,24 @@ def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="the attention ops against SDPA (and FlexAttention, "
                                          "flash-attn, xformers on CUDA), side by side")
     bench.add_argument("--op", default="all",
-                       choices=["all", "chunked", "cross-text", "cross-combiner", "scaling"],
-                       help="all: the three attention tables. scaling: the whole small "
+                       choices=["all", "chunked", "cross-text", "cross-combiner", "family",
+                                "scaling"],
+                       help="all: the three attention tables. family: the block-causal "
+                            "family at issue 19's shapes (window 4 + sinks, a one-chunk cache "
+                            "prefill, teacher forcing) in fp32 and bf16 (--dtype: one), "
+                            "against SDPA and compiled FlexAttention, the issue's targets as "
+                            "ratios; not part of all. scaling: the whole small "
                             "model at 128 vs 512 frames against a flat transformer baseline "
                             "(float32, about 30 s on 2 CPU cores; not part of all; --heads, "
                             "--head-dim, --seqlen and --dtype do not apply)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--heads", type=int, default=8)
     bench.add_argument("--head-dim", type=int, default=64)
-    bench.add_argument("--seqlen", type=int, default=4096, help="chunked: sequence length")
+    bench.add_argument("--seqlen", type=int, default=None,
+                       help="chunked: sequence length (default 4096); family: sequence "
+                            "length and prefill keys (default 8192)")
+    bench.add_argument("--chunk-size", type=int, default=512,
+                       help="family: chunk size (the prefill's chunk is twice it)")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                        help="default: float32 on CPU, bfloat16 on CUDA")
     bench.add_argument("--reps", type=int, default=5, help="timed runs per variant (median)")

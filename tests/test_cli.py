@@ -46,6 +46,59 @@ def test_bench_prints_ratios_and_writes_results(tmp_path):
     assert out.with_suffix(".md").exists()
 
 
+def test_bench_family_reports_its_tables_and_targets(tmp_path, monkeypatch, capsys):
+    """--op family at tiny shapes: each family table with its own SDPA baseline, the
+    prefill forward only, the visible fraction, the targets as ratios with a verdict (no
+    timing is asserted), the command at the top of the .md. FlexAttention is left out here
+    (its compile: test_family_flexattention_row_is_forward_only_on_cpu)."""
+    from mirasol.benchmark import rivals
+
+    monkeypatch.setattr(rivals, "FAMILY_RIVALS", [])
+    out = tmp_path / "family.json"
+    assert cli.main(["bench", "--op", "family", "--device", "cpu", "--seqlen", "32",
+                     "--chunk-size", "8", "--heads", "2", "--head-dim", "8", "--reps", "1",
+                     "--dtype", "float32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "GFLOP/s" in text and "targets" in text and ("MISSED" in text or "met" in text)
+    tables = json.loads(out.read_text())["tables"]
+    assert set(tables) == {"window-sinks/float32", "prefill/float32",
+                           "teacher-forcing/float32"}
+    window, prefill, tf = (tables[f"{n}/float32"] for n in ("window-sinks", "prefill",
+                                                            "teacher-forcing"))
+    assert window["baseline"] == tf["baseline"] == "SDPA dense mask"
+    assert prefill["baseline"] == "SDPA unmasked" and prefill["visible_fraction"] == 1.0
+    assert {r["mode"] for r in prefill["rows"]} == {"fwd"}
+    assert {r["mode"] for r in window["rows"]} == {r["mode"] for r in tf["rows"]} == \
+        {"fwd", "fwd+bwd"}
+    # 4 chunks of 8, window 4: chunk-causal over the chunks, 10 of 16 chunk pairs.
+    assert window["visible_fraction"] == 10 / 16
+    goals = [t for t in window["targets"] if t["against"] == "SDPA dense mask"]
+    assert [(t["mode"], t["at_most"]) for t in goals] == [("fwd", 0.40), ("fwd+bwd", 0.45)]
+    assert all(t["ratio"] > 0 and t["met"] in (True, False) for t in goals)
+    flex = [t for t in window["targets"] if t["against"] == "FlexAttention"]
+    assert flex[0]["met"] is None and flex[0]["missing"] == "FlexAttention"
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("command: `") and "--op family" in md and "--chunk-size 8" in md
+
+
+def test_family_flexattention_row_is_forward_only_on_cpu():
+    """The family's FlexAttention rival runs on CPU, compiled, its BlockMask's build time
+    in the note, forward only (listed as skipped in fwd+bwd), its target ratio reported."""
+    from mirasol import benchmark as mb
+    from mirasol.benchmark.timing import TimingPolicy
+
+    problem = mb.family(mb.Setting(heads=2, head_dim=8), seqlen=32, chunk_size=8)["window-sinks"]
+    table = mb.run(problem, policy=TimingPolicy(warmup_s=0.0, sample_s=0.001, samples=1))
+    assert not table.failed
+    flex = [m for m in table.rows if m.name == "FlexAttention"]
+    assert [m.mode for m in flex] == ["fwd"] and "block mask (built in" in flex[0].note
+    assert any(s.name == "FlexAttention" and s.mode == "fwd+bwd" and "no backward" in s.reason
+               for s in table.skipped)
+    target = next(t for t in table.targets if t["against"] == "FlexAttention")
+    assert target["ratio"] > 0 and target["met"] in (True, False)
+    assert "FlexAttention" in mb.format_targets([table])
+
+
 def test_train_eval_and_demo_flags_are_their_config_fields(capsys):
     """Every field is a flag with the dataclass's default; a flag sets its field."""
     import dataclasses

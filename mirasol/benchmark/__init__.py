@@ -14,6 +14,12 @@ Tables:
   key-padding mask, and SDPA on the packed tokens with a dense block-diagonal mask.
 * ``cross-combiner``: the Transformer Combiner's block-diagonal attention, 16 chunks of
   about 600 tokens. Same baselines.
+* ``family`` (:func:`family`, ``mirasol bench --op family``): the block-causal family
+  (DESIGN.md §2a) at issue 19's shapes, fp32 and bf16: a window of 4 chunks with a chunk of
+  sinks (N=8192, chunk 512), a one-chunk cache prefill (1,024 queries against 8,192 keys)
+  and teacher forcing (N=2x4096), each against SDPA on the same keys and compiled
+  FlexAttention with the same BlockMask (on CPU too, forward only), with the issue's targets
+  as reported ratios (:func:`format_targets`). Not part of ``all``.
 * ``token pooling`` (:class:`TokenPoolProblem`, in the GPU suite): the TTM Combiner's
   TokenLearner read, the triton backend against the torch composite.
 * ``scaling`` (:func:`scaling`): the whole model, not one op (:mod:`.model_scaling`).
@@ -34,18 +40,20 @@ table compares), :mod:`.rivals`, :mod:`.peaks` (the card table), :mod:`.timing`,
 """
 
 from mirasol.benchmark import rivals
-from mirasol.benchmark.formatting import format_scaling, format_table, table_record
-from mirasol.benchmark.lineup import Lineup, Skipped, Variant
+from mirasol.benchmark.formatting import (format_scaling, format_table, format_targets,
+                                          table_record)
+from mirasol.benchmark.lineup import Lineup, Skipped, Target, Variant
 from mirasol.benchmark.model_scaling import ScalingRow, ScalingTable, scaling
 from mirasol.benchmark.peaks import PEAKS_16BIT, Peak, card_peak, card_slug
 from mirasol.benchmark.problems import (ChunkedProblem, CrossProblem, Setting, TokenPoolProblem,
-                                        problems)
+                                        family, problems)
 from mirasol.benchmark.rivals import Rival
 from mirasol.benchmark.timing import Measurement, Table, device_label, measure, run
 
 __all__ = [
     "ChunkedProblem", "CrossProblem", "Lineup", "Measurement", "PEAKS_16BIT", "Peak", "Rival",
-    "ScalingRow", "ScalingTable", "Setting", "Skipped", "Table", "TokenPoolProblem", "Variant",
-    "card_peak", "card_slug", "device_label", "format_scaling", "format_table", "measure",
-    "problems", "rivals", "run", "scaling", "table_record",
+    "ScalingRow", "ScalingTable", "Setting", "Skipped", "Table", "Target", "TokenPoolProblem",
+    "Variant", "card_peak", "card_slug", "device_label", "family", "format_scaling",
+    "format_table", "format_targets", "measure", "problems", "rivals", "run", "scaling",
+    "table_record",
 ]

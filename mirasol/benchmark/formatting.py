@@ -13,24 +13,33 @@ def _opt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def format_table(table: Table) -> str:
-    dtype = str(table.setting.dtype).removeprefix("torch.")
-    head = (f"{table.title}, {dtype} on {table.device_name}\nratios against "
+def _dtype(table: Table) -> str:
+    return str(table.setting.dtype).removeprefix("torch.")
+
+
+def format_table(table: Table, *, gflops: bool = False) -> str:
+    """The table as aligned text; ``gflops``: the work rate in GFLOP/s (CPU-sized numbers)
+    rather than TFLOP/s."""
+    unit = "GFLOP/s" if gflops else "TFLOP/s"
+    head = (f"{table.title}, {_dtype(table)} on {table.device_name}\nratios against "
             f"{table.baseline!r}, measured side by side in this run (medians over samples of "
             f"back-to-back calls, timer: {table.timer or 'n/a'}; 'host ms' is the host's time "
-            f"to issue one call); TFLOP/s count useful work only")
+            f"to issue one call); {unit} count useful work only")
+    if table.visible_fraction is not None:
+        head += f" (the visible pairs: {table.visible_fraction:.1%} of the grid)"
     if table.peak is not None:
         head += "; of peak: " + (f"TFLOP/s / {table.peak.note}" if table.peak.tflops
                                  else f"n/a, {table.peak.note}")
     with_peak = table.peak is not None
     cells = [("mode", "variant", "median ms", "host ms", "x time", "peak MiB", "x memory",
-              "TFLOP/s", *(("of peak",) if with_peak else ()), "note")]
+              unit, *(("of peak",) if with_peak else ()), "note")]
     for m in table.rows:
         note = "; ".join(n for n in (m.note, m.host_bound and "host-bound: launch overhead",
                                      m.failed and f"FAIL: {m.failed}") if n)
         cells.append((m.mode, m.name, f"{m.median_ms:.4f}", _opt(m.host_ms, ".4f"),
                       _opt(m.ratio, ".2f"), _opt(m.peak_mib, ".1f"), _opt(m.mem_ratio, ".2f"),
-                      f"{m.tflops:.3f}", *((_opt(m.peak_fraction, ".1%"),) if with_peak else ()),
+                      f"{m.tflops * 1e3:.1f}" if gflops else f"{m.tflops:.3f}",
+                      *((_opt(m.peak_fraction, ".1%"),) if with_peak else ()),
                       note))
     lines = [head, format_rows(cells)]
     lines += [f"FAILED: {f.name} ({f.mode}): {f.reason}" for f in table.failed]
@@ -38,6 +47,26 @@ def format_table(table: Table) -> str:
     lines += [f"SM clock ({c['mode']}): {c['before_mhz']} -> {c['after_mhz']} MHz "
               f"({c['source']})" for c in table.clocks if c["before_mhz"] is not None]
     return "\n".join(lines)
+
+
+def format_targets(tables: list[Table]) -> str:
+    """The tables' targets in one table: each ratio (median time of one variant over
+    another's, measured side by side in one process) against its goal, "met" or "MISSED"
+    (reported, never asserted); goal "-": none stated, the ratio is reported alone."""
+    cells = [("table", "dtype", "mode", "ratio of", "ms", "ms (other)", "x time", "goal",
+              "verdict")]
+    for t in tables:
+        for r in t.targets:
+            goal = "-" if r["at_most"] is None else f"<= {r['at_most']:.2f}x"
+            verdict = ("" if r["at_most"] is None else "n/a" if r["met"] is None
+                       else "met" if r["met"] else "MISSED")
+            if r["missing"]:
+                verdict = f"{verdict} (not measured: {r['missing']})".strip()
+            cells.append((t.title.split(":")[0], _dtype(t), r["mode"],
+                          f"{r['variant']} / {r['against']}", _opt(r["variant_ms"], ".1f"),
+                          _opt(r["against_ms"], ".1f"), _opt(r["ratio"], ".2f"), goal,
+                          verdict))
+    return format_rows(cells)
 
 
 def table_record(table: Table) -> dict:

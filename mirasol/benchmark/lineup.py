@@ -20,6 +20,9 @@ class Variant:
     context: Callable[[], ContextManager] | None = None
     # Ours, given its maximum lengths: a host sync in a call (seen on CUDA) fails the row.
     sync_free: bool = False
+    # Why the variant is timed forward only (e.g. FlexAttention has no backward on CPU); ""
+    # when it runs in both modes. Its fwd+bwd row is listed as skipped with this reason.
+    forward_only: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,18 @@ class Skipped:
     mode: str      # "fwd", "fwd+bwd", or "all" when it could not even be built
     reason: str    # one line
     traceback: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio a table reports against a stated goal (never asserted): the median time of
+    ``variant`` over that of ``against`` in ``mode``, met when at most ``at_most`` (None:
+    the ratio is reported, with no goal). ``source`` says where the goal comes from."""
+    mode: str
+    variant: str
+    against: str
+    at_most: float | None = None
+    source: str = ""
 
 
 class Lineup(NamedTuple):

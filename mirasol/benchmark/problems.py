@@ -5,6 +5,7 @@ optional :mod:`~mirasol.benchmark.rivals`). Every mask comes from :mod:`mirasol.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from mirasol import masks
 from mirasol.benchmark import rivals
-from mirasol.benchmark.lineup import Lineup, Variant
+from mirasol.benchmark.lineup import Lineup, Target, Variant
 from mirasol.ops import chunked_causal_attention, cross_attention, token_pool
 
 
@@ -42,24 +43,67 @@ class Setting:
 
 @dataclass(frozen=True)
 class ChunkedProblem:
+    """``chunked_causal_attention`` on one padded batch: ``seqlen`` query rows against
+    ``cached + seqlen`` keys (the queries are the last positions, DESIGN.md §2a), under the
+    family's rule (``window_chunks``, ``sink_tokens``, ``teacher_forcing``: ``seqlen`` is
+    then both halves, 2L). With the defaults, the plain chunked table and its lineup (SDPA
+    dense mask, causal, unmasked, the CUDA rivals); any of the family's options: the family
+    lineup (:meth:`variants`). ``modes``: what :func:`~mirasol.benchmark.timing.run` times by
+    default; ``targets``: ratios reported against goals (:class:`Target`), never asserted."""
     batch: int = 1
     seqlen: int = 4096
     chunk_size: int = 256
     setting: Setting = Setting()
+    window_chunks: int | None = None
+    sink_tokens: int = 0
+    cached: int = 0
+    teacher_forcing: bool = False
+    name: str = ""
+    modes: tuple[str, ...] = ("fwd", "fwd+bwd")
+    targets: tuple[Target, ...] = ()
+
+    @property
+    def k_len(self) -> int:
+        return self.cached + self.seqlen
+
+    @property
+    def family(self) -> bool:
+        """Any of the family's options: the family lineup (sinks alone change nothing)."""
+        return self.window_chunks is not None or self.cached > 0 or self.teacher_forcing
 
     @property
     def title(self) -> str:
-        return (f"chunked causal attention: B={self.batch} N={self.seqlen} "
-                f"chunk={self.chunk_size}, H={self.setting.heads} d={self.setting.head_dim}")
+        s, C = self.setting, self.chunk_size
+        heads = f"H={s.heads} d={s.head_dim}"
+        if not self.family:
+            return (f"chunked causal attention: B={self.batch} N={self.seqlen} "
+                    f"chunk={C}, {heads}")
+        rule = (f"window={self.window_chunks} chunks, sinks={self.sink_tokens}"
+                if self.window_chunks is not None else "no window")
+        if self.teacher_forcing:
+            shape = f"N=2x{self.seqlen // 2} (clean, then noisy)"
+        elif self.cached:
+            shape = (f"{self.seqlen} queries against {self.k_len} keys ({self.cached} cached "
+                     f"+ the queries' own {self.seqlen})")
+        else:
+            shape = f"N={self.seqlen}"
+        kind = ("teacher forcing" if self.teacher_forcing
+                else "cache prefill" if self.cached else "chunked causal attention")
+        label = f" [{self.name}]" if self.name else ""
+        return f"{kind}{label}: B={self.batch} {shape}, chunk={C}, {rule}, {heads}"
 
     def inputs(self, requires_grad: bool) -> tuple[Tensor, ...]:
         s = self.setting
-        return tuple(s.randn(self.batch, s.heads, self.seqlen, s.head_dim, seed=i,
-                             requires_grad=requires_grad) for i in range(3))
+        return tuple(s.randn(self.batch, s.heads, n, s.head_dim, seed=i,
+                             requires_grad=requires_grad)
+                     for i, n in enumerate((self.seqlen, self.k_len, self.k_len)))
 
     @functools.cached_property
     def mask(self) -> masks.PaddedMask:
-        return masks.chunked_causal(self.seqlen, self.chunk_size, device=self.setting.device)
+        return masks.chunked_causal(self.seqlen, self.chunk_size, device=self.setting.device,
+                                    k_rows=self.k_len, window_chunks=self.window_chunks,
+                                    sink_tokens=self.sink_tokens,
+                                    teacher_forcing=self.teacher_forcing)
 
     @functools.cached_property
     def _visible_pairs(self) -> int:
@@ -69,30 +113,56 @@ class ChunkedProblem:
         """(query, key) pairs the mask lets through, per head."""
         return self._visible_pairs
 
+    def visible_fraction(self) -> float:
+        """The share of the (query, key) grid the mask lets through."""
+        return self.visible_pairs() / (self.batch * self.seqlen * self.k_len)
+
     def flops(self, backward: bool) -> float:
         return _attention_flops(self.visible_pairs(), self.setting, backward)
 
+    def _call(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return chunked_causal_attention(q, k, v, self.chunk_size,
+                                        window_chunks=self.window_chunks,
+                                        sink_tokens=self.sink_tokens,
+                                        teacher_forcing=self.teacher_forcing,
+                                        backend=self.setting.backend)
+
     def variants(self) -> Lineup:
-        C, s, mask = self.chunk_size, self.setting, self.mask.dense()
-        rows = [
-            Variant(f"mirasol {s.backend}",
-                    lambda q, k, v: chunked_causal_attention(q, k, v, C, backend=s.backend),
-                    self.inputs, sync_free=True),
-        ]
-        sdpa = [
-            Variant("SDPA dense mask",
-                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                    self.inputs, "N x N bool mask"),
-            Variant("SDPA causal",
-                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                    self.inputs, "token-causal, not chunked"),
-        ]
+        """Plain: mirasol, SDPA with the dense mask (the baseline), token-causal SDPA,
+        unmasked SDPA, SDPA's CUDA backends and :data:`rivals.CHUNKED_RIVALS`. Family: mirasol,
+        one SDPA row on the same keys -- the dense mask (the baseline), or, when the mask
+        hides no pair (a one-chunk cache prefill without a window), unmasked SDPA -- SDPA's
+        CUDA backends and :data:`rivals.FAMILY_RIVALS` (FlexAttention, on CPU too, forward
+        only there). The dense mask's build time is in its note, not in the time; mirasol's
+        mask is a closed form, nothing is built."""
+        s = self.setting
+        start = time.perf_counter()
+        mask = self.mask.dense()
+        built_ms = (time.perf_counter() - start) * 1e3
+        rows = [Variant(f"mirasol {s.backend}", self._call, self.inputs,
+                        "closed-form mask, nothing built" if self.family else "",
+                        sync_free=True)]
+        dense = Variant("SDPA dense mask",
+                        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                        self.inputs, f"{'N x N' if not self.cached else 'Nq x Nk'} bool mask"
+                        + (f" (built in {built_ms:.1f} ms, not in the time)" if self.family
+                           else ""))
         unmasked = Variant("SDPA unmasked", F.scaled_dot_product_attention, self.inputs,
-                           "all N^2 scores")
-        built, skipped = rivals.build(rivals.CHUNKED_RIVALS, self)
+                           "all Nq x Nk scores" if self.cached else "all N^2 scores")
+        if not self.family:
+            sdpa = [dense, Variant("SDPA causal",
+                                   lambda q, k, v: F.scaled_dot_product_attention(
+                                       q, k, v, is_causal=True),
+                                   self.inputs, "token-causal, not chunked")]
+            built, skipped = rivals.build(rivals.CHUNKED_RIVALS, self)
+            by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
+            return Lineup("SDPA dense mask", rows + sdpa + [unmasked] + by_backend + built,
+                          not_here + skipped)
+        hides_none = self.visible_pairs() == self.batch * self.seqlen * self.k_len
+        sdpa = [unmasked if hides_none else dense]
+        built, skipped = rivals.build(rivals.FAMILY_RIVALS, self)
         by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
-        return Lineup("SDPA dense mask", rows + sdpa + [unmasked] + by_backend + built,
-                      not_here + skipped)
+        return Lineup(sdpa[0].name, rows + sdpa + by_backend + built, not_here + skipped)
 
 
 @dataclass(frozen=True)
@@ -222,6 +292,49 @@ class TokenPoolProblem:
 
 def _token_pool_call(x: Tensor, logits: Tensor, *, cu_seqlens: Tensor, backend: str) -> Tensor:
     return token_pool(x, logits, cu_seqlens=cu_seqlens, backend=backend)
+
+
+ISSUE_19 = "issue 19 item 7"
+
+
+def family(setting: Setting, seqlen: int = 8192, chunk_size: int = 512
+           ) -> dict[str, ChunkedProblem]:
+    """The block-causal family's tables (DESIGN.md §2a; issue 19 item 7), each against
+    SDPA on the same keys and compiled FlexAttention with the same BlockMask:
+
+    * ``window-sinks``: N=``seqlen``, a window of 4 chunks and one chunk of sinks (27% of
+      the pairs visible at the defaults), fwd and fwd+bwd against the dense mask;
+    * ``prefill``: one chunk of 2 x ``chunk_size`` queries (1,024) against ``seqlen`` keys,
+      the chunk's own included (7,168 cached + 1,024), no window: every key visible, so
+      against unmasked SDPA, forward only (inference);
+    * ``teacher-forcing``: N = 2 x ``seqlen // 2`` (clean + noisy), fwd and fwd+bwd against
+      the dense mask.
+
+    Targets (reported, not asserted): window-sinks fwd <= 0.40x and fwd+bwd <= 0.45x of
+    dense-mask SDPA and at least 1.5x faster than FlexAttention forward (<= 1/1.5 of its
+    time); prefill <= 1.1x of unmasked SDPA."""
+    ours = f"mirasol {setting.backend}"
+    prefill_chunk = 2 * chunk_size
+    return {
+        "window-sinks": ChunkedProblem(
+            seqlen=seqlen, chunk_size=chunk_size, setting=setting, window_chunks=4,
+            sink_tokens=chunk_size, name="window-sinks",
+            targets=(Target("fwd", ours, "SDPA dense mask", 0.40, ISSUE_19),
+                     Target("fwd+bwd", ours, "SDPA dense mask", 0.45, ISSUE_19),
+                     Target("fwd", ours, "FlexAttention", 1 / 1.5, ISSUE_19 + ": >= 1.5x "
+                            "faster"))),
+        "prefill": ChunkedProblem(
+            seqlen=prefill_chunk, chunk_size=prefill_chunk, setting=setting,
+            cached=seqlen - prefill_chunk, name="prefill", modes=("fwd",),
+            targets=(Target("fwd", ours, "SDPA unmasked", 1.1, ISSUE_19),
+                     Target("fwd", ours, "FlexAttention"))),
+        "teacher-forcing": ChunkedProblem(
+            seqlen=seqlen, chunk_size=chunk_size, setting=setting, teacher_forcing=True,
+            name="teacher-forcing",
+            targets=(Target("fwd", ours, "SDPA dense mask"),
+                     Target("fwd+bwd", ours, "SDPA dense mask"),
+                     Target("fwd", ours, "FlexAttention"))),
+    }
 
 
 def problems(setting: Setting, seqlen: int = 4096) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """Optional rivals of the mirasol ops: FlexAttention (compiled, with the op's mask from
-:mod:`mirasol.masks` as its BlockMask, built and timed apart), each of SDPA's backends
-(:func:`sdpa_backends`), flash-attn and xformers. A rival that cannot be built or fails to
+:mod:`mirasol.masks` as its BlockMask, built and timed apart; on CPU too for the family
+tables, forward only), each of SDPA's backends (:func:`sdpa_backends`), flash-attn and
+xformers. A rival that cannot be built or fails to
 run is listed as skipped with the reason, never raised.
 
 The rival lists are looked up when a problem builds its lineup, so a caller (or a test)
@@ -50,6 +51,9 @@ def build(rivals: list[Rival], problem) -> tuple[list[Variant], list[Skipped]]:
 
 
 def _flex(mask: Mask, inputs) -> Variant:
+    """FlexAttention compiled once (the first timed call compiles; warm-up follows) with
+    ``mask``'s BlockMask, whose build time is measured here and reported in the note. On
+    CPU it is timed forward only: FlexAttention has no backward there."""
     import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -63,9 +67,11 @@ def _flex(mask: Mask, inputs) -> Variant:
     build_ms = (time.perf_counter() - start) * 1e3
     # Compiled once per table; each mode (no_grad forward, forward+backward) is one graph.
     compiled = torch.compile(flex_attention, dynamic=False)
+    on_cpu = torch.device(mask.device).type == "cpu"
     return Variant("FlexAttention", lambda q, k, v: compiled(q, k, v, block_mask=block_mask),
                    inputs, f"compiled, same block mask (built in {build_ms:.1f} ms, not in "
-                   "the time)", optional=True)
+                   "the time)", optional=True,
+                   forward_only="FlexAttention has no backward on CPU" if on_cpu else "")
 
 
 def _flex_chunked(problem: ChunkedProblem) -> Variant:
@@ -133,5 +139,9 @@ def sdpa_backends(variants: list[Variant], device: str) -> tuple[list[Variant], 
 
 # Looked up when a problem builds its lineup, so a caller (or a test) can change them.
 CHUNKED_RIVALS = [Rival("FlexAttention", _flex_chunked), Rival("flash-attn", _flash_causal)]
+# The family's masks (windows, sinks, cache prefill, teacher forcing): FlexAttention only
+# (flash-attn's token windows are another mask), on CPU too, where the family's users have
+# no other block-mask path.
+FAMILY_RIVALS = [Rival("FlexAttention", _flex_chunked, cuda_only=False)]
 CROSS_RIVALS = [Rival("FlexAttention", _flex_cross), Rival("flash-attn", _flash_varlen),
                 Rival("xformers", _xformers_block_diagonal)]

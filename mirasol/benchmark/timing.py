@@ -198,6 +198,10 @@ class Table:
     failed: list[Skipped] = field(default_factory=list)  # our own variants that raised
     timer: str = ""
     clocks: list[dict] = field(default_factory=list)  # SM clock before and after each mode
+    # The share of the (query, key) grid the problem's mask lets through (None: not given).
+    visible_fraction: float | None = None
+    # The problem's targets (lineup.Target) as measured: see target_results.
+    targets: list[dict] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -305,30 +309,58 @@ def device_label(device: str) -> str:
             else f"CPU, {torch.get_num_threads()} threads")
 
 
-def run(problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"), peak: Peak | None = None,
+def target_results(table: Table, targets) -> list[dict]:
+    """Each :class:`~mirasol.benchmark.lineup.Target` against the table's rows: the two
+    medians, their ratio and whether it meets the goal (None: no goal, or a row missing,
+    said in ``missing``)."""
+    results = []
+    for t in targets:
+        rows = {m.name: m for m in table.rows if m.mode == t.mode}
+        mine, theirs = rows.get(t.variant), rows.get(t.against)
+        ratio = mine.median_ms / theirs.median_ms if mine and theirs else None
+        results.append({
+            "mode": t.mode, "variant": t.variant, "against": t.against,
+            "variant_ms": mine.median_ms if mine else None,
+            "against_ms": theirs.median_ms if theirs else None, "ratio": ratio,
+            "at_most": t.at_most, "source": t.source,
+            "met": None if ratio is None or t.at_most is None else ratio <= t.at_most,
+            "missing": ", ".join(n for n, m in ((t.variant, mine), (t.against, theirs))
+                                 if m is None)})
+    return results
+
+
+def run(problem, *, reps: int = 5, modes=None, peak: Peak | None = None,
         progress: Callable[[str], None] | None = None,
         policy: TimingPolicy | None = None,
         started: Callable[[Table], None] | None = None) -> Table:
     """Measure every variant in every mode; ratios are against the problem's baseline.
 
-    ``reps``: samples per measurement (``policy`` overrides it). An optional variant (a
+    ``modes``: default the problem's ``modes`` (fwd and fwd+bwd when it has none); a
+    forward-only variant's fwd+bwd is listed as skipped. ``reps``: samples per measurement
+    (``policy`` overrides it). An optional variant (a
     rival) that raises is listed in ``Table.skipped``; one of ours that raises is listed in
     ``Table.failed`` with its traceback, and the other variants still run. ``started`` is
     given the table before the first measurement: its rows are appended as they are
     measured, so a caller that is cut short still holds what was measured. ``progress`` gets
     each row as text, with its numbers."""
     policy = policy or TimingPolicy(samples=reps)
+    modes = modes or getattr(problem, "modes", ("fwd", "fwd+bwd"))
     say = progress or (lambda message: None)
     baseline, variants, skipped = problem.variants()
     device = problem.setting.device
+    fraction = getattr(problem, "visible_fraction", None)
     table = Table(problem.title, problem.setting, device_label(device), baseline,
-                  skipped=list(skipped), peak=peak, timer=timer_for(device).name)
+                  skipped=list(skipped), peak=peak, timer=timer_for(device).name,
+                  visible_fraction=fraction() if fraction else None)
     if started:
         started(table)
     for mode in modes:
         clock_before = sm_clock_mhz(device)
         measured = []
         for variant in variants:
+            if mode != "fwd" and variant.forward_only:
+                table.skipped.append(Skipped(variant.name, mode, variant.forward_only))
+                continue
             try:
                 m = measure(variant, problem, backward=mode == "fwd+bwd", policy=policy)
             except Exception as e:  # noqa: BLE001 -- a row of its own; the table goes on
@@ -355,4 +387,5 @@ def run(problem, *, reps: int = 5, modes=("fwd", "fwd+bwd"), peak: Peak | None =
                     m.mem_ratio = m.peak_mib / base.peak_mib
             if peak is not None and peak.tflops:
                 m.peak_fraction = m.tflops / peak.tflops
+    table.targets = target_results(table, getattr(problem, "targets", ()))
     return table
