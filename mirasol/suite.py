@@ -118,8 +118,10 @@ def _parity_steps(per_dtype: dict[str, float], dtypes) -> tuple[ParityStep, ...]
 def gpu_plan(quick: bool = False, deadline_s: float | None = None,
              started_at: float | None = None) -> Plan:
     """The GPU plan, in order of value: bf16 parity of every op (does each kernel work on
-    the card?), the headline chunked table, the text decoder's cross-attention, parity in
-    the other dtypes, then the other tables. Estimates (seconds, cold, never measured: see
+    the card?), the headline chunked table, the text decoder's cross-attention, the
+    block-causal family's headline (Wan's window with sinks) and Mirasol's decode step
+    (split-KV against one split), parity in the other dtypes, then the other tables (the
+    rest of the family at Wan's shapes among them). Estimates (seconds, cold, never measured: see
     the module docstring) count Triton's compiles (about 1-2 s each) and FlexAttention's
     (a forward 10-20 s, a forward+backward 20-40 s)."""
     def setting(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> benchmark.Setting:
@@ -131,6 +133,23 @@ def gpu_plan(quick: bool = False, deadline_s: float | None = None,
                                                                                  dtype)),
                          estimate)
 
+    def family(name: str, seqlen: int, chunk: int, estimate: float, heads: int = 12,
+               **options):
+        # Wan-1.3B's attention (12 heads x 128, bf16) unless said otherwise (DESIGN.md §2a).
+        s = benchmark.Setting(heads=heads, head_dim=128, dtype=torch.bfloat16, device="cuda")
+        return TableStep(benchmark.ChunkedProblem(seqlen=seqlen, chunk_size=chunk, setting=s,
+                                                  name=name, **options), estimate)
+
+    # The block-causal family at its users' shapes: a Wan chunk is 3 frames of 1,560 tokens,
+    # 21 frames a clip; Mirasol's A/V model decodes 32-token chunks against 4,096 latents.
+    wan_window = family("Wan, window 3 + 1 sink frame", 32760, 4680, 80.0, window_chunks=3,
+                        sink_tokens=1560)
+    decode = family("Mirasol decode, split-KV vs one split", 32, 32, 30.0, heads=16,
+                    cached=4064, modes=("fwd",), unsplit_too=True)
+    wan_rest = (family("Wan chunk vs its cache", 4680, 4680, 50.0, cached=28080),
+                family("Wan, chunk-causal", 32760, 4680, 80.0),
+                family("Wan, teacher forcing", 2 * 32760, 4680, 100.0, window_chunks=3,
+                       sink_tokens=1560, teacher_forcing=True))
     standard = benchmark.problems(setting(64))
     # The TTM Combiner's read of 2 clips x 16 chunks: memory and chunk tokens, 576-704 each.
     pool = benchmark.TokenPoolProblem("TTM read", standard["cross-combiner"].q_lens * 2,
@@ -140,10 +159,10 @@ def gpu_plan(quick: bool = False, deadline_s: float | None = None,
     steps = (*_parity_steps(per_dtype, DTYPES[:1]), chunked(4096, 64),
              TableStep(standard["cross-text"], 45.0))
     if not quick:
-        steps += (*_parity_steps(per_dtype, DTYPES[1:3]),
+        steps += (wan_window, decode, *_parity_steps(per_dtype, DTYPES[1:3]),
                   *_parity_steps(dict.fromkeys(per_dtype, 3.0), DTYPES[3:]),
                   TableStep(standard["cross-combiner"], 45.0), TableStep(pool, 15.0),
-                  chunked(4096, 128), chunked(16384, 64, estimate=70.0),
+                  *wan_rest, chunked(4096, 128), chunked(16384, 64, estimate=70.0),
                   chunked(16384, 128, estimate=70.0), chunked(4096, 64, torch.float16))
     default = QUICK_DEADLINE_S if quick else DEFAULT_DEADLINE_S
     return Plan("cuda", steps, deadline_s=deadline_s or default,

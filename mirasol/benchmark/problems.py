@@ -61,6 +61,9 @@ class ChunkedProblem:
     name: str = ""
     modes: tuple[str, ...] = ("fwd", "fwd+bwd")
     targets: tuple[Target, ...] = ()
+    # On CUDA, also mirasol with its forward kept in one split (the split-KV forward's
+    # comparison: a decode step's few queries against a long cache).
+    unsplit_too: bool = False
 
     @property
     def k_len(self) -> int:
@@ -142,6 +145,10 @@ class ChunkedProblem:
         rows = [Variant(f"mirasol {s.backend}", self._call, self.inputs,
                         "closed-form mask, nothing built" if self.family else "",
                         sync_free=True)]
+        if self.unsplit_too and s.backend == "triton":
+            rows.append(Variant("mirasol triton, one split", self._call, self.inputs,
+                                "the split-KV forward off", sync_free=True,
+                                context=_one_split))
         dense = Variant("SDPA dense mask",
                         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                         self.inputs, f"{'N x N' if not self.cached else 'Nq x Nk'} bool mask"
@@ -163,6 +170,12 @@ class ChunkedProblem:
         built, skipped = rivals.build(rivals.FAMILY_RIVALS, self)
         by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
         return Lineup(sdpa[0].name, rows + sdpa + by_backend + built, not_here + skipped)
+
+
+def _one_split():
+    from mirasol.kernels.attention import force_key_splits
+
+    return force_key_splits(1)
 
 
 @dataclass(frozen=True)
