@@ -41,8 +41,10 @@ GATE_DTYPES = ("bfloat16", "float32")
 # (measured); the same table entries (the sm86 family) and the same shared-memory limit.
 OLDEST_GATE_ARCHS = tuple(arch for arch in ARCHS if arch != 89)
 # The parity tests whose pinned edges run under the oldest triton (the triton backend of
-# each op, each layout).
+# each op, each layout, the block-causal family's forms).
 PARITY_TESTS = ("tests/test_chunked_attention_parity.py::test_parity_forward_and_gradients",
+                "tests/test_chunked_attention_parity.py::test_family_parity",
+                "tests/test_chunked_attention_parity.py::test_packed_family_parity",
                 "tests/test_cross_attention.py::test_packed_parity",
                 "tests/test_cross_attention.py::test_padded_parity",
                 "tests/test_token_pool.py::test_parity")
