@@ -371,9 +371,12 @@ def load_training_state(folder: Path, wrapped: nn.Module, opt: torch.optim.Optim
     """Restore weights, optimizer and schedule; returns the step to continue from. Either
     format serves any world size: a full checkpoint is read whole by every rank, a sharded
     one (FSDP2) is resharded by ``torch.distributed.checkpoint`` to this run's layout (one
-    process included). Every file is read before anything is restored: a missing or
-    damaged one raises :class:`CheckpointError` naming it, with the model and optimizer
-    untouched."""
+    process included). A missing or damaged file raises :class:`CheckpointError` naming
+    it. A full checkpoint is read whole before anything is restored, so the model and
+    optimizer are then untouched; a sharded one is read by ``dcp.load`` into tensors that
+    share the live parameters' storage, so a shard that fails part-way may leave them
+    partly loaded (the resume then loads an earlier checkpoint over them, or starts from
+    step 0 with them if none is readable)."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
                                                          set_state_dict)
 
