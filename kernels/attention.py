@@ -225,6 +225,15 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn
 
 
 @triton.jit
+def _split_range(lo, hi, k_lo, k_hi, SPLIT_KV: tl.constexpr):
+    """The key range [lo, hi) within a split's keys [k_lo, k_hi) (SPLIT_KV), or whole."""
+    if SPLIT_KV:
+        lo = tl.maximum(lo, k_lo)
+        hi = tl.minimum(hi, k_hi)
+    return lo, hi
+
+
+@triton.jit
 def _head(BASE, b, h, start, stride_b, stride_h, stride_n):
     """The first row of segment b (from ``start``) in head h of a 4-D tensor."""
     return BASE + wide(b) * stride_b + wide(h) * stride_h + start * stride_n
@@ -238,8 +247,8 @@ def _clean(BASE, rows, offs_d, stride_n, stride_d, mask):
     return tl.max((x != x).to(tl.int32)) == 0
 
 
-# The split-KV arguments take any value without a recompile: one compile (the one the CI
-# gate checks) serves split and unsplit launches.
+# The split-KV arguments take any value without a recompile: one compile per SPLIT_KV
+# serves every split count.
 @triton.jit(do_not_specialize=["stride_os", "stride_ls", "SPLITS", "SPLIT_KEYS"])
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, Q_LENS, K_LENS,
@@ -253,9 +262,16 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, EXACT_NAN: tl.constexpr,
+    SPLIT_KV: tl.constexpr,
 ):
+    # Unsplit (SPLIT_KV off), none of the split's arithmetic is compiled in: the tuned tiles
+    # keep their registers.
+    if SPLIT_KV:
+        splits = SPLITS
+    else:
+        splits = 1
     start_m, b, h, h_kv, q_start, q_len, q_extent, k_start, k_len, shift, split = (
-        _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, SPLITS, VARLEN,
+        _query_program(CU_Q, CU_K, Q_LENS, K_LENS, H, LQ, LK, GROUP, splits, VARLEN,
                        HAS_Q_LENS, HAS_K_LENS, CAUSAL, BLOCK_M))
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -264,10 +280,13 @@ def _attn_fwd_kernel(
     row_valid = offs_m < q_len
     owned = offs_m < q_extent
     # A split writes its own partial (o, lse) over keys [k_lo, k_hi): merged by the host.
-    O = O + wide(split) * stride_os
-    LSE = LSE + wide(split) * stride_ls
-    k_lo = split * SPLIT_KEYS
-    k_hi = k_lo + SPLIT_KEYS
+    k_lo = 0
+    k_hi = 0
+    if SPLIT_KV:
+        O = O + wide(split) * stride_os
+        LSE = LSE + wide(split) * stride_ls
+        k_lo = split * SPLIT_KEYS
+        k_hi = k_lo + SPLIT_KEYS
     O_head = O + wide(b) * stride_ob + wide(h) * stride_oh + q_start * stride_on
     if EXACT_NAN:
         if _clean(O_head, offs_m, offs_d, stride_on, stride_od,
@@ -289,26 +308,31 @@ def _attn_fwd_kernel(
     # Each range clipped to the split's keys (SPLIT_KEYS is whole key blocks: a range keeps
     # its masked or unmasked kind).
     if HAS_WINDOW:
+        lo, hi = _split_range(0, s0, k_lo, k_hi, SPLIT_KV)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, tl.maximum(0, k_lo), tl.minimum(s0, k_hi),
-                                   False, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, lo, hi, False, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
+        lo, hi = _split_range(s0, s1, k_lo, k_hi, SPLIT_KV)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, tl.maximum(s0, k_lo), tl.minimum(s1, k_hi),
-                                   True, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, lo, hi, True, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
+        lo, hi = _split_range(w0, m1, k_lo, k_hi, SPLIT_KV)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                    stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start,
-                                   SINKS, qk_scale, tl.maximum(w0, k_lo), tl.minimum(m1, k_hi),
-                                   True, HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                                   SINKS, qk_scale, lo, hi, True, HAS_WINDOW, EXACT_NAN,
+                                   BLOCK_N, DOT_PRECISION)
+    lo, hi = _split_range(m1, u1, k_lo, k_hi, SPLIT_KV)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
-                               qk_scale, tl.maximum(m1, k_lo), tl.minimum(u1, k_hi), False,
-                               HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                               qk_scale, lo, hi, False, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                               DOT_PRECISION)
+    lo, hi = _split_range(u1, end, k_lo, k_hi, SPLIT_KV)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd,
                                stride_vn, stride_vd, offs_d, d_mask, kv_limit, kv_start, SINKS,
-                               qk_scale, tl.maximum(u1, k_lo), tl.minimum(end, k_hi), True,
-                               HAS_WINDOW, EXACT_NAN, BLOCK_N, DOT_PRECISION)
+                               qk_scale, lo, hi, True, HAS_WINDOW, EXACT_NAN, BLOCK_N,
+                               DOT_PRECISION)
 
     # A row that saw no key (past its segment's length, or before the first key under
     # bottom-right causality, or in a segment without keys) outputs 0; its log-sum-exp is
@@ -690,7 +714,8 @@ def attn_fwd_launch(q, k, v, o, lse, seg: Segments, scale: float, capability=Non
             q.shape[1], *seg.problem(q, k), splits, split_keys if partial else NO_CHUNKS,
             scale * LOG2E.value)
     grid = flat_grid(triton.cdiv(seg.max_q, cfg.block_m) * splits, seg.count(q) * q.shape[1])
-    return Launch(_attn_fwd_kernel, grid, args, seg.constexprs(cfg, q, exact_nan), cfg)
+    return Launch(_attn_fwd_kernel, grid, args,
+                  seg.constexprs(cfg, q, exact_nan) | {"SPLIT_KV": partial}, cfg)
 
 
 def attn_bwd_delta_launch(o, do, delta, capability=None) -> Launch:
