@@ -73,10 +73,11 @@ def test_arch_family(capability, family):
 
 def test_cases_cover_every_kernel_variant_dtype_size_and_arch():
     everything = profile.cases()
-    # attention: 3 kernels x 3 variants + the variant-free delta, 4 head dims (64 80 128
-    # 256), and the 3 repair passes x 3 variants at head dim 256 only; token pooling: 2
-    # kernels x 2 layouts, 3 token counts; 3 dtypes, 5 archs.
-    assert len(everything) == ((3 * 3 + 1) * 4 + 3 * 3 + 2 * 2 * 3) * 3 * 5
+    # attention: 3 kernels x 4 variants (the family's window among them) + the
+    # variant-free delta, 4 head dims (64 80 128 256), and the 3 repair passes x 4 variants
+    # at head dim 256 only; token pooling: 2 kernels x 2 layouts, 3 token counts; 3 dtypes,
+    # 5 archs.
+    assert len(everything) == ((3 * 4 + 1) * 4 + 3 * 4 + 2 * 2 * 3) * 3 * 5
     assert len(set(everything)) == len(everything)
     assert {c.kernel for c in everything} == set(KERNELS)
     buckets = profile.cases(buckets_only=True)
