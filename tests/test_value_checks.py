@@ -24,9 +24,9 @@ class Reads:
         self.checks, self.cu_reads = 0, 0
         real_check, real_tolist = check_values, torch.Tensor.tolist
 
-        def check(*args):
+        def check(*args, **kwargs):
             self.checks += 1
-            return real_check(*args)
+            return real_check(*args, **kwargs)
 
         def tolist(t):
             self.cu_reads += t.dtype == torch.int32
