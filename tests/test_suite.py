@@ -276,7 +276,7 @@ class _SlowVariantProblem:
         baseline, variants, skipped = CHUNKED.variants()
 
         def slow(q, k, v):
-            time.sleep(30)
+            time.sleep(60)
         return mb.Lineup(baseline, [*variants[:2], mb.Variant("slow", slow, CHUNKED.inputs)],
                          skipped)
 
@@ -286,10 +286,13 @@ class _SlowVariantProblem:
 
 def test_the_deadline_cuts_a_section_and_keeps_its_rows(tmp_path):
     plan = _plan(suite.TableStep(POOL, 0.0), suite.TableStep(_SlowVariantProblem(), 0.0),
-                 suite.TableStep(CROSS, 0.0), deadline_s=4.0, reserve_s=0.5)
+                 suite.TableStep(CROSS, 0.0), deadline_s=8.0, reserve_s=0.5)
     start = time.perf_counter()
     assert suite.main(plan, tmp_path, "deadline") == suite.INTERRUPTED
-    assert time.perf_counter() - start < 4.0
+    # The cut lands at the first Python instruction after the alarm: on a loaded 2-core
+    # machine a call in C (a benchmark's timed op) carries it a second or two past the
+    # deadline (CI: 5.4 s of a 4 s deadline), while the slow variant alone takes 60 s.
+    assert time.perf_counter() - start < 8.0 + 10.0
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["interrupted"] == "deadline" and record["finished"] is False
     assert [s["status"] for s in record["sections"][1:]] == [

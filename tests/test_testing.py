@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mirasol.ops import chunked_causal_attention
-from mirasol.testing import (ATOL_FLOOR, assert_parity, compare_module_with_oracle,
+from mirasol.testing import (ATOL_FLOOR, tolerances, assert_parity, compare_module_with_oracle,
                              compare_with_oracle, parity_report, poison_allocations)
 
 
@@ -52,6 +52,17 @@ def test_the_floor_is_one_rounding_or_eight_accumulator_roundings():
     assert ATOL_FLOOR[torch.float32] == 8 * 2.0**-24
     # float64's floor is its whole allowance (the reference is the oracle there): 16.
     assert ATOL_FLOOR[torch.float64] == 16 * 2.0**-53
+
+
+def test_a_gradients_accumulator_floor_is_at_the_size_of_its_row_dot_products():
+    out = torch.tensor([[1.0, -2.0], [0.5, 0.0]], dtype=torch.float64)
+    grad_out = torch.tensor([[3.0, 4.0], [1.0, 9.0]], dtype=torch.float64)
+    assert tolerances.gradient_terms(out, grad_out) == 11.0  # |3 * 1| + |4 * -2|
+    assert tolerances.floor(torch.float32, 2.0, 11.0) == 8 * 2.0**-24 * 11
+    # 16-bit results: one rounding of the result still dominates.
+    assert tolerances.floor(torch.bfloat16, 2.0, 11.0) == 2.0**-8 * 2
+    # Terms smaller than the result never lower the floor.
+    assert tolerances.floor(torch.float32, 2.0, 0.5) == tolerances.floor(torch.float32, 2.0)
 
 
 def test_poison_allocations_fills_fresh_buffers_and_restores_torch():

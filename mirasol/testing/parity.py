@@ -63,9 +63,11 @@ def _max_error(actual: Tensor, oracle: Tensor) -> tuple[float, tuple[int, ...]]:
 
 
 def parity_report(name: str, actual: Tensor, reference: Tensor, oracle: Tensor, *,
-                  is_grad: bool = False, magnitude: float | None = None) -> ParityReport:
+                  is_grad: bool = False, magnitude: float | None = None,
+                  terms: float | None = None) -> ParityReport:
     """Compare ``actual`` (fast path) and ``reference`` (same dtype) with ``oracle``.
-    ``magnitude`` scales the floor (default: this oracle's, see ``tolerances``)."""
+    ``magnitude`` scales the floor (default: this oracle's) and ``terms`` its accumulator
+    part (default: ``magnitude``; see ``tolerances``)."""
     if actual.shape != oracle.shape or reference.shape != oracle.shape:
         raise ValueError(f"{name}: shapes differ: actual {tuple(actual.shape)}, reference "
                          f"{tuple(reference.shape)}, oracle {tuple(oracle.shape)}")
@@ -74,7 +76,7 @@ def parity_report(name: str, actual: Tensor, reference: Tensor, oracle: Tensor, 
     ref_err, _ = _max_error(reference.detach(), oracle)
     if magnitude is None:
         magnitude = tolerances.magnitude(oracle)
-    fl = tolerances.floor(actual.dtype, magnitude)
+    fl = tolerances.floor(actual.dtype, magnitude, terms)
     fa = tolerances.factor(is_grad)
     value = actual.detach()[where].item() if where else 0.0
     expected = oracle[where].item() if where else 0.0
@@ -137,9 +139,11 @@ def _compare(fast: _Run, reference: _Run, oracle: _Run, inputs: Sequence,
     f_out, f_grads = fast(inputs, grad_out)
     r_out, r_grads = reference(inputs, grad_out)
     mag = tolerances.magnitude(o_out, *o_grads)
+    terms = tolerances.gradient_terms(o_out, cache["g"]) if "g" in cache else None
     reports = [parity_report("out", f_out, r_out, o_out, magnitude=mag)]
     for label, fg, rg, og in zip(grad_labels, f_grads, r_grads, o_grads):
-        reports.append(parity_report(label, fg, rg, og, is_grad=True, magnitude=mag))
+        reports.append(parity_report(label, fg, rg, og, is_grad=True, magnitude=mag,
+                                     terms=terms))
     return reports
 
 

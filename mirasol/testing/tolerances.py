@@ -7,7 +7,8 @@ The parity rule (DESIGN.md §5, flash-attention's): against a float64 oracle,
 where ``err(x) = max |x - oracle|``, FACTOR is 2 for outputs and 3 for gradients, and the
 floor (below) is applied at the problem's magnitude ``max(1, max|oracle|)``, the max taken
 over every tensor compared for one call (output and gradients): a gradient that cancels to
-exactly zero is still computed from terms of that size.
+exactly zero is still computed from terms of that size; a gradient's accumulator part also
+at the size of the row dot products its backward subtracts (``gradient_terms``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ UNIT_ROUNDOFF: dict[torch.dtype, float] = {
     torch.bfloat16: 2.0**-8,
 }
 # The floor is the error an exact algorithm cannot avoid: one rounding of the result to
-# its dtype, or 8 roundings of the accumulator (fp32, fp64 for fp64 inputs) for sums of a
-# few hundred terms, whichever is larger. It matters when the reference is exact by luck
-# (one key: softmax = 1, its gradient cancels to exactly 0 in the reference but to rounding
-# noise in a fused backward); elsewhere 2x/3x the reference's error dominates.
-ATOL_FLOOR: dict[torch.dtype, float] = {
-    dtype: max(u, 8 * UNIT_ROUNDOFF[torch.promote_types(dtype, torch.float32)])
-    for dtype, u in UNIT_ROUNDOFF.items()
+# its dtype at the result's magnitude, or 8 roundings of the accumulator (fp32, fp64 for
+# fp64 inputs) for sums of a few hundred terms at the magnitude of those terms, whichever
+# is larger. It matters when the reference is exact by luck (one key: softmax = 1, its
+# gradient cancels to exactly 0 in the reference but to rounding noise in a fused
+# backward); elsewhere 2x/3x the reference's error dominates.
+RESULT_FLOOR: dict[torch.dtype, float] = dict(UNIT_ROUNDOFF)
+ACCUMULATOR_FLOOR: dict[torch.dtype, float] = {
+    dtype: 8 * UNIT_ROUNDOFF[torch.promote_types(dtype, torch.float32)]
+    for dtype in UNIT_ROUNDOFF
 }
 # float64 inputs are the one case where the floor is the whole allowance: the reference in
 # the input dtype *is* the oracle, so its error is 0 by construction and nothing measures
@@ -39,7 +42,11 @@ ATOL_FLOOR: dict[torch.dtype, float] = {
 # round once per block merge as well as once per term; 16 roundings (measured worst 10.7:
 # PyTorch's fused CPU kernel, cross_attention_padded dv over 66 terms, on an AMD EPYC
 # with MKL; 8 was set for fp32's accumulator beside a reference error that dominates).
-ATOL_FLOOR[torch.float64] = 16 * UNIT_ROUNDOFF[torch.float64]
+ACCUMULATOR_FLOOR[torch.float64] = 16 * UNIT_ROUNDOFF[torch.float64]
+# The floor per unit of magnitude when the summed terms are the size of the result.
+ATOL_FLOOR: dict[torch.dtype, float] = {
+    dtype: max(RESULT_FLOOR[dtype], ACCUMULATOR_FLOOR[dtype]) for dtype in UNIT_ROUNDOFF
+}
 
 
 def magnitude(*oracles: torch.Tensor) -> float:
@@ -47,11 +54,27 @@ def magnitude(*oracles: torch.Tensor) -> float:
     return max([1.0] + [t.abs().max().item() for t in oracles if t.numel()])
 
 
-def floor(dtype: torch.dtype, magnitude: float) -> float:
-    """The absolute floor for results of ``dtype`` in a problem of this magnitude."""
+def gradient_terms(out: torch.Tensor, grad_out: torch.Tensor) -> float:
+    """The magnitude of the terms a softmax-weighted sum's gradients are computed from:
+    max over rows of sum_i |grad_out_i * out_i| along the last (feature) dim. Each op's
+    backward forms D = <grad_out, out> per row (flash-attention's delta; token pooling's)
+    and subtracts it from <grad_out, value> of the same size, so where the two cancel
+    (saturated softmax: a gradient that is exactly 0) the rounding left is that of a dot
+    product, bounded by its absolute sum, which can exceed every compared tensor (measured:
+    token pooling at logit scale 1000, dim 40, a row's absolute sum 33 against tensors of at
+    most 2.8, the fused backward 4 float32 ulps of a term of 6.7 off the exact 0)."""
+    if not out.numel():
+        return 1.0
+    return max(1.0, (out.double() * grad_out.double()).abs().sum(-1).max().item())
+
+
+def floor(dtype: torch.dtype, magnitude: float, terms: float | None = None) -> float:
+    """The absolute floor for results of ``dtype`` of this magnitude, summed from terms of
+    magnitude ``terms`` (default: the result's)."""
     if dtype not in ATOL_FLOOR:
         raise KeyError(f"no tolerance floor for {dtype}; known: {list(ATOL_FLOOR)}")
-    return ATOL_FLOOR[dtype] * magnitude
+    terms = magnitude if terms is None else max(terms, magnitude)
+    return max(RESULT_FLOOR[dtype] * magnitude, ACCUMULATOR_FLOOR[dtype] * terms)
 
 
 def factor(is_grad: bool) -> float:
