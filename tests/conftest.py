@@ -9,7 +9,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # and strides. PyTorch's CPU BLAS (MKL) rounds alignment-dependently by default (measured
 # on an AMD EPYC: a gradient that cancels to ~1e-8 flips sign with the input's 8-byte
 # alignment); its reproducible mode makes the result depend on the values only, so what
-# the tests see is the backend's own dependence (README: Known problems).
+# the tests see is the backend's own dependence (docs/known-problems.md).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest  # noqa: E402

@@ -1,5 +1,5 @@
 """The CMake ahead-of-time C library (CMakeLists.txt, aot/): configured, built and tested
-with ctest, as the README says, for two archs; and the C side's launches are the Python
+with ctest, as docs/c-library.md says, for two archs; and the C side's launches are the Python
 launchers' launches.
 
 No GPU here: ctest's ``run`` test (every op on the GPU against the C reference) must

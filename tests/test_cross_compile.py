@@ -40,7 +40,7 @@ pytestmark = pytest.mark.compile
 
 # The block-causal family's window specialization is profiled (`mirasol profile`) but not
 # yet gated: with the tiles tuned for the prefix kernels it spills in 21 of its 120 compiles
-# (dK/dV and dQ mostly; README, Known problems) until it has tiles of its own.
+# (dK/dV and dQ mostly; docs/known-problems.md) until it has tiles of its own.
 UNGATED_VARIANTS = ("chunked-window",)
 
 

@@ -48,8 +48,7 @@ PARITY_TESTS = ("tests/test_chunked_attention_parity.py::test_parity_forward_and
                 "tests/test_cross_attention.py::test_packed_parity",
                 "tests/test_cross_attention.py::test_padded_parity",
                 "tests/test_token_pool.py::test_parity")
-# Bounds on a hang, well past the measured cold times (README: Profiling across GPU
-# generations).
+# Bounds on a hang, well past the measured cold times (docs/profiling.md).
 GATE_TIMEOUT_S = 1800
 PARITY_TIMEOUT_S = 900
 
@@ -111,9 +110,8 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     fails 49 of these compiles (26 of the 144 entries x archs): one specialization per
     entry, the one with the most registers under 3.9 (144 compiles), flags 21 of the 26;
     the two with the most (264), 25; every specialization at the largest size only (112),
-    9. Cold, this is the suite's longest test (README: Profiling across GPU
-    generations); warm, triton's cache and
-    the store beside it (kernels/aot/cache.py) answer it in seconds."""
+    9. Cold, this is the suite's longest test (docs/profiling.md); warm, triton's cache
+    and the store beside it (kernels/aot/cache.py) answer it in seconds."""
     sizes = sorted({size for op in OPS.values() for size in op.buckets})
     out = tmp_path / "profile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -1,4 +1,4 @@
-"""mirasol.pictures: the README's mask pictures (docs/masks/) are drawn from the masks
+"""mirasol.pictures: the mask pictures of docs/ops.md (docs/masks/) are drawn from the masks
 module's dense masks and written as valid, small PNGs; without matplotlib the error names
 the extra to install."""
 

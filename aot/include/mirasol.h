@@ -3,7 +3,7 @@
  * pooling, compiled ahead of time for a list of CUDA archs, launched from C or C++ on a
  * CUDA stream without Python.
  *
- * Built by the project's CMakeLists.txt (see the README): libmirasol_kernels.so and this
+ * Built by the project's CMakeLists.txt (see docs/c-library.md): libmirasol_kernels.so and this
  * header. The library loads the CUDA driver (libcuda.so.1) at the first launch, so it
  * links and loads on machines without one; it needs no CUDA toolkit at run time.
  *
