@@ -53,7 +53,9 @@ def _families() -> dict[str, tuple[int, ...]]:
 FAMILIES = _families()
 # The kernels of the table (the NaN repair passes have fixed configs: kernels/_launch.py).
 TUNED = [kernel for kernel in KERNELS if kernel not in FIXED_CONFIGS]
-DTYPES = {"half": torch.float16, "fp32": torch.float32}
+# A dtype class's entry must fit each of its dtypes (bf16 and fp16 compile to different
+# conversions and spill differently).
+DTYPES = {"half": (torch.float16, torch.bfloat16), "fp32": (torch.float32,)}
 TILES = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
          (64, 16), (32, 16), (16, 32), (16, 16)]
 
@@ -99,10 +101,10 @@ def _candidates(kernel, head_dim, itemsize, limit):
                 yield KernelConfig(m, n, warps, stages)
 
 
-def _fits(kernel, family, dtype, head_dim, config) -> bool:
+def _fits(kernel, family, dtypes, head_dim, config) -> bool:
     op = OPS[KERNELS[kernel]]
     variants = op.variants[:1] if kernel in op.variant_free else op.variants
-    for arch, variant in itertools.product(FAMILIES[family], reversed(variants)):
+    for arch, variant, dtype in itertools.product(FAMILIES[family], reversed(variants), dtypes):
         # The other kernels of the op are built too (not compiled): any config will do,
         # including for a kernel the table does not know yet.
         with contextlib.ExitStack() as stack:
@@ -130,9 +132,9 @@ def _current(kernel, family, dclass, head_dim):
 
 def tune(job, resume: bool = True, cache: str | None = None):
     kernel, family, dclass, head_dim = job
-    dtype = DTYPES[dclass]
+    dtypes = DTYPES[dclass]
     limit = min(ARCHS[a].shared_per_block for a in FAMILIES[family])
-    candidates = list(_candidates(kernel, head_dim, dtype.itemsize, limit))
+    candidates = list(_candidates(kernel, head_dim, dtypes[0].itemsize, limit))
     # The kernels only grow more constrained between runs as a rule: start from the
     # current entry, whose larger predecessors were already rejected.
     current = _current(*job)
@@ -140,7 +142,7 @@ def tune(job, resume: bool = True, cache: str | None = None):
     if resume and current in keys:
         candidates = candidates[keys.index(current):]
     for config in candidates:
-        if _fits(kernel, family, dtype, head_dim, config):
+        if _fits(kernel, family, dtypes, head_dim, config):
             print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
             found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
             if cache:
