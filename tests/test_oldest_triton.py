@@ -29,17 +29,13 @@ import pytest
 from packaging.requirements import Requirement
 
 from mirasol import profile
-from mirasol.kernels.aot.archs import ARCHS
+from mirasol.kernels.aot.archs import GATE_ARCHS
 from mirasol.kernels.aot.registry import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 OLDEST_PYTHON = ROOT / os.environ.get("MIRASOL_OLDEST_TRITON_PYTHON",
                                       ".venv-triton36/bin/python")
 GATE_DTYPES = ("bfloat16", "float32")
-# sm_89 compiles to sm_86's code: the same registers, stack, shared memory and tensor-core
-# instructions at each of the gate's 84 cases per arch, under triton 3.9 and under 3.6
-# (measured); the same table entries (the sm86 family) and the same shared-memory limit.
-OLDEST_GATE_ARCHS = tuple(arch for arch in ARCHS if arch != 89)
 # The parity tests whose pinned edges run under the oldest triton (the triton backend of
 # each op, each layout, the block-causal family's forms).
 PARITY_TESTS = ("tests/test_chunked_attention_parity.py::test_parity_forward_and_gradients",
@@ -102,8 +98,8 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     """tests/test_cross_compile.py's gate, compiled by the oldest triton: every table entry
     of every kernel in every specialization the ops launch, bf16 and fp32, at each table
     bucket, with no spills, within shared memory, with tensor cores for 16-bit inputs, on
-    sm_80, sm_86, sm_90 and sm_100 (sm_89: see OLDEST_GATE_ARCHS): 336 compiles. All of
-    them, because the registers ptxas gives a specialization under 3.6 are predicted
+    sm_80, sm_86, sm_90 and sm_100 (sm_89: kernels/aot/archs.GATE_ARCHS): 336 compiles.
+    All of them, because the registers ptxas gives a specialization under 3.6 are predicted
     neither by its siblings' nor by 3.9's (a forward that takes 94 registers under 3.9
     spills at 80 under 3.6 while its sibling takes 96 without), and a spill of 8-16 bytes
     in one specialization is the margin a retuned table sits at. Measured on the table that
@@ -115,7 +111,7 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     sizes = sorted({size for op in OPS.values() for size in op.buckets})
     out = tmp_path / "profile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = _oldest("-m", "mirasol", "profile", "--arch", *map(str, OLDEST_GATE_ARCHS),
+    run = _oldest("-m", "mirasol", "profile", "--arch", *map(str, GATE_ARCHS),
                   "--dtype", *GATE_DTYPES, "--size", *map(str, sizes), "--jobs", "2",
                   "--out", str(out), env=env, timeout=GATE_TIMEOUT_S)
     assert run.returncode in (0, 1) and out.exists(), run.stderr[-4000:]
@@ -123,7 +119,7 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     assert written["triton"] == _versions(_oldest_python())["triton"]
     case_fields = [f.name for f in fields(profile.Case)]
     compiled = [profile.Case(**{k: r[k] for k in case_fields}) for r in written["records"]]
-    assert compiled == profile.cases(archs=OLDEST_GATE_ARCHS, dtypes=GATE_DTYPES,
+    assert compiled == profile.cases(archs=GATE_ARCHS, dtypes=GATE_DTYPES,
                                      buckets_only=True)
     names = {f.name for f in fields(profile.Record)}
     records = [profile.Record(**{k: v for k, v in r.items() if k in names})

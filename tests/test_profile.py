@@ -194,3 +194,24 @@ def test_committed_profile_matches_the_table():
             f"{r['kernel']} {r['variant']} {r['dtype']} {r['size']} sm_{r['arch']}: profiled "
             f"{r['config']}, the table now says {expected}; rerun mirasol profile --out "
             f"{path.relative_to(path.parents[2])}")
+
+
+def test_the_gates_skip_only_an_arch_the_profile_shows_identical():
+    """The gates compile kernels/aot/archs.GATE_ARCHS: each arch left out must compile to
+    another gated arch's code at every committed record (registers, spills, shared memory,
+    tensor-core instructions, config), or the gates would miss what it does differently."""
+    from pathlib import Path
+
+    from mirasol.kernels.aot.archs import GATE_ARCHS
+
+    path = Path(__file__).parents[1] / "bench" / "results" / "profile.json"
+    records = json.loads(path.read_text())["records"]
+    fields = ("config", "registers", "stack_bytes", "local_bytes", "shared_bytes",
+              "tensor_core_ops")
+
+    def code(arch):
+        return {(r["kernel"], r["variant"], r["dtype"], r["size"]): [r[f] for f in fields]
+                for r in records if r["arch"] == arch}
+
+    for arch in set(ARCHS) - set(GATE_ARCHS):
+        assert any(code(arch) == code(gated) for gated in GATE_ARCHS), f"sm_{arch}"
