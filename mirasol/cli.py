@@ -53,10 +53,10 @@ def cmd_check(args) -> int:
 
     print(f"parity against the float64 oracle on {device} "
           "(err <= 2x reference err + floor; 3x for gradients):")
-    rows = run_check(device)
+    rows = run_check(device, quick=args.quick)
     print(format_check(rows))
     failed = [r for r in rows if not r.ok]
-    if not args.no_bench:
+    if not (args.no_bench or args.quick):
         setting = benchmark.Setting(heads=4, device=device.type,
                                     dtype=torch.float32 if device.type == "cpu"
                                     else torch.bfloat16)
@@ -261,6 +261,9 @@ def add_check(sub) -> None:
     check = sub.add_parser("check", help="parity of every op and backend available here")
     check.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     check.add_argument("--no-bench", action="store_true", help="skip the short benchmark")
+    check.add_argument("--quick", action="store_true",
+                       help="one case per op and backend in float32 (and bfloat16 on CUDA), "
+                            "no benchmark: an install's smoke test, seconds")
     check.set_defaults(func=cmd_check)
 
 
@@ -422,7 +425,10 @@ COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, 
 
 def parser() -> argparse.ArgumentParser:
     """The ``mirasol`` command line, every command's arguments included."""
+    from mirasol import __version__
+
     top = argparse.ArgumentParser(prog="mirasol", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"mirasol {__version__}")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for add in COMMANDS:
         add(sub)

@@ -23,7 +23,7 @@ def test_check_passes_on_this_machine():
 
 def test_check_exits_nonzero_when_parity_fails(monkeypatch, capsys):
     failing = check.CheckRow("chunked_causal_attention", "torch", torch.float32, 3, 1.7)
-    monkeypatch.setattr(check, "run_check", lambda device: [failing])
+    monkeypatch.setattr(check, "run_check", lambda device, quick=False: [failing])
     assert cli.main(["check", "--no-bench", "--device", "cpu"]) == 1
     assert "FAIL" in capsys.readouterr().out
 

@@ -87,11 +87,12 @@ def _required(op: str, backend: str, dtype: torch.dtype, device: torch.device) -
             and dtype in OPS[op].backends["triton"].dtypes)
 
 
-def check_row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -> CheckRow:
-    """One row of the table: ``op`` on ``backend`` in ``dtype`` over its cases (the GPU suite
-    runs the rows one at a time, saving each)."""
+def check_row(op: str, backend: str, dtype: torch.dtype, device: torch.device,
+              quick: bool = False) -> CheckRow:
+    """One row of the table: ``op`` on ``backend`` in ``dtype`` over its cases, or only the
+    first with ``quick`` (the GPU suite runs the rows one at a time, saving each)."""
     fn, build, cases = CHECKS[op]
-    cases = [replace(case, dtype=dtype) for case in cases]
+    cases = [replace(case, dtype=dtype) for case in cases[:1 if quick else None]]
     problems = [build(case, device) for case in cases]
     for inputs, kwargs, _ in problems:
         refusals = explain(op, *inputs, **kwargs).refusals[backend]
@@ -105,9 +106,14 @@ def check_row(op: str, backend: str, dtype: torch.dtype, device: torch.device) -
     return CheckRow(op, backend, dtype, len(cases), worst)
 
 
-def run_check(device: torch.device) -> list[CheckRow]:
-    return [check_row(op, backend, dtype, device) for op in CHECKS for backend in ("triton", "torch")
-            for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)]
+def run_check(device: torch.device, quick: bool = False) -> list[CheckRow]:
+    """Every op on both fast backends in every dtype; ``quick``: one case per op and
+    backend, in float32 (and bfloat16 on CUDA) — an install's smoke test."""
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    if quick:
+        dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
+    return [check_row(op, backend, dtype, device, quick) for op in CHECKS
+            for backend in ("triton", "torch") for dtype in dtypes]
 
 
 def format_check(rows: list[CheckRow]) -> str:
