@@ -91,9 +91,14 @@ def test_rehearsal_cut_at_its_deadline(tmp_path):
     record, markdown = _report(tmp_path)
     _cut_run_checks(record, markdown, "deadline")
     assert record["seconds"] <= deadline
-    assert record["tables"] and all(t["rows"] for t in record["tables"])
-    # Rows were printed with their numbers as they were measured.
-    assert " ms (host " in stdout and " ms (host " in (tmp_path / "suite.log").read_text()
+    tables = record["tables"]
+    assert tables and all(t["rows"] for t in tables[:-1])
+    # The last table may be the section the alarm cut before its first row (on a loaded
+    # machine, CI's gate compiling beside it: seen once in a fresh-clone make test).
+    assert tables[-1]["rows"] or "cut: deadline" in [s["status"] for s in record["sections"]]
+    if any(t["rows"] for t in tables):
+        # Rows were printed with their numbers as they were measured.
+        assert " ms (host " in stdout and " ms (host " in (tmp_path / "suite.log").read_text()
     _returned(tmp_path)
     print(f"deadline {deadline:g} s: exited after {elapsed:.1f} s; report at "
           f"{record['seconds']:.1f} s")
