@@ -14,7 +14,9 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
+
+from mirasol.testing.pytest_plugin import PROFILE as CI_PROFILE  # noqa: E402  (registers it)
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -48,11 +50,11 @@ _memoize_interpreter_patching()
 # "ci" is deterministic (the same examples every run, so CI never flakes on a new draw);
 # HYPOTHESIS_PROFILE=dev explores with fresh randomness and more examples; "pinned" runs only
 # the @example cases (the edges), as tests/test_oldest_triton.py does under triton 3.6.
-_common = dict(deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", derandomize=True, max_examples=25, **_common)
-settings.register_profile("dev", max_examples=200, **_common)
-settings.register_profile("pinned", phases=[Phase.explicit], **_common)
+# "ci" is the profile the pytest plugin gives users (mirasol-ci), under the name CI knows.
+_ci = settings.get_profile(CI_PROFILE)
+settings.register_profile("ci", _ci)
+settings.register_profile("dev", _ci, derandomize=False, max_examples=200)
+settings.register_profile("pinned", _ci, derandomize=False, phases=[Phase.explicit])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
