@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,bench,media,report]'
+	$(PY) -m pip install --quiet -e '.[test,bench,media,report,diffusers]'
 	touch $(STAMP)
 
 $(OLDEST_STAMP): pyproject.toml Makefile

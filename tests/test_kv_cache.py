@@ -144,6 +144,24 @@ def test_compacted_key_rows_have_the_streams_mask(s):
         assert not real[:, dropped].any()
 
 
+@given(s=streams())
+@example(s=EDGES[2])  # evicts, with sinks pinned
+@example(s=EDGES[4])  # no window
+def test_a_peek_returns_what_the_push_would_and_changes_nothing(s):
+    cache = ChunkKVCache(1, 1, 2, chunk_size=s.chunk, window_chunks=s.window,
+                         sink_tokens=s.sinks, **s.cache_size())
+    gen = torch.Generator().manual_seed(s.length)
+    for a, b in s.pushes():
+        k, v = torch.randn(2, 1, 1, b - a, 2, generator=gen)
+        before = cache.state_dict()
+        peeked = cache.peek(k, v)
+        after = cache.state_dict()
+        assert before["length"] == after["length"] and before["evicted"] == after["evicted"]
+        assert_identical(after["keys"], before["keys"])
+        for got, want in zip(peeked, cache.append(k, v)):
+            assert_identical(got, want)
+
+
 # ----------------------------------------------------------------------- parity
 
 

@@ -206,14 +206,7 @@ class ChunkKVCache:
         new rows need a gradient (and ``keep_graph`` is off) they are a fresh concatenation
         of the cached rows and k/v instead, since a view of the buffer would neither carry
         it nor survive the next push's in-place writes."""
-        self._check_rows("k", k)
-        self._check_rows("v", v)
-        if k.shape != v.shape:
-            raise ValueError(f"{_NAME}: k {shape_of(k)} and v {shape_of(v)} must have one shape")
-        if v.device != k.device:
-            raise ValueError(f"{_NAME}: v is on {v.device} but k is on {k.device}")
-        n = k.shape[2]
-        self.check_push(k.shape[0], n, k.device)
+        n = self._check_pair(k, v)
         self._evict(self._to_evict())
         start = self.filled
         self.keys = self._write(self.keys, start, k)
@@ -225,6 +218,32 @@ class ChunkKVCache:
             return (torch.cat((self.keys[:, :, :start], k), 2),
                     torch.cat((self.values[:, :, :start], v), 2))
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def peek(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values :meth:`append` would return for this push, the cache left
+        unchanged: for a diffusion model's denoising steps, whose queries attend to the cache
+        and to their own chunk's noisy keys while only the clean chunk joins the cache
+        (CausVid, Self-Forcing). A fresh concatenation: gradients reach k and v, and the
+        cached rows' history only with ``keep_graph``."""
+        self._check_pair(k, v)
+        # The rows append keeps: the pinned ones (those filled), then those past the evicted.
+        pinned = min(self.pinned_chunks * self.chunk_size, self.filled)
+        start = pinned + self._to_evict() * self.chunk_size
+
+        def kept(buf: Tensor, new: Tensor) -> Tensor:
+            return torch.cat((buf[:, :, :pinned], buf[:, :, start:self.filled], new), 2)
+        return kept(self.keys, k), kept(self.values, v)
+
+    def _check_pair(self, k: Tensor, v: Tensor) -> int:
+        """The rows of a push of k and v, checked (:meth:`check_push`)."""
+        self._check_rows("k", k)
+        self._check_rows("v", v)
+        if k.shape != v.shape:
+            raise ValueError(f"{_NAME}: k {shape_of(k)} and v {shape_of(v)} must have one shape")
+        if v.device != k.device:
+            raise ValueError(f"{_NAME}: v is on {v.device} but k is on {k.device}")
+        self.check_push(k.shape[0], k.shape[2], k.device)
+        return k.shape[2]
 
     def _write(self, buf: Tensor, start: int, rows: Tensor) -> Tensor:
         """``buf`` with ``rows`` at rows [start, start + n): in place and detached, or, with

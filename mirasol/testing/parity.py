@@ -171,26 +171,40 @@ def assert_identical(actual: Tensor, expected: Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
 
 
+def compare_modules(fast: torch.nn.Module, reference: torch.nn.Module, inputs: Sequence, *,
+                    names: Sequence[str] | None = None, seed: int = 0,
+                    oracle: torch.nn.Module | None = None) -> list[ParityReport]:
+    """The §5 rule between two modules with the same parameters (names and values), each
+    in its own dtype: ``fast`` against ``reference``, and ``oracle`` (default: a float64
+    copy of ``reference``) as the truth. Reports the output, the gradient of each floating
+    input (``names``) and of every parameter, by ``reference``'s parameter names. The
+    modules' gradients are reset first; they hold this run's afterwards."""
+    oracle = copy.deepcopy(reference).double() if oracle is None else oracle
+    names = list(names) if names is not None else [f"x{i}" for i in range(len(inputs))]
+    grad_idx = _floating(inputs)
+    params = [n for n, _ in reference.named_parameters()]
+    for model in (fast, reference, oracle):
+        if [n for n, _ in model.named_parameters()] != params:
+            raise ValueError("compare_modules: the modules must have the same parameters, "
+                             "named alike and in one order")
+
+    def runner(model: torch.nn.Module) -> _Run:
+        model.zero_grad(set_to_none=True)
+        return _runner(model, grad_idx, model.parameters)
+
+    labels = [f"d{names[i]}" for i in grad_idx] + [f"grad {n}" for n in params]
+    return _compare(runner(fast), runner(reference), runner(oracle), inputs, labels, seed)
+
+
 def compare_module_with_oracle(module: torch.nn.Module, inputs: Sequence, *, backend: str,
                                reference_backend: str = "reference",
                                names: Sequence[str] | None = None,
                                seed: int = 0) -> list[ParityReport]:
     """The §5 rule at module level: ``module`` with its fast layers on ``backend`` against
     the same weights on ``reference_backend``, both in the module's dtype, and a float64
-    copy on ``reference_backend`` as the oracle. Reports the output, the gradient of each
-    floating input (``names``) and of every parameter."""
+    copy on ``reference_backend`` as the oracle (:func:`compare_modules`)."""
     from mirasol.layers import set_backend
 
-    names = list(names) if names is not None else [f"x{i}" for i in range(len(inputs))]
-    grad_idx = _floating(inputs)
-
-    def runner(backend: str, double: bool = False) -> _Run:
-        model = set_backend(copy.deepcopy(module), backend)
-        model = model.double() if double else model
-        model.zero_grad(set_to_none=True)
-        return _runner(model, grad_idx, model.parameters)
-
-    labels = [f"d{names[i]}" for i in grad_idx] + [f"grad {n}" for n, _ in
-                                                   module.named_parameters()]
-    return _compare(runner(backend), runner(reference_backend),
-                    runner(reference_backend, double=True), inputs, labels, seed)
+    return compare_modules(set_backend(copy.deepcopy(module), backend),
+                           set_backend(copy.deepcopy(module), reference_backend), inputs,
+                           names=names, seed=seed)
