@@ -85,8 +85,10 @@ def _run_bash(block: Block, scratch: Path) -> None:
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_every_code_block_runs(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    # A real module (torch.compile resolves functions' globals through sys.modules).
-    module = types.ModuleType("docs_page")
+    # A real module (torch.compile resolves functions' globals through sys.modules), named
+    # for its page: dynamo's caches key on the module's name, and a stale entry from another
+    # page would resolve that page's names here.
+    module = types.ModuleType("docs_page_" + re.sub(r"\W", "_", str(page)))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     namespace = module.__dict__
     ran, skipped = 0, []
