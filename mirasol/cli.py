@@ -74,6 +74,13 @@ def cmd_check(args) -> int:
 def cmd_bench(args) -> int:
     if args.suite:
         return _gpu_suite(args)
+    if args.calibrate_cpu:
+        from mirasol.benchmark import calibrate
+
+        fits = calibrate.measure(reps=args.reps)
+        calibrate.write(fits)
+        print(f"{calibrate.report(fits)}\nwrote {calibrate.OUT}")
+        return 0
     device = _device(args.device)
     from mirasol import benchmark
 
@@ -311,6 +318,11 @@ def add_bench(sub) -> None:
                        help="--suite gpu: start every section; only the deadline cuts")
     bench.add_argument("--out-dir", default="bench/results",
                        help="--suite gpu: where the report goes")
+    bench.add_argument("--calibrate-cpu", action="store_true",
+                       help="measure the torch backend's CPU cost model (fused calls, "
+                            "unmasked and masked, forward and backward; about 10 s) and "
+                            "write it to mirasol/ops/_cpu_costs.py, which the planner reads: "
+                            "run with the OMP_NUM_THREADS the machine will use")
     bench.set_defaults(func=cmd_bench)
 
 

@@ -139,8 +139,10 @@ def test_keys_no_query_block_can_see_are_never_read(backend, which):
     # Poisoned with NaN, keys no query of a block sees must not reach its rows — not even as
     # 0 * NaN through a masked-out probability, which is what a kernel that loaded every
     # block and masked afterwards would produce. The triton backend's fast kernels are run
-    # alone (the repair pass would mend such a NaN); the torch backend computes exactly the
-    # visible keys.
+    # alone (the repair pass would mend such a NaN) and must not change a bit. The torch
+    # backend's masked pieces (a superblock's own chunks) hold hidden keys, never as a term:
+    # with a NaN among them a piece runs the math version, so its rows equal the clean
+    # run's to rounding, without a NaN.
     unseen, rows, family, n_q = UNSEEN[which]
     q = torch.randn(1, 2, n_q, 32)
     k, v = torch.randn(2, 1, 2, 96 if n_q == 16 else 64, 32).unbind(0)
@@ -155,7 +157,10 @@ def test_keys_no_query_block_can_see_are_never_read(backend, which):
         got, want = (_out_and_dq(op, q, k_, v_) for k_, v_ in ((k_bad, v_bad), (k, v)))
     for g, w in zip(got, want):
         assert not g[:, :, rows].isnan().any()
-        assert_identical(g[:, :, rows], w[:, :, rows])
+        if backend == "triton":
+            assert_identical(g[:, :, rows], w[:, :, rows])
+        else:
+            torch.testing.assert_close(g[:, :, rows], w[:, :, rows])
 
 
 def _out_and_dq(op, q, k, v):

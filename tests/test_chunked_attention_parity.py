@@ -3,6 +3,7 @@
 
 import contextlib
 from functools import partial
+from unittest import mock
 
 import pytest
 import torch
@@ -163,6 +164,71 @@ def _packed(q_lens, k_lens, chunk, window=None, sinks=0, H=2, H_kv=1, D=16, dtyp
 @example(case=_packed((1, 2), (33, 2), 6, window=1, sinks=7, dtype=F16))  # one-query prefill
 def test_packed_family_parity(backend, case):
     _check_packed(case, backend)
+
+
+# ------------------------------------------- the torch backend's groupings (its plans)
+
+
+@contextlib.contextmanager
+def _grouped(g):
+    """The torch backend's planner made to group every segment's row spans ``g`` at a time
+    (None: all of them; "split": the token-causal split where it may serve): each plan the
+    cost model may choose, whatever it would choose."""
+    from mirasol.ops import _pieces
+
+    def plan(q_len, k_len, rule, work, head_dim, backward, measured, token_causal=False):
+        if g == "split" and token_causal:  # else (fp32 d > 255 backward) per row span
+            return (_pieces.TokenCausalSplit(q_len, rule.chunk),)
+        count = len(_pieces.row_spans(q_len, k_len, rule))
+        size = {None: max(1, count), "split": 1}.get(g, g)
+        return _pieces.superblocks(q_len, k_len, rule, size)
+
+    with mock.patch.object(_pieces, "plan", plan):
+        yield
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, None], ids=["per-span", "pairs", "threes", "all"])
+@settings(max_examples=10)
+@given(case=family_cases())
+@_with_edges(FAMILY_EDGES)
+def test_every_grouping_of_the_torch_backend_has_parity(g, case):
+    # One unmasked call per row span, superblocks (an unmasked prefix merged with a masked
+    # rest by their LSEs) or one masked call: each meets the parity rule, forward and
+    # backward, over windows, sinks, cache prefills, lengths and teacher forcing.
+    with _grouped(g):
+        _check(case, "torch")
+
+
+def _splittable(case: AttentionCase) -> bool:
+    # Where the planner may take the token-causal split: no window or teacher forcing, as
+    # many queries as keys, whole heads, no NaN (none drawn here).
+    return (case.window is None and not case.teacher_forcing and case.k_seqlen is None
+            and case.heads == case.kv_heads)
+
+
+@settings(max_examples=25)
+@given(case=attention_cases(max_seqlen=70).filter(_splittable))
+@example(case=_case(N=1, chunk=1))
+@example(case=_case(N=17, chunk=16, D=40))  # a shorter last chunk
+@example(case=_case(N=33, chunk=5, D=80, dtype=F16))
+@example(case=_case(B=3, N=40, chunk=7, lengths=(40, 0, 23), D=112))
+@example(case=_case(N=20, chunk=3, D=256, layout="padded"))  # fp32 d256: split forward only
+@example(case=_case(N=31, chunk=1, D=24))  # one token per chunk: token-causal itself
+def test_the_token_causal_split_has_parity(case):
+    # Token-causal attention over the keys before each row, merged with each chunk's rows
+    # against its own keys from their position on.
+    with _grouped("split"):
+        _check(case, "torch")
+
+
+@pytest.mark.parametrize("g", [2, None], ids=["pairs", "all"])
+@example(case=_packed((5, 0, 13, 3), (14, 7, 20, 3), 5, window=2, sinks=3))
+@example(case=_packed((1, 2), (33, 2), 6, window=1, sinks=7, dtype=F16))
+@settings(max_examples=6)
+@given(case=packed_family_cases(max_len=30))
+def test_every_grouping_of_the_torch_backend_packed(g, case):
+    with _grouped(g):
+        _check_packed(case, "torch")
 
 
 # ------------------------------------------------------------- the split-KV forward

@@ -16,31 +16,34 @@ class _Piece(torch.autograd.Function):
     """Autograd around one forward/backward pair, so the harness can compare gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, v, path, scale):
+    def forward(ctx, q, k, v, path, scale, causal):
         fwd, bwd = PATHS[path]
-        o, lse = fwd(q, k, v, scale, None)
+        o, lse = fwd(q, k, v, scale, None, causal)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.bwd, ctx.scale = bwd, scale
+        ctx.bwd, ctx.scale, ctx.causal = bwd, scale, causal
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.bwd(do, q, k, v, o, lse, ctx.scale, None)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        dq, dk, dv = ctx.bwd(do, q, k, v, o, lse, ctx.scale, None, ctx.causal)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows,keys", [(1, 1), (7, 33), (32, 5)])
-def test_piece_parity(path, dtype, rows, keys):
+@pytest.mark.parametrize("rows,keys", [(1, 1), (7, 33), (32, 5), (40, 40)])
+@pytest.mark.parametrize("causal", [False, True], ids=["all", "token-causal"])
+def test_piece_parity(path, dtype, rows, keys, causal):
+    # causal: top-left (row i sees keys <= i), as the token-causal split calls it.
     q = torch.randn(2, 3, rows, 40, dtype=dtype)
     k, v = torch.randn(2, 2, 3, keys, 40, dtype=dtype).unbind(0)
     scale = 40 ** -0.5
-    everything = torch.ones(rows, keys, dtype=torch.bool)
+    seen = torch.ones(rows, keys, dtype=torch.bool)
+    seen = seen.tril() if causal else seen
     assert_parity(compare_with_oracle(
-        lambda q, k, v: _Piece.apply(q, k, v, path, scale),
-        lambda q, k, v: reference.masked_attention(q, k, v, everything, scale),
+        lambda q, k, v: _Piece.apply(q, k, v, path, scale, causal),
+        lambda q, k, v: reference.masked_attention(q, k, v, seen, scale),
         (q, k, v), names="qkv"))
 
 

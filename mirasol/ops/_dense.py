@@ -11,7 +11,8 @@ NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inp
 in backward, output gradient) hold a NaN run the math version, which propagates a NaN to exactly the outputs and gradients
 whose formula has a term with it: a pair the mask hides has no term (``where``, never a
 product with 0, and NaN cleared from the dot operand that also serves hidden pairs). The
-check costs one pass over the piece's inputs.
+check (:func:`has_nan`) costs one summing pass over the inputs; the torch backends run it
+once per problem and per piece only where the problem holds a NaN.
 """
 
 from __future__ import annotations
@@ -40,14 +41,21 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
 
 
-def _flash_cpu_fwd(q, k, v, scale, mask):
+def _flash_cpu_fwd(q, k, v, scale, mask, causal):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, 0.0, False, attn_mask=_additive(mask, q.dtype), scale=scale)
+        q, k, v, 0.0, causal, attn_mask=_additive(mask, q.dtype), scale=scale)
 
 
-def _flash_cpu_bwd(do, q, k, v, o, lse, scale, mask):
+def _flash_cpu_bwd(do, q, k, v, o, lse, scale, mask, causal):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        do, q, k, v, o, lse, 0.0, False, attn_mask=_additive(mask, q.dtype), scale=scale)
+        do, q, k, v, o, lse, 0.0, causal, attn_mask=_additive(mask, q.dtype), scale=scale)
+
+
+def _with_causal(mask: Tensor | None, causal: bool, q: Tensor, k: Tensor) -> Tensor | None:
+    # The math version takes token causality as a mask (top-left: row i sees keys <= i).
+    if not causal:
+        return mask
+    return torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
 
 
 def _hidden(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -72,7 +80,8 @@ def _accumulated(acc: torch.dtype, *tensors: Tensor) -> list[Tensor]:
     return [t.to(acc).contiguous() for t in tensors]
 
 
-def _math_fwd(q, k, v, scale, mask):
+def _math_fwd(q, k, v, scale, mask, causal):
+    mask = _with_causal(mask, causal, q, k)
     acc = torch.promote_types(q.dtype, torch.float32)
     q, k, v = _accumulated(acc, q, k, v)
     scores = _scores(q, k, scale, mask)
@@ -85,7 +94,8 @@ def _math_fwd(q, k, v, scale, mask):
     return o.to(q.dtype), lse
 
 
-def _math_bwd(do, q, k, v, o, lse, scale, mask):
+def _math_bwd(do, q, k, v, o, lse, scale, mask, causal):
+    mask = _with_causal(mask, causal, q, k)
     acc = torch.promote_types(q.dtype, torch.float32)
     q, k, v, do, o = _accumulated(acc, q, k, v, do, o)
     probs = _hidden(torch.exp(_scores(q, k, scale, mask) - lse[..., None]), mask)
@@ -113,44 +123,66 @@ _MATH = (_math_fwd, _math_bwd)
 # CPUs: dv at 1.21x the allowance with 4 query heads on 2 kv heads at head dim 264, on an
 # earlier session's machine (within it, at <= 0.34x, on an AMD EPYC with AVX-512). The math
 # version is the reference's arithmetic piece by piece, so those gradients run there.
-_FUSED_FP32_BWD_MAX_HEAD_DIM = 255
+FUSED_FP32_BWD_MAX_HEAD_DIM = 255
 
 
-def _kernels(*inputs: Tensor, backward: bool = False):
+def has_nan(*tensors: Tensor) -> bool:
+    """Whether any of ``tensors`` holds a NaN: one summing pass each (a NaN makes its sum
+    NaN, and only a NaN or opposite infinities can), the exact ``isnan`` scan only where a
+    sum is NaN. One host read."""
+    if not torch.stack([t.sum() for t in tensors]).isnan().any():
+        return False
+    return bool(torch.stack([t.isnan().any() for t in tensors]).any())
+
+
+def _kernels(*inputs: Tensor, backward: bool = False, may_hold_nan: bool = True):
     """The (forward, backward) pair for these inputs (q, k, v, and the output gradient in
-    backward)."""
+    backward). ``may_hold_nan`` False: the caller has checked that none of them does."""
     q = inputs[0]
-    # One reduction and one host read for all of them (not one per tensor).
-    if torch.stack([t.isnan().any() for t in inputs]).any():
+    if may_hold_nan and has_nan(*inputs):
         return _MATH
-    if backward and q.dtype == torch.float32 and q.shape[-1] > _FUSED_FP32_BWD_MAX_HEAD_DIM:
+    if backward and q.dtype == torch.float32 and q.shape[-1] > FUSED_FP32_BWD_MAX_HEAD_DIM:
         return _MATH
     return _FUSED.get(q.device.type, _MATH)
 
 
+def _check_causal(causal: bool, q: Tensor, k: Tensor) -> None:
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"a token-causal piece needs as many key/value heads as query heads "
+                         f"(got {q.shape[1]} and {k.shape[1]})")
+
+
 def attention_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
-                  mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  mask: Tensor | None = None, *, causal: bool = False,
+                  may_hold_nan: bool = True) -> tuple[Tensor, Tensor]:
     """o = softmax(q kᵀ · scale) v and lse = logsumexp(q kᵀ · scale) over the keys.
 
     q: (B, H, M, D); k, v: (B, H_kv, N, D), N >= 1. mask: optional bool (M, N), True = may
     attend, with at least one True per row (a piece-sized mask, e.g. a causal diagonal).
+    causal: token-causal instead, top-left (row i sees keys <= i; the fused kernel skips
+    the blocks past the diagonal); M <= N and H == H_kv (grouped rows are not positions).
+    may_hold_nan: False where the caller has checked (:func:`has_nan`) that no input does,
+    for pieces of one checked problem.
     Returns o (B, H, M, D) in q's dtype and lse (B, H, M) in fp32 (fp64 for fp64 inputs).
     """
-    fwd, _ = _kernels(q, k, v)
-    o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale, _fold_mask(mask, q, k))
+    _check_causal(causal, q, k)
+    fwd, _ = _kernels(q, k, v, may_hold_nan=may_hold_nan)
+    o, lse = fwd(_fold_groups(q, k.shape[1]), k, v, scale, _fold_mask(mask, q, k), causal)
     rows = q.shape[2]
     return _unfold_groups(o, rows), _unfold_groups(lse, rows)
 
 
 def attention_lse_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor,
-                           lse: Tensor, scale: float,
-                           mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                           lse: Tensor, scale: float, mask: Tensor | None = None, *,
+                           causal: bool = False,
+                           may_hold_nan: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of :func:`attention_lse`'s output, given its saved o and lse;
     dk, dv sum over the query heads that share each key/value head. In q's dtype on CPU,
     in the accumulation dtype (fp32, fp64 for fp64) elsewhere."""
-    _, bwd = _kernels(q, k, v, do, backward=True)
+    _check_causal(causal, q, k)
+    _, bwd = _kernels(q, k, v, do, backward=True, may_hold_nan=may_hold_nan)
     kv_heads = k.shape[1]
     dq, dk, dv = bwd(*(_fold_groups(t, kv_heads) for t in (do, q)), k, v,
                      *(_fold_groups(t, kv_heads) for t in (o, lse)), scale,
-                     _fold_mask(mask, q, k))
+                     _fold_mask(mask, q, k), causal)
     return _unfold_groups(dq, q.shape[2]), dk, dv

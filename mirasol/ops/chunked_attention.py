@@ -22,8 +22,6 @@ Internally both layouts are 4-D: a packed (total, H, D) tensor travels as its
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-
 import torch
 from torch import Tensor
 
@@ -34,8 +32,9 @@ from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs
                                  check_non_negative_int, check_packed_inputs,
                                  check_positive_int, check_scale, check_values, default_scale,
                                  shape_of)
-from mirasol.ops._dense import attention_lse, attention_lse_backward
+from mirasol.ops._dense import FUSED_FP32_BWD_MAX_HEAD_DIM, has_nan
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
+from mirasol.ops import _pieces
 
 OP_NAME = "chunked_causal_attention"
 
@@ -55,58 +54,21 @@ def _segments(q: Tensor, k: Tensor, lengths, cu_q, cu_k):
     return [(slice(None), 0, q.shape[2], 0, k.shape[2])]
 
 
-def _runs(flags: list[bool], cuts: list[int]) -> tuple[tuple[int, int], ...]:
-    """The [cuts[a], cuts[b]) spans of consecutive True flags (flag i spans cuts[i:i+2])."""
-    runs, start = [], None
-    for i, flag in enumerate([*flags, False]):
-        if flag and start is None:
-            start = cuts[i]
-        elif not flag and start is not None:
-            runs.append((start, cuts[i]))
-            start = None
-    return tuple(runs)
-
-
-def _merged(cuts: list[int], patterns: list[tuple]) -> list[tuple[int, int, tuple]]:
-    """Consecutive spans of ``cuts`` with equal patterns, merged: (start, end, pattern)."""
-    spans = []
-    for i, pattern in enumerate(patterns):
-        if spans and spans[-1][2] == pattern:
-            spans[-1] = (spans[-1][0], cuts[i + 1], pattern)
-        else:
-            spans.append((cuts[i], cuts[i + 1], pattern))
-    return spans
-
-
-@lru_cache(maxsize=4096)
-def _tiles(q_len: int, k_len: int, rule: Rule):
-    """One segment's visible pairs as unmasked tiles, from the rule itself: rows and keys
-    cut where visibility can change (chunk starts, each half's under teacher forcing, and
-    the sinks' end), so that it is constant over each (row span, key span), and
-    ``rule.admits`` evaluated once per pair of spans. Returns ``(forward, backward)``:
-    forward, per row span, the key spans its rows see, ``((r0, r1, ((k0, k1), ...)), ...)``;
-    backward, per key span, the row spans that see it. Neighbouring spans with the same
-    pattern are merged."""
-    half = k_len // 2 if rule.teacher_forcing else k_len
-    streams = ((0, half), (half, k_len)) if rule.teacher_forcing else ((0, k_len),)
-    chunk_starts = {a + c for a, b in streams for c in range(0, b - a, rule.chunk)}
-    sinks = {min(rule.sinks, half)} if rule.window is not None else set()
-    key_cuts = sorted(chunk_starts | sinks | {0, k_len})
-    shift = k_len - q_len
-    row_cuts = sorted({p - shift for p in chunk_starts if 0 < p - shift < q_len} | {0, q_len})
-    rows = torch.tensor(row_cuts[:-1], dtype=torch.int64)
-    keys = torch.tensor(key_cuts[:-1], dtype=torch.int64)
-    seen = rule.admits(rows[:, None] + shift, keys[None, :], k_len).tolist()
-    by_row = [_runs(flags, key_cuts) for flags in seen]
-    by_key = [_runs(list(flags), row_cuts) for flags in zip(*seen)]
-    return (tuple(span for span in _merged(row_cuts, by_row) if span[2]),
-            tuple(span for span in _merged(key_cuts, by_key) if span[2]))
-
-
-def _keys(t: Tensor, b: slice, start: int, spans) -> Tensor:
-    # A view for one span (the usual case), else the spans' rows gathered.
-    parts = [t[b, :, start + k0:start + k1] for k0, k1 in spans]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+def _plans(q: Tensor, k: Tensor, lengths, cu_q, cu_k, rule: Rule, backward: bool,
+           nan: bool):
+    """(batch slice, query rows, key rows, superblocks) of each segment: its fused calls as
+    :func:`mirasol.ops._pieces.plan` chooses them (by the CPU cost model on CPU; one call
+    per row span elsewhere, where the pieces run the math version). The token-causal split
+    needs whole heads (no grouped queries), no NaN (the math version would take its mask
+    whole) and a fused backward."""
+    measured = q.device.type == "cpu"
+    fused_backward = q.dtype != torch.float32 or q.shape[3] <= FUSED_FP32_BWD_MAX_HEAD_DIM
+    token_causal = q.shape[1] == k.shape[1] and not nan and (fused_backward or not backward)
+    for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
+        work = q[b].shape[0] * q.shape[1] * q.shape[3]
+        yield (b, slice(q0, q0 + q_len), slice(k0, k0 + k_len),
+               _pieces.plan(q_len, k_len, rule, work, q.shape[3], backward, measured,
+                            token_causal))
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -114,43 +76,36 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
-    """Per row span of each segment: its queries against exactly the keys they see (the
-    sinks and the window gathered when apart), one unmasked fused call. Half-precision
-    inputs are computed in fp32 (as the CPU kernel accumulates anyway), so the output's is
-    the only rounding to the input dtype."""
+    """Per superblock of each segment, its fused calls merged by their LSE
+    (:mod:`mirasol.ops._pieces`). Half-precision inputs are computed in fp32 (as the CPU
+    kernel accumulates anyway), so the output's is the only rounding to the input dtype."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     q, k, v = (t.to(acc) for t in (q, k, v))
     # Laid out like q, as the triton backend's (and the fake's) outputs; rows that see
     # nothing stay 0, with lse = log 0.
     out = torch.zeros_like(q)
     lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
-    for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
-        for r0, r1, spans in _tiles(q_len, k_len, rule)[0]:
-            rows = slice(q0 + r0, q0 + r1)
-            out[b, :, rows], lse[b, :, rows] = attention_lse(
-                q[b, :, rows], _keys(k, b, k0, spans), _keys(v, b, k0, spans), scale)
+    nan = has_nan(q, k, v)
+    for b, rows, keys, blocks in _plans(q, k, lengths, cu_q, cu_k, rule, False, nan):
+        qs, ks, vs = q[b, :, rows], k[b, :, keys], v[b, :, keys]
+        for block in blocks:
+            at = slice(rows.start + block.r0, rows.start + block.r1)
+            out[b, :, at], lse[b, :, at] = _pieces.forward(block, qs, ks, vs, scale, nan)
     return out.to(dtype), lse
 
 
 def _torch_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale):
-    """Per key span of each segment: every row span that sees it, unmasked, probabilities
-    recomputed from the saved lse. Keyed by keys rather than queries, a key span's dK/dV
-    usually come out whole (teacher forcing's clean keys sum two row spans) and dQ sums one
-    partial per key span (in fp32), which halves the memory traffic of the sums."""
+    """Per superblock and piece, the fused backward from the saved (merged) out and lse,
+    the pieces' gradients summed in fp32 for half-precision inputs."""
     dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
     do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
     dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))  # laid out like them
-    for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
-        for c0, c1, spans in _tiles(q_len, k_len, rule)[1]:
-            keys = slice(k0 + c0, k0 + c1)
-            for r0, r1 in spans:
-                rows = slice(q0 + r0, q0 + r1)
-                gq, gk, gv = attention_lse_backward(
-                    do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys],
-                    out[b, :, rows], lse[b, :, rows], scale)
-                dq[b, :, rows] += gq
-                dk[b, :, keys] += gk
-                dv[b, :, keys] += gv
+    nan = has_nan(do, q, k, v)
+    for b, rows, keys, blocks in _plans(q, k, lengths, cu_q, cu_k, rule, True, nan):
+        for block in blocks:
+            _pieces.backward(block, do[b, :, rows], q[b, :, rows], k[b, :, keys],
+                             v[b, :, keys], out[b, :, rows], lse[b, :, rows], scale, nan,
+                             dq[b, :, rows], dk[b, :, keys], dv[b, :, keys])
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
