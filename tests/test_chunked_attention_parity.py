@@ -18,7 +18,7 @@ from mirasol.testing import assert_parity, compare_with_oracle
 from mirasol.testing.strategies import (AttentionCase, CrossAttentionCase, PackedChunkedCase,
                                         attention_cases, family_cases, packed_family_cases)
 
-F32, F16 = torch.float32, torch.float16
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 
 def _case(B=1, H=2, H_kv=2, N=16, D=32, chunk=4, lengths=None, dtype=F32, layout="contiguous"):
@@ -176,7 +176,8 @@ def _grouped(g):
     cost model may choose, whatever it would choose."""
     from mirasol.ops import _pieces
 
-    def plan(q_len, k_len, rule, work, head_dim, backward, measured, token_causal=False):
+    def plan(q_len, k_len, rule, work, head_dim, dtype, backward, measured,
+             token_causal=False):
         if g == "split" and token_causal:  # else (fp32 d > 255 backward) per row span
             return (_pieces.TokenCausalSplit(q_len, rule.chunk),)
         count = len(_pieces.row_spans(q_len, k_len, rule))
@@ -189,12 +190,13 @@ def _grouped(g):
 
 @pytest.mark.parametrize("g", [1, 2, 3, None], ids=["per-span", "pairs", "threes", "all"])
 @settings(max_examples=10)
-@given(case=family_cases())
+@given(case=family_cases(dtypes=(F32, F16, BF16)))
 @_with_edges(FAMILY_EDGES)
 def test_every_grouping_of_the_torch_backend_has_parity(g, case):
     # One unmasked call per row span, superblocks (an unmasked prefix merged with a masked
     # rest by their LSEs) or one masked call: each meets the parity rule, forward and
-    # backward, over windows, sinks, cache prefills, lengths and teacher forcing.
+    # backward, over windows, sinks, cache prefills, lengths and teacher forcing; bf16
+    # computed natively (merged in fp32), fp16 in fp32.
     with _grouped(g):
         _check(case, "torch")
 
@@ -207,7 +209,7 @@ def _splittable(case: AttentionCase) -> bool:
 
 
 @settings(max_examples=25)
-@given(case=attention_cases(max_seqlen=70).filter(_splittable))
+@given(case=attention_cases(max_seqlen=70, dtypes=(F32, F16, BF16)).filter(_splittable))
 @example(case=_case(N=1, chunk=1))
 @example(case=_case(N=17, chunk=16, D=40))  # a shorter last chunk
 @example(case=_case(N=33, chunk=5, D=80, dtype=F16))

@@ -25,8 +25,10 @@ from mirasol.ops._pieces import CallCost
 ROWS = (32, 96, 256, 512, 1024, 2048)
 KEYS = (64, 512, 2048)
 HEADS = 8
-# The fused kernel's rate per pair grows with the head dim (about 2x from 16 to 128): one
-# model per head dim; the planner reads the nearest.
+# The fused kernel's rate per pair grows with the head dim (about 2x from 16 to 128) and is
+# 2-3x higher in bf16 on a CPU with AMX: one model per dtype the torch backend computes in
+# and head dim; the planner reads the nearest head dim.
+DTYPES = (torch.float32, torch.bfloat16)
 HEAD_DIMS = (16, 64, 128)
 OUT = Path(__file__).resolve().parents[1] / "ops" / "_cpu_costs.py"
 # The grids: pieces of rows x keys, and token-causal calls of n x n (fitted as n x n/2
@@ -46,9 +48,9 @@ def _median_ms(fn, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _calls(rows: int, keys: int, kind: str, head_dim: int):
+def _calls(rows: int, keys: int, kind: str, head_dim: int, dtype: torch.dtype):
     gen = torch.Generator().manual_seed(0)
-    q, k, v, do = (torch.randn(1, HEADS, n, head_dim, generator=gen)
+    q, k, v, do = (torch.randn(1, HEADS, n, head_dim, generator=gen).to(dtype)
                    for n in (rows, keys, keys, rows))
     # A causal-like piece mask (every row sees a key): what a superblock's masked piece is.
     mask = (torch.arange(keys)[None, :] * rows <= (torch.arange(rows)[:, None] + 1) * keys
@@ -56,6 +58,7 @@ def _calls(rows: int, keys: int, kind: str, head_dim: int):
     args = dict(mask=mask, causal=kind == "causal")
     scale = head_dim ** -0.5
     out, lse = attention_lse(q, k, v, scale, **args)
+    out = out.to(dtype)  # as the backends save it
     return (lambda: attention_lse(q, k, v, scale, **args),
             lambda: attention_lse_backward(do, q, k, v, out, lse, scale, **args))
 
@@ -87,23 +90,25 @@ def _merge_ms_per_element(head_dim: int, reps: int) -> float:
     return _median_ms(lambda: merge(o, lse, o2, lse2), reps) / (HEADS * head_dim * rows)
 
 
-Fits = dict[str, dict[int, dict[str, CallCost]]]  # direction -> head dim -> kind -> cost
+# direction -> (dtype name, head dim) -> kind -> cost
+Fits = dict[str, dict[tuple[str, int], dict[str, CallCost]]]
 
 
 def measure(reps: int = 5) -> Fits:
     fits: Fits = {"forward": {}, "backward": {}}
-    for head_dim in HEAD_DIMS:
+    for dtype, head_dim in ((t, d) for t in DTYPES for d in HEAD_DIMS):
+        key = (str(dtype).removeprefix("torch."), head_dim)
         merge = _merge_ms_per_element(head_dim, reps)
         for kind, grid in GRIDS.items():
             samples: dict[str, list] = {"forward": [], "backward": []}
             for rows, keys in grid:
-                fwd, bwd = _calls(rows, keys, kind, head_dim)
+                fwd, bwd = _calls(rows, keys, kind, head_dim, dtype)
                 pairs_keys = keys // 2 if kind == "causal" else keys
                 samples["forward"].append((rows, pairs_keys, _median_ms(fwd, reps)))
                 samples["backward"].append((rows, pairs_keys, _median_ms(bwd, reps)))
             for direction, points in samples.items():
                 cost = _fit(points, HEADS * head_dim, by_block=kind != "causal")
-                fits[direction].setdefault(head_dim, {})[kind] = CallCost(
+                fits[direction].setdefault(key, {})[kind] = CallCost(
                     cost.call, cost.pair, cost.row, merge)
     return fits
 
@@ -118,10 +123,10 @@ def write(fits: Fits, path: Path = OUT) -> str:
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     lines = [
         '"""The torch backend\'s CPU cost model (:class:`mirasol.ops._pieces.CallCost`) per '
-        "head dim,",
-        "measured by ``mirasol bench --calibrate-cpu`` (:mod:`mirasol.benchmark.calibrate`); "
-        "do not edit",
-        "by hand.",
+        "dtype and",
+        "head dim, measured by ``mirasol bench --calibrate-cpu`` "
+        "(:mod:`mirasol.benchmark.calibrate`);",
+        "do not edit by hand.",
         "",
         f"Measured on: {platform.machine()}, {_cpu_name()}, {threads} threads, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
@@ -132,8 +137,8 @@ def write(fits: Fits, path: Path = OUT) -> str:
     ]
     for direction, name in (("forward", "FORWARD"), ("backward", "BACKWARD")):
         lines.append(f"{name} = {{")
-        for head_dim, kinds in fits[direction].items():
-            lines.append(f"    {head_dim}: {{")
+        for key, kinds in fits[direction].items():
+            lines.append(f"    {key!r}: {{")
             for kind, cost in kinds.items():
                 lines.append(f'        "{kind}": {_literal(cost)},')
             lines.append("    },")
@@ -157,11 +162,11 @@ def report(fits: Fits) -> str:
     """Each fitted model's fixed cost and rates: a check that the fit is sane."""
     rows = []
     for direction, dims in fits.items():
-        for head_dim, kinds in dims.items():
+        for (dtype, head_dim), kinds in dims.items():
             for kind, cost in kinds.items():
                 # 4 FLOPs per (pair, head dim) forward (QK^T and PV), as the tables count.
                 rate = [4 / (p * 1e6) if p else math.inf for p in cost.pair]
-                rows.append(f"{direction:8} d={head_dim:<3} {kind:8} call "
+                rows.append(f"{direction:8} {dtype:8} d={head_dim:<3} {kind:8} call "
                             f"{cost.call * 1e3:7.1f} us, GFLOP/s (forward count) by query "
                             "block " + ", ".join(f"{r:.0f}" for r in rate))
     return "\n".join(rows)

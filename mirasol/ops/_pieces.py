@@ -212,11 +212,11 @@ def _split_cost(n: int, chunk: int, costs: dict[str, CallCost], work: int) -> fl
 
 
 @lru_cache(maxsize=512)
-def plan(q_len: int, k_len: int, rule: Rule, work: int, head_dim: int, backward: bool,
-         measured: bool, token_causal: bool = False
+def plan(q_len: int, k_len: int, rule: Rule, work: int, head_dim: int, dtype: torch.dtype,
+         backward: bool, measured: bool, token_causal: bool = False
          ) -> tuple[Superblock | TokenCausalSplit, ...]:
     """The cheapest :func:`superblocks` of a segment for fused calls of ``work`` = batch x
-    heads x head dim (forward or backward costs), over ``g`` = 1, 2, 4, ... and all row
+    heads x head dim in ``dtype`` (forward or backward costs), over ``g`` = 1, 2, 4, ... and all row
     spans, and the :class:`TokenCausalSplit` where the rule allows it and ``token_causal``
     (the caller's say: as many key/value heads as query heads, no NaN in the inputs, a
     fused backward). ``measured`` False (no cost model for the device): ``g = 1``."""
@@ -225,8 +225,10 @@ def plan(q_len: int, k_len: int, rule: Rule, work: int, head_dim: int, backward:
         return best
     from mirasol.ops import _cpu_costs  # it imports CallCost from here
 
-    by_dim = _cpu_costs.BACKWARD if backward else _cpu_costs.FORWARD
-    costs = by_dim[min(by_dim, key=lambda d: abs(math.log(d / head_dim)))]
+    tables = _cpu_costs.BACKWARD if backward else _cpu_costs.FORWARD
+    name = "bfloat16" if dtype == torch.bfloat16 else "float32"  # the others run in fp32
+    costs = tables[min((key for key in tables if key[0] == name),
+                       key=lambda key: abs(math.log(key[1] / head_dim)))]
     best_ms = _cost(best, costs, work)
     for g in sorted({2 ** i for i in range(1, count.bit_length())} | {count}):
         blocks = superblocks(q_len, k_len, rule, g)
@@ -262,15 +264,16 @@ def scatter_add(t: Tensor, spans: Spans, grad: Tensor) -> None:
 def forward(block: Superblock | TokenCausalSplit, q: Tensor, k: Tensor, v: Tensor,
             scale: float, may_hold_nan: bool) -> tuple[Tensor, Tensor]:
     """(out, lse) of rows ``[block.r0, block.r1)`` of one segment: ``q`` (b, H, q_len, D)
-    its queries, ``k``, ``v`` (b, H_kv, k_len, D) its keys and values."""
+    its queries, ``k``, ``v`` (b, H_kv, k_len, D) its keys and values. Pieces are merged
+    in fp32 (lse's dtype): out is in q's dtype for a single piece, else in fp32."""
     if isinstance(block, TokenCausalSplit):
         return _split_forward(block.chunk, q, k, v, scale)
     rows = q[:, :, block.r0:block.r1]
     parts = [attention_lse(rows, gather(k, piece.spans), gather(v, piece.spans), scale,
                            piece.mask, may_hold_nan=may_hold_nan) for piece in block.pieces]
     out, lse = parts[0]
-    for part in parts[1:]:
-        out, lse = merge(out, lse, *part)
+    for o, part_lse in parts[1:]:
+        out, lse = merge(out.to(lse.dtype), lse, o.to(lse.dtype), part_lse)
     return out, lse
 
 
@@ -316,8 +319,8 @@ def _from_own_position(m: int) -> Tensor:
 
 
 def _split_forward(chunk: int, q: Tensor, k: Tensor, v: Tensor, scale: float):
-    out = q.new_empty(q.shape)
-    lse = q.new_empty(q.shape[:3], dtype=torch.promote_types(q.dtype, torch.float32))
+    acc = torch.promote_types(q.dtype, torch.float32)  # merged in fp32 for bf16 pieces
+    out, lse = q.new_empty(q.shape, dtype=acc), q.new_empty(q.shape[:3], dtype=acc)
     for a, b, m in _own_chunks(q.shape[2], chunk):
         o, l = attention_lse(*(_fold_chunks(t[:, :, a:b], m) for t in (q, k, v)), scale,
                              _from_own_position(m), may_hold_nan=False)
@@ -329,7 +332,7 @@ def _split_forward(chunk: int, q: Tensor, k: Tensor, v: Tensor, scale: float):
         before, lse_before = attention_lse(q[:, :, 1:], k[:, :, :-1], v[:, :, :-1], scale,
                                            causal=True, may_hold_nan=False)
         own, lse_own = out[:, :, 1:], lse[:, :, 1:]
-        own.lerp_(before, torch.sigmoid(lse_before - lse_own)[..., None])
+        own.lerp_(before.to(acc), torch.sigmoid(lse_before - lse_own)[..., None])
         lse_own.copy_(torch.logaddexp(lse_own, lse_before))
     return out, lse
 

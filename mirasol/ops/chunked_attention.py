@@ -67,23 +67,28 @@ def _plans(q: Tensor, k: Tensor, lengths, cu_q, cu_k, rule: Rule, backward: bool
     for b, q0, q_len, k0, k_len in _segments(q, k, lengths, cu_q, cu_k):
         work = q[b].shape[0] * q.shape[1] * q.shape[3]
         yield (b, slice(q0, q0 + q_len), slice(k0, k0 + k_len),
-               _pieces.plan(q_len, k_len, rule, work, q.shape[3], backward, measured,
-                            token_causal))
+               _pieces.plan(q_len, k_len, rule, work, q.shape[3], q.dtype, backward,
+                            measured, token_causal))
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+def _dtypes(q: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(the dtype the fused calls take, the accumulation dtype). bf16 runs natively on CPU,
+    where the fused kernel multiplies in bf16 (AMX where the CPU has it) and accumulates in
+    fp32; fp16 (no fast CPU path) and every other device's math version run in fp32."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    native = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+    return (q.dtype if native else acc), acc
 
 
 def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
-    """Per superblock of each segment, its fused calls merged by their LSE
-    (:mod:`mirasol.ops._pieces`). Half-precision inputs are computed in fp32 (as the CPU
-    kernel accumulates anyway), so the output's is the only rounding to the input dtype."""
-    dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
-    q, k, v = (t.to(acc) for t in (q, k, v))
+    """Per superblock of each segment, its fused calls merged by their LSE in fp32
+    (:mod:`mirasol.ops._pieces`), in the dtypes of :func:`_dtypes`: a bf16 output is
+    rounded once per piece and once more where pieces merge."""
+    dtype, (compute, acc) = q.dtype, _dtypes(q)
+    q, k, v = (t.to(compute) for t in (q, k, v))
     # Laid out like q, as the triton backend's (and the fake's) outputs; rows that see
     # nothing stay 0, with lse = log 0.
-    out = torch.zeros_like(q)
+    out = torch.zeros_like(q, dtype=acc)
     lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
     nan = has_nan(q, k, v)
     for b, rows, keys, blocks in _plans(q, k, lengths, cu_q, cu_k, rule, False, nan):
@@ -96,10 +101,10 @@ def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
 
 def _torch_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale):
     """Per superblock and piece, the fused backward from the saved (merged) out and lse,
-    the pieces' gradients summed in fp32 for half-precision inputs."""
-    dtype, acc = q.dtype, _accumulation_dtype(q.dtype)
-    do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
-    dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))  # laid out like them
+    in the dtypes of :func:`_dtypes`, the pieces' gradients summed in fp32."""
+    dtype, (compute, acc) = q.dtype, _dtypes(q)
+    do, q, k, v, out = (t.to(compute) for t in (do, q, k, v, out))
+    dq, dk, dv = (torch.zeros_like(t, dtype=acc) for t in (q, k, v))  # laid out like them
     nan = has_nan(do, q, k, v)
     for b, rows, keys, blocks in _plans(q, k, lengths, cu_q, cu_k, rule, True, nan):
         for block in blocks:
