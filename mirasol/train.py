@@ -103,6 +103,10 @@ class TrainConfig:
     keep: int | None = option(None, help="keep only the newest K checkpoints (default: all)")
     seed: int = option(0, help="seed of the initial weights and the synthetic data")
     backend: str = option("auto", choices=BACKENDS, help="backend of every fast layer")
+    dtype: str = option("auto", choices=("auto", "float32", "bfloat16"),
+                        help="the forward's autocast dtype (weights and optimizer stay "
+                             "float32): auto is bfloat16 on CUDA, float32 on CPU; bfloat16 "
+                             "on CPU runs the attention ops natively in bf16 (AMX)")
     fsdp: bool = option(False, help="under torchrun: FSDP2 (fully_shard) instead of DDP")
     num_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(True, help="continue from the run folder's last checkpoint")
@@ -116,6 +120,16 @@ class TrainConfig:
 
 
 # -- data -------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, dtype: str):
+    """Mixed precision of a training forward: bf16 autocast where ``dtype`` (or, for
+    "auto", the device: CUDA) asks for it, on CPU as on CUDA."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def dataset(config: TrainConfig, model_config: MirasolConfig, split: str,
@@ -510,8 +524,7 @@ def train(config: TrainConfig) -> Mirasol:
     batches = _batches(data, [step_indices(s, config.batch_size, ctx.rank, ctx.world)
                               for s in range(start, config.stop_at or config.steps)],
                        config.num_workers)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = _autocast(ctx.device, config.dtype)
     log = _Log(out, ctx, config.steps, start, config.progress)
     # Sharded checkpoints are written in the background over a group of their own.
     checkpoint_group = dist.new_group(backend="gloo") if config.fsdp and ctx.world > 1 else None

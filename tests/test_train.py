@@ -78,6 +78,23 @@ def test_training_lowers_the_loss_and_evaluation_reports_every_kind(tmp_path):
         assert 0 <= r["exact_match"] <= 1 and 0 <= r["accuracy"] <= 1
 
 
+def test_bfloat16_autocasts_on_cpu_as_on_cuda(tmp_path, monkeypatch):
+    # --dtype bfloat16: the forward runs under bf16 autocast on CPU too, so the attention
+    # ops see bf16 inputs (the torch backend's native bf16 path); weights stay fp32.
+    from mirasol.ops import chunked_attention
+
+    seen = []
+    fwd = chunked_attention._torch_fwd
+    monkeypatch.setattr(chunked_attention, "_torch_fwd",
+                        lambda q, *args: seen.append(q.dtype) or fwd(q, *args))
+    model = train(_config(tmp_path, "bf16", steps=2, checkpoint_every=0, dtype="bfloat16"))
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+    train(_config(tmp_path, "fp32", steps=1, checkpoint_every=0))  # auto: fp32 on CPU
+    assert set(seen) == {torch.float32}
+
+
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="ablation"):
         train(_config(tmp_path, "x", steps=1, ablation="smell-only"))
