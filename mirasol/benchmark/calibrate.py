@@ -15,15 +15,16 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mirasol.ops._dense import attention_lse, attention_lse_backward
-from mirasol.ops._pieces import CallCost
+from mirasol.ops._pieces import CallCost, query_blocks
 
 ROWS = (32, 96, 256, 512, 1024, 2048)
-KEYS = (64, 512, 2048)
+KEYS = (64, 512, 2048, 4096)
 HEADS = 8
 # The fused kernel's rate per pair grows with the head dim (about 2x from 16 to 128) and is
 # 2-3x higher in bf16 on a CPU with AMX: one model per dtype the torch backend computes in
@@ -55,30 +56,42 @@ def _calls(rows: int, keys: int, kind: str, head_dim: int, dtype: torch.dtype):
     # A causal-like piece mask (every row sees a key): what a superblock's masked piece is.
     mask = (torch.arange(keys)[None, :] * rows <= (torch.arange(rows)[:, None] + 1) * keys
             if kind == "masked" else None)
-    args = dict(mask=mask, causal=kind == "causal")
+    args = dict(mask=mask, causal=kind == "causal", may_hold_nan=False)
     scale = head_dim ** -0.5
     out, lse = attention_lse(q, k, v, scale, **args)
     out = out.to(dtype)  # as the backends save it
-    return (lambda: attention_lse(q, k, v, scale, **args),
-            lambda: attention_lse_backward(do, q, k, v, out, lse, scale, **args))
+    # Timed as the backends make the call: the piece's rows of a larger problem in, its
+    # results written into the problem's buffers (so the fixed cost includes the slicing
+    # and writing around a call, which small pieces pay in full).
+    buffers = [torch.zeros(1, HEADS, n + 1, *t.shape[3:])
+               for t, n in ((out, rows), (lse, rows), (do, rows), (k, keys), (v, keys))]
+    rows_of = (slice(None), slice(None), slice(1, None))
+
+    def fwd():
+        buffers[0][rows_of], buffers[1][rows_of] = attention_lse(q, k, v, scale, **args)
+
+    def bwd():
+        gq, gk, gv = attention_lse_backward(do, q, k, v, out, lse, scale, **args)
+        buffers[2][rows_of] += gq
+        buffers[3][rows_of] += gk
+        buffers[4][rows_of] += gv
+
+    return fwd, bwd
 
 
-def _fit(samples: list[tuple[int, int, float]], work: int, by_block: bool) -> CallCost:
-    """Least squares of ms = call + work (rows keys pair[bucket] + (rows + keys) row),
-    relative error, coefficients clipped at 0; one pair cost for all query blocks unless
-    ``by_block``."""
+def _fit(samples: list[tuple[int, int, float]], work: int) -> CallCost:
+    """Least squares of :meth:`CallCost.ms` (call, pair, stream, row) on relative error,
+    coefficients clipped at 0 (``call`` is replaced by the measured piece cost)."""
     rows_x, target = [], []
     for rows, keys, ms in samples:
-        bucket = (0 if rows < 192 else 1 if rows < 768 else 2) if by_block else 0
-        pair = [0.0, 0.0, 0.0][:3 if by_block else 1]
-        pair[bucket] = work * rows * keys
-        rows_x.append([x / ms for x in (1.0, *pair, work * (rows + keys))])
+        features = (1.0, work * rows * keys, work * query_blocks(rows) * keys,
+                    work * (rows + keys))
+        rows_x.append([x / ms for x in features])
         target.append([1.0])
     coef = torch.linalg.lstsq(torch.tensor(rows_x, dtype=torch.float64),
                               torch.tensor(target, dtype=torch.float64)).solution
-    c = [max(float(x), 0.0) for x in coef.flatten()]
-    pair = tuple(c[1:4]) if by_block else (c[1],) * 3
-    return CallCost(call=c[0], pair=pair, row=c[-1])
+    call, pair, stream, row = (max(float(x), 0.0) for x in coef.flatten())
+    return CallCost(call=call, pair=pair, stream=stream, row=row)
 
 
 def _merge_ms_per_element(head_dim: int, reps: int) -> float:
@@ -90,6 +103,29 @@ def _merge_ms_per_element(head_dim: int, reps: int) -> float:
     return _median_ms(lambda: merge(o, lse, o2, lse2), reps) / (HEADS * head_dim * rows)
 
 
+def _piece_ms(head_dim: int, dtype: torch.dtype, reps: int) -> dict[str, float]:
+    """What one more piece costs a torch backend whatever its size: the call into the
+    fused kernel and the loop around it (views, writing results, Python), measured as the
+    cross-attention torch backend's time per extra one-query one-key segment, forward and
+    backward. It stands for the fitted fixed cost of a call, which the kernel-only fit
+    puts at a fraction of it. (Segment i has i + 1 keys, so that no two share a call.)"""
+    from mirasol.ops.cross_attention import _torch_bwd, _torch_fwd
+
+    def times(segments: int) -> tuple[float, float]:
+        keys = segments * (segments + 1) // 2
+        q, do = (torch.randn(1, HEADS, segments, head_dim).to(dtype) for _ in range(2))
+        k, v = (torch.randn(1, HEADS, keys, head_dim).to(dtype) for _ in range(2))
+        cu_q = torch.arange(segments + 1, dtype=torch.int32)
+        cu_k = torch.cumsum(cu_q, 0, dtype=torch.int32)
+        out, lse = _torch_fwd(q, k, v, cu_q, cu_k, None, False, 1.0)
+        return (_median_ms(lambda: _torch_fwd(q, k, v, cu_q, cu_k, None, False, 1.0), reps),
+                _median_ms(lambda: _torch_bwd(do, q, k, v, out, lse, cu_q, cu_k, None,
+                                              False, 1.0), reps))
+
+    one, many = times(1), times(33)
+    return {"forward": (many[0] - one[0]) / 32, "backward": (many[1] - one[1]) / 32}
+
+
 # direction -> (dtype name, head dim) -> kind -> cost
 Fits = dict[str, dict[tuple[str, int], dict[str, CallCost]]]
 
@@ -99,6 +135,7 @@ def measure(reps: int = 5) -> Fits:
     for dtype, head_dim in ((t, d) for t in DTYPES for d in HEAD_DIMS):
         key = (str(dtype).removeprefix("torch."), head_dim)
         merge = _merge_ms_per_element(head_dim, reps)
+        piece = _piece_ms(head_dim, dtype, reps)
         for kind, grid in GRIDS.items():
             samples: dict[str, list] = {"forward": [], "backward": []}
             for rows, keys in grid:
@@ -107,16 +144,15 @@ def measure(reps: int = 5) -> Fits:
                 samples["forward"].append((rows, pairs_keys, _median_ms(fwd, reps)))
                 samples["backward"].append((rows, pairs_keys, _median_ms(bwd, reps)))
             for direction, points in samples.items():
-                cost = _fit(points, HEADS * head_dim, by_block=kind != "causal")
-                fits[direction].setdefault(key, {})[kind] = CallCost(
-                    cost.call, cost.pair, cost.row, merge)
+                cost = _fit(points, HEADS * head_dim)
+                fits[direction].setdefault(key, {})[kind] = replace(
+                    cost, call=piece[direction], merge=merge)
     return fits
 
 
 def _literal(cost: CallCost) -> str:
-    pair = ", ".join(f"{x:.4g}" for x in cost.pair)
-    return (f"CallCost(call={cost.call:.4g}, pair=({pair}),\n"
-            f"{' ' * 12}row={cost.row:.4g}, merge={cost.merge:.4g})")
+    return (f"CallCost(call={cost.call:.4g}, pair={cost.pair:.4g}, stream={cost.stream:.4g},"
+            f"\n{' ' * 12}row={cost.row:.4g}, merge={cost.merge:.4g})")
 
 
 def write(fits: Fits, path: Path = OUT) -> str:
@@ -159,14 +195,14 @@ def _cpu_name() -> str:
 
 
 def report(fits: Fits) -> str:
-    """Each fitted model's fixed cost and rates: a check that the fit is sane."""
+    """Each fitted model's fixed cost and rate: a check that the fit is sane."""
     rows = []
     for direction, dims in fits.items():
         for (dtype, head_dim), kinds in dims.items():
             for kind, cost in kinds.items():
                 # 4 FLOPs per (pair, head dim) forward (QK^T and PV), as the tables count.
-                rate = [4 / (p * 1e6) if p else math.inf for p in cost.pair]
+                rate = 4 / (cost.pair * 1e6) if cost.pair else math.inf
                 rows.append(f"{direction:8} {dtype:8} d={head_dim:<3} {kind:8} call "
-                            f"{cost.call * 1e3:7.1f} us, GFLOP/s (forward count) by query "
-                            "block " + ", ".join(f"{r:.0f}" for r in rate))
+                            f"{cost.call * 1e3:6.1f} us, {rate:5.0f} GFLOP/s (forward count) "
+                            f"on pairs, key streaming {cost.stream * 1e9:.3g} ps/element")
     return "\n".join(rows)

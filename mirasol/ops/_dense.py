@@ -26,11 +26,16 @@ from torch import Tensor
 
 def _fold_groups(x: Tensor, kv_heads: int) -> Tensor:
     # The query heads that share a key/value head attend to the same keys, so they can
-    # be stacked as extra rows: (B, H, M, ...) -> (B, H_kv, G*M, ...). No K/V copy.
+    # be stacked as extra rows: (B, H, M, ...) -> (B, H_kv, G*M, ...). No K/V copy. (Whole
+    # heads pass as they are: a rearrange costs microseconds a call, and small pieces add up.)
+    if x.shape[1] == kv_heads:
+        return x
     return rearrange(x, "b (h g) m ... -> b h (g m) ...", h=kv_heads)
 
 
 def _unfold_groups(x: Tensor, rows: int) -> Tensor:
+    if x.shape[2] == rows:
+        return x
     return rearrange(x, "b h (g m) ... -> b (h g) m ...", m=rows)
 
 
@@ -124,6 +129,16 @@ _MATH = (_math_fwd, _math_bwd)
 # earlier session's machine (within it, at <= 0.34x, on an AMD EPYC with AVX-512). The math
 # version is the reference's arithmetic piece by piece, so those gradients run there.
 FUSED_FP32_BWD_MAX_HEAD_DIM = 255
+
+
+def compute_dtypes(q: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(the dtype the torch backends' fused calls take, their accumulation dtype). bf16 runs
+    natively on CPU, where the fused kernel multiplies in bf16 (AMX where the CPU has it)
+    and accumulates in fp32; fp16 (no fast CPU path) and every other device's math version
+    run in fp32."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    native = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+    return (q.dtype if native else acc), acc
 
 
 def has_nan(*tensors: Tensor) -> bool:

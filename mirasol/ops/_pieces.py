@@ -86,19 +86,28 @@ class TokenCausalSplit:
 
 @dataclass(frozen=True)
 class CallCost:
-    """Milliseconds of one fused call: ``call + work * (rows * keys * pair[bucket] + (rows
-    + keys) * row)``, ``work = batch x heads x head dim``, ``bucket`` the fused kernel's
-    query-block size class of ``rows`` (PyTorch's CPU flash attention takes 32-, 64- and
-    256-row blocks from 192 and 768 rows on). ``merge``: per ``work x rows`` element, one
-    LSE merge of two partial outputs."""
+    """Milliseconds of one fused call: ``call + work * (rows * keys * pair + blocks * keys *
+    stream + (rows + keys) * row)``, ``work = batch x heads x head dim``: the pairs'
+    arithmetic, the keys and values streamed once per query block (PyTorch's CPU flash
+    attention takes 32-row blocks below 192 rows, 64 below 768, else 256: ``blocks`` of
+    them), and the rows read and written. ``call``: what one more piece costs the backend
+    whatever its size. ``merge``: per ``work x rows`` element, one LSE merge of two partial
+    outputs."""
     call: float
-    pair: tuple[float, float, float]
+    pair: float
+    stream: float
     row: float
     merge: float = 0.0
 
     def ms(self, work: int, rows: int, keys: int) -> float:
-        bucket = 0 if rows < 192 else 1 if rows < 768 else 2
-        return self.call + work * (rows * keys * self.pair[bucket] + (rows + keys) * self.row)
+        return self.call + work * (rows * keys * self.pair + query_blocks(rows) * keys
+                                   * self.stream + (rows + keys) * self.row)
+
+
+def query_blocks(rows: int) -> int:
+    """The fused CPU kernel's query blocks for ``rows`` rows."""
+    size = 32 if rows < 192 else 64 if rows < 768 else 256
+    return -(-rows // size)
 
 
 def _union(spans_list) -> Spans:
@@ -200,6 +209,18 @@ def superblocks(q_len: int, k_len: int, rule: Rule, g: int) -> tuple[Superblock,
     return None if None in blocks else blocks
 
 
+def cpu_costs(dtype: torch.dtype, head_dim: int, backward: bool) -> dict[str, CallCost]:
+    """The measured CPU cost model of fused calls in ``dtype`` (bf16, or fp32 for the
+    others, which the torch backends compute in fp32) at the nearest calibrated head dim:
+    ``{"unmasked" | "masked" | "causal": CallCost}``."""
+    from mirasol.ops import _cpu_costs  # it imports CallCost from here
+
+    tables = _cpu_costs.BACKWARD if backward else _cpu_costs.FORWARD
+    name = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    return tables[min((key for key in tables if key[0] == name),
+                      key=lambda key: abs(math.log(key[1] / head_dim)))]
+
+
 def _split_cost(n: int, chunk: int, costs: dict[str, CallCost], work: int) -> float:
     # The token-causal call does rows x keys / 2 pairs; the own-chunk calls, one per chunk
     # size (the full chunks batched, a shorter last chunk), chunk x chunk each.
@@ -223,12 +244,7 @@ def plan(q_len: int, k_len: int, rule: Rule, work: int, head_dim: int, dtype: to
     best, count = superblocks(q_len, k_len, rule, 1), len(row_spans(q_len, k_len, rule))
     if not measured or count < 2:
         return best
-    from mirasol.ops import _cpu_costs  # it imports CallCost from here
-
-    tables = _cpu_costs.BACKWARD if backward else _cpu_costs.FORWARD
-    name = "bfloat16" if dtype == torch.bfloat16 else "float32"  # the others run in fp32
-    costs = tables[min((key for key in tables if key[0] == name),
-                       key=lambda key: abs(math.log(key[1] / head_dim)))]
+    costs = cpu_costs(dtype, head_dim, backward)
     best_ms = _cost(best, costs, work)
     for g in sorted({2 ** i for i in range(1, count.bit_length())} | {count}):
         blocks = superblocks(q_len, k_len, rule, g)

@@ -32,7 +32,7 @@ from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs
                                  check_non_negative_int, check_packed_inputs,
                                  check_positive_int, check_scale, check_values, default_scale,
                                  shape_of)
-from mirasol.ops._dense import FUSED_FP32_BWD_MAX_HEAD_DIM, has_nan
+from mirasol.ops._dense import FUSED_FP32_BWD_MAX_HEAD_DIM, compute_dtypes, has_nan
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 from mirasol.ops import _pieces
 
@@ -71,20 +71,11 @@ def _plans(q: Tensor, k: Tensor, lengths, cu_q, cu_k, rule: Rule, backward: bool
                             measured, token_causal))
 
 
-def _dtypes(q: Tensor) -> tuple[torch.dtype, torch.dtype]:
-    """(the dtype the fused calls take, the accumulation dtype). bf16 runs natively on CPU,
-    where the fused kernel multiplies in bf16 (AMX where the CPU has it) and accumulates in
-    fp32; fp16 (no fast CPU path) and every other device's math version run in fp32."""
-    acc = torch.promote_types(q.dtype, torch.float32)
-    native = q.dtype == torch.bfloat16 and q.device.type == "cpu"
-    return (q.dtype if native else acc), acc
-
-
 def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
     """Per superblock of each segment, its fused calls merged by their LSE in fp32
-    (:mod:`mirasol.ops._pieces`), in the dtypes of :func:`_dtypes`: a bf16 output is
+    (:mod:`mirasol.ops._pieces`), in the dtypes of :func:`~mirasol.ops._dense.compute_dtypes`: a bf16 output is
     rounded once per piece and once more where pieces merge."""
-    dtype, (compute, acc) = q.dtype, _dtypes(q)
+    dtype, (compute, acc) = q.dtype, compute_dtypes(q)
     q, k, v = (t.to(compute) for t in (q, k, v))
     # Laid out like q, as the triton backend's (and the fake's) outputs; rows that see
     # nothing stay 0, with lse = log 0.
@@ -101,8 +92,8 @@ def _torch_fwd(q, k, v, lengths, cu_q, cu_k, rule, scale):
 
 def _torch_bwd(do, q, k, v, out, lse, lengths, cu_q, cu_k, rule, scale):
     """Per superblock and piece, the fused backward from the saved (merged) out and lse,
-    in the dtypes of :func:`_dtypes`, the pieces' gradients summed in fp32."""
-    dtype, (compute, acc) = q.dtype, _dtypes(q)
+    in the dtypes of :func:`~mirasol.ops._dense.compute_dtypes`, the pieces' gradients summed in fp32."""
+    dtype, (compute, acc) = q.dtype, compute_dtypes(q)
     do, q, k, v, out = (t.to(compute) for t in (do, q, k, v, out))
     dq, dk, dv = (torch.zeros_like(t, dtype=acc) for t in (q, k, v))  # laid out like them
     nan = has_nan(do, q, k, v)

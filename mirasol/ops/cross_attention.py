@@ -28,7 +28,7 @@ from mirasol.ops._backends import HEAD_DIM, Call, standard_backends
 from mirasol.ops._checks import (Lengths, attention_call, check_attention_inputs, check_bool,
                                  check_non_negative_int, check_packed_inputs, check_scale,
                                  check_values, default_scale)
-from mirasol.ops._dense import attention_lse, attention_lse_backward
+from mirasol.ops._dense import attention_lse, attention_lse_backward, compute_dtypes, has_nan
 from mirasol.ops._op import Op, maxima_or, register, segment_maxima
 
 
@@ -59,27 +59,31 @@ def _segments(q4: Tensor, k4: Tensor, cu_q, cu_k, k_lengths, causal: bool):
 
 
 def _torch_fwd(q, k, v, cu_q, cu_k, k_lengths, causal, scale):
-    """One unmasked (or, causal, triangle-masked) fused attention call per segment, in
-    fp32 for half inputs; no mask across segments is ever built."""
-    dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
-    q, k, v = (t.to(acc) for t in (q, k, v))
-    out = torch.zeros_like(q)  # rows that see no key stay 0, with lse = log 0
+    """One unmasked (or, causal, triangle-masked) fused attention call per segment, in the
+    dtypes of :func:`~mirasol.ops._dense.compute_dtypes`; no mask across segments is ever
+    built."""
+    dtype, (compute, acc) = q.dtype, compute_dtypes(q)
+    q, k, v = (t.to(compute) for t in (q, k, v))
+    out = torch.zeros_like(q, dtype=acc)  # rows that see no key stay 0, with lse = log 0
     lse = torch.full(q.shape[:3], -math.inf, dtype=acc, device=q.device)
+    nan = has_nan(q, k, v)
     for b, rows, keys, mask in _segments(q, k, cu_q, cu_k, k_lengths, causal):
         out[b, :, rows], lse[b, :, rows] = attention_lse(q[b, :, rows], k[b, :, keys],
-                                                         v[b, :, keys], scale, mask)
+                                                         v[b, :, keys], scale, mask,
+                                                         may_hold_nan=nan)
     return out.to(dtype), lse
 
 
 def _torch_bwd(do, q, k, v, out, lse, cu_q, cu_k, k_lengths, causal, scale):
-    dtype, acc = q.dtype, torch.promote_types(q.dtype, torch.float32)
-    do, q, k, v, out = (t.to(acc) for t in (do, q, k, v, out))
-    dq, dk, dv = (torch.zeros_like(t) for t in (q, k, v))
+    dtype, (compute, acc) = q.dtype, compute_dtypes(q)
+    do, q, k, v, out = (t.to(compute) for t in (do, q, k, v, out))
+    dq, dk, dv = (torch.zeros_like(t, dtype=acc) for t in (q, k, v))
+    nan = has_nan(do, q, k, v)
     for b, rows, keys, mask in _segments(q, k, cu_q, cu_k, k_lengths, causal):
         # Segments are disjoint: every gradient row is written once, nothing is summed.
         dq[b, :, rows], dk[b, :, keys], dv[b, :, keys] = attention_lse_backward(
             do[b, :, rows], q[b, :, rows], k[b, :, keys], v[b, :, keys], out[b, :, rows],
-            lse[b, :, rows], scale, mask)
+            lse[b, :, rows], scale, mask, may_hold_nan=nan)
     return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
 
