@@ -74,6 +74,8 @@ def cmd_check(args) -> int:
 def cmd_bench(args) -> int:
     if args.suite:
         return _gpu_suite(args)
+    if args.sweep:
+        return _bench_sweep(args)
     if args.calibrate_cpu:
         from mirasol.benchmark import calibrate
 
@@ -119,6 +121,32 @@ def cmd_bench(args) -> int:
         out.with_suffix(".md").write_text(f"command: `{command}`\n\nload average (1, 5, 15 "
                                           f"min): {loads}\n\n```\n{text}\n```\n")
         print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _bench_sweep(args) -> int:
+    """--sweep: the chunked grid (mirasol.benchmark.sweep), its table, and --plot's PNGs."""
+    from mirasol.benchmark import Setting, sweep
+
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (
+        torch.float32 if device.type == "cpu" else torch.bfloat16)
+    setting = Setting(heads=args.heads, head_dim=args.head_dim, dtype=dtype,
+                      device=device.type)
+    seqlens = tuple(args.sweep_seqlens or sweep.SEQLENS)
+    chunks = tuple(args.sweep_chunks or sweep.CHUNKS)
+    points = sweep.sweep(setting, seqlens=seqlens, chunks=chunks, reps=args.reps,
+                         progress=_progress)
+    text = sweep.format_sweep(points, setting)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"command: `{_bench_command(args)}`\n\n{text}\n")
+        print(f"wrote {out}")
+    if args.plot:
+        for path in sweep.plot(points, setting, Path(args.plot)):
+            print(f"wrote {path}")
     return 0
 
 
@@ -318,6 +346,15 @@ def add_bench(sub) -> None:
                        help="--suite gpu: start every section; only the deadline cuts")
     bench.add_argument("--out-dir", default="bench/results",
                        help="--suite gpu: where the report goes")
+    bench.add_argument("--sweep", action="store_true",
+                       help="chunked causal attention over N x chunk (default N 64..16384, "
+                            "chunk 8..512), fwd and fwd+bwd, against SDPA dense mask, causal "
+                            "SDPA and (on CPU, forward) FlexAttention; the table gives each "
+                            "point's ratios and the torch backend's plan (--out: as "
+                            "Markdown)")
+    bench.add_argument("--sweep-seqlens", type=int, nargs="+", help="--sweep: the N values")
+    bench.add_argument("--sweep-chunks", type=int, nargs="+", help="--sweep: the chunk sizes")
+    bench.add_argument("--plot", help="--sweep: write PNGs of time and GFLOP/s against N here")
     bench.add_argument("--calibrate-cpu", action="store_true",
                        help="measure the torch backend's CPU cost model (fused calls, "
                             "unmasked and masked, forward and backward; about 10 s) and "

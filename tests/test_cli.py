@@ -46,6 +46,43 @@ def test_bench_prints_ratios_and_writes_results(tmp_path):
     assert out.with_suffix(".md").exists()
 
 
+def test_bench_sweep_tables_every_point_with_its_plan_and_plots(tmp_path, monkeypatch,
+                                                                 capsys):
+    """--sweep at tiny shapes: one row per (N, chunk <= N, mode), the composites' ratio and
+    the rate against causal SDPA computed from the row's own times, the torch backend's
+    plan named, the worst ratio summarized, a PNG per mode. FlexAttention is left out here
+    (its compile; its CPU rows: test_family_flexattention_row_is_forward_only_on_cpu)."""
+    from mirasol.benchmark import rivals
+
+    monkeypatch.setattr(rivals, "CHUNKED_RIVALS", [])
+    out, plots = tmp_path / "sweep.md", tmp_path / "plots"
+    assert cli.main(["bench", "--sweep", "--sweep-seqlens", "16", "64", "--sweep-chunks", "8",
+                     "32", "--heads", "2", "--head-dim", "8", "--reps", "1", "--device",
+                     "cpu", "--dtype", "float32", "--out", str(out), "--plot",
+                     str(plots)]) == 0
+    capsys.readouterr()
+    lines = out.read_text().splitlines()
+    head = next(line for line in lines if line.startswith("N | chunk"))
+    columns = head.split(" | ")
+    rows = [dict(zip(columns, line.split(" | "))) for line in lines
+            if line[:1].isdigit() and " | " in line]
+    # chunk 32 > N = 16 is no point of the grid
+    assert [(r["N"], r["chunk"], r["mode"]) for r in rows] == [
+        ("16", "8", "fwd"), ("16", "8", "fwd+bwd"), ("64", "8", "fwd"), ("64", "8", "fwd+bwd"),
+        ("64", "32", "fwd"), ("64", "32", "fwd+bwd")]
+    for r in rows:
+        ms = float(r["mirasol torch"])
+        best = min(float(r["SDPA dense mask"]), float(r["SDPA causal"]))
+        # the times are printed to 4 digits
+        assert float(r["x best composite"]) == pytest.approx(ms / best, rel=0.01)
+        assert r["torch backend's plan"]
+    worst = max(float(r["x best composite"]) for r in rows)
+    assert any(line.startswith(f"worst ratio to the best composite: {worst:.2f}")
+               for line in lines)
+    assert sorted(p.name for p in plots.iterdir()) == ["sweep-cpu-float32-fwd-bwd.png",
+                                                       "sweep-cpu-float32-fwd.png"]
+
+
 def test_bench_family_reports_its_tables_and_targets(tmp_path, monkeypatch, capsys):
     """--op family at tiny shapes: each family table with its own SDPA baseline, the
     prefill forward only, the visible fraction, the targets as ratios with a verdict (no

@@ -28,9 +28,8 @@ if TYPE_CHECKING:
 class Rival:
     """A competitor from an optional package or torch feature. ``make(problem)`` builds its
     :class:`Variant` and raises if it cannot (package missing, shape unsupported): the
-    reason is then listed as skipped. The standard rivals are CUDA only, where they are
-    compared: flash-attn's and xformers' attention need a GPU, and FlexAttention on CPU has
-    no backward."""
+    reason is then listed as skipped. flash-attn's and xformers' attention need a GPU;
+    FlexAttention runs on CPU for the chunked and family tables (forward only there)."""
     name: str
     make: Callable[[Any], Variant]
     cuda_only: bool = True
@@ -138,10 +137,12 @@ def sdpa_backends(variants: list[Variant], device: str) -> tuple[list[Variant], 
 
 
 # Looked up when a problem builds its lineup, so a caller (or a test) can change them.
-CHUNKED_RIVALS = [Rival("FlexAttention", _flex_chunked), Rival("flash-attn", _flash_causal)]
-# The family's masks (windows, sinks, cache prefill, teacher forcing): FlexAttention only
-# (flash-attn's token windows are another mask), on CPU too, where the family's users have
-# no other block-mask path.
+CHUNKED_RIVALS = [Rival("FlexAttention", _flex_chunked, cuda_only=False),
+                  Rival("flash-attn", _flash_causal)]
+# FlexAttention runs on CPU too (compiled forward; it has no backward there), where
+# chunk-causal users have no other block-mask path. The family's masks (windows, sinks,
+# cache prefill, teacher forcing): FlexAttention only (flash-attn's token windows are
+# another mask).
 FAMILY_RIVALS = [Rival("FlexAttention", _flex_chunked, cuda_only=False)]
 CROSS_RIVALS = [Rival("FlexAttention", _flex_cross), Rival("flash-attn", _flash_varlen),
                 Rival("xformers", _xformers_block_diagonal)]

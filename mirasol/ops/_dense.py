@@ -8,8 +8,8 @@ Elsewhere (and for fp32 gradients at head dims >= 256, below) a math version
 materializes one piece's scores at a time.
 
 NaN: the CPU kernel drops a NaN query (its row comes out 0), so pieces whose inputs (or,
-in backward, output gradient) hold a NaN run the math version, which propagates a NaN to exactly the outputs and gradients
-whose formula has a term with it: a pair the mask hides has no term (``where``, never a
+in backward, output gradient) hold a NaN run the math version, which propagates a NaN to
+exactly the outputs and gradients whose formula has a term with it: a pair the mask hides has no term (``where``, never a
 product with 0, and NaN cleared from the dot operand that also serves hidden pairs). The
 check (:func:`has_nan`) costs one summing pass over the inputs; the torch backends run it
 once per problem and per piece only where the problem holds a NaN.
@@ -117,7 +117,8 @@ def _math_bwd(do, q, k, v, o, lse, scale, mask, causal):
 
 def _fold_mask(mask: Tensor | None, q: Tensor, k: Tensor) -> Tensor | None:
     # Rows are (group, query) after folding: the mask repeats once per group.
-    return None if mask is None else mask.repeat(q.shape[1] // k.shape[1], 1)
+    groups = q.shape[1] // k.shape[1]
+    return mask if mask is None or groups == 1 else mask.repeat(groups, 1)
 
 
 _FUSED = {"cpu": (_flash_cpu_fwd, _flash_cpu_bwd)}

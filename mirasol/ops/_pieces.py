@@ -261,6 +261,18 @@ def plan(q_len: int, k_len: int, rule: Rule, work: int, head_dim: int, dtype: to
     return best
 
 
+def describe(blocks: tuple[Superblock | TokenCausalSplit, ...]) -> str:
+    """A plan in words, for the benchmarks' tables."""
+    if len(blocks) == 1 and isinstance(blocks[0], TokenCausalSplit):
+        return "token-causal split"
+    if all(len(b.pieces) == 1 and b.pieces[0].mask is None for b in blocks):
+        return f"{len(blocks)} unmasked call(s), one per row span"
+    if len(blocks) == 1:
+        return "one masked call"
+    rows = max(b.r1 - b.r0 for b in blocks)
+    return f"{len(blocks)} superblocks of <= {rows} rows"
+
+
 def gather(t: Tensor, spans: Spans) -> Tensor:
     """Rows ``spans`` of ``t``'s dim 2: a view for one span (the usual case), else the
     spans gathered."""
