@@ -177,13 +177,21 @@ def _bench_family(args, device: torch.device, benchmark):
 def _bench_command(args) -> str:
     """The command that reproduces this run: its options spelled out, and the thread
     count's environment variable when set."""
-    options = [f"--op {args.op}", f"--device {args.device}", f"--reps {args.reps}"]
+    if args.sweep:
+        options = ["--sweep", f"--device {args.device}", f"--reps {args.reps}"]
+        options += [f"--sweep-seqlens {' '.join(map(str, args.sweep_seqlens))}"
+                    ] if args.sweep_seqlens else []
+        options += [f"--sweep-chunks {' '.join(map(str, args.sweep_chunks))}"
+                    ] if args.sweep_chunks else []
+    else:
+        options = [f"--op {args.op}", f"--device {args.device}", f"--reps {args.reps}"]
     if args.op != "scaling":
         options += [f"--heads {args.heads}", f"--head-dim {args.head_dim}"]
         options += [f"--dtype {args.dtype}"] if args.dtype else []
         options += [f"--seqlen {args.seqlen}"] if args.seqlen else []
         options += [f"--chunk-size {args.chunk_size}"] if args.op == "family" else []
     options += [f"--out {args.out}"] if args.out else []
+    options += [f"--plot {args.plot}"] if args.sweep and args.plot else []
     env = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
            if "OMP_NUM_THREADS" in os.environ else "")
     return f"{env}python -m mirasol bench {' '.join(options)}"
