@@ -49,6 +49,14 @@ class TransformerCombiner(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
+    def initial_state(self, batch: int) -> None:
+        """No state: each chunk is combined on its own."""
+        return None
+
+    def step(self, video: Tensor, audio: Tensor | None, state: None) -> tuple[Tensor, None]:
+        """:meth:`forward` on the next chunks of a stream (the state is None)."""
+        return self(video, audio), None
+
     def forward(self, video: Tensor, audio: Tensor | None = None) -> Tensor:
         """video (B, T, Nv, dim), audio (B, T, Na, dim) or None -> (B, T, m, dim)."""
         tokens = _chunk_tokens(video, audio, self.modality)
@@ -90,10 +98,17 @@ class TTMCombiner(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.write = TokenLearner(dim, memory_size, bottleneck_dim, backend)
 
-    def forward(self, video: Tensor, audio: Tensor | None = None) -> Tensor:
-        """video (B, T, Nv, dim), audio (B, T, Na, dim) or None -> (B, T, r, dim)."""
+    def initial_state(self, batch: int) -> Tensor:
+        """The memory (batch, M, dim) before a stream's first chunk."""
+        return self.memory.expand(batch, *self.memory.shape)
+
+    def step(self, video: Tensor, audio: Tensor | None, memory: Tensor
+             ) -> tuple[Tensor, Tensor]:
+        """The next chunks of a stream: video (B, k, Nv, dim), audio (B, k, Na, dim) or None
+        and the memory (B, M, dim) after the chunks before them -> ((B, k, r, dim) outputs,
+        the memory after these chunks). Pushing a clip k chunks at a time gives
+        :meth:`forward`'s outputs."""
         tokens = _chunk_tokens(video, audio, self.modality)
-        memory = self.memory.expand(tokens.shape[0], *self.memory.shape)
         outputs = []
         for chunk in tokens.unbind(1):
             x = self.read(torch.cat((memory, chunk), dim=1)) + self.position
@@ -102,4 +117,8 @@ class TTMCombiner(nn.Module):
             x = self.norm(x)
             memory = self.write(torch.cat((memory, chunk, x), dim=1))
             outputs.append(x)
-        return torch.stack(outputs, dim=1)
+        return torch.stack(outputs, dim=1), memory
+
+    def forward(self, video: Tensor, audio: Tensor | None = None) -> Tensor:
+        """video (B, T, Nv, dim), audio (B, T, Na, dim) or None -> (B, T, r, dim)."""
+        return self.step(video, audio, self.initial_state(video.shape[0]))[0]

@@ -8,56 +8,81 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirasol.layers import ChunkedCausalSelfAttention, Mlp
+from mirasol.layers import ChunkedCausalSelfAttention, ChunkKVCache, Mlp
 
 
-def chunk_time_embedding(combined: Tensor, base: float = 10000.0) -> Tensor:
-    """(T, 1, dim) sinusoidal embedding (Vaswani et al.) of each chunk's index t for
-    ``combined`` (B, T, m, dim); computed, not learned."""
+def chunk_time_embedding(combined: Tensor, first_chunk: int = 0, base: float = 10000.0
+                         ) -> Tensor:
+    """(T, 1, dim) sinusoidal embedding (Vaswani et al.) of each chunk's index
+    ``first_chunk + t`` for ``combined`` (B, T, m, dim); computed, not learned."""
     T, dim = combined.shape[1], combined.shape[-1]
     acc = torch.promote_types(combined.dtype, torch.float32)
     freqs = base ** -(torch.arange(0, dim, 2, device=combined.device, dtype=acc) / dim)
-    angles = torch.arange(T, device=combined.device, dtype=acc)[:, None] * freqs
+    angles = torch.arange(first_chunk, first_chunk + T, device=combined.device,
+                          dtype=acc)[:, None] * freqs
     return torch.cat((angles.sin(), angles.cos()), dim=-1)[:, None, :dim].to(combined.dtype)
 
 
 class AVBlock(nn.Module):
-    """Pre-norm block whose attention lets a token see its own and all earlier chunks."""
+    """Pre-norm block whose attention lets a token see its own and all earlier chunks (or,
+    with ``window_chunks``, the window's and the sinks')."""
 
     def __init__(self, dim: int, num_heads: int, chunk_size: int, mlp_ratio: float,
-                 backend: str):
+                 backend: str, window_chunks: int | None = None, sink_tokens: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = ChunkedCausalSelfAttention(dim, num_heads, chunk_size=chunk_size,
-                                               qkv_bias=True, rope=True, backend=backend)
+                                               window_chunks=window_chunks,
+                                               sink_tokens=sink_tokens, qkv_bias=True,
+                                               rope=True, backend=backend)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, cache: ChunkKVCache | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cache=cache)
         return x + self.mlp(self.norm2(x))
 
 
 class AVTransformer(nn.Module):
     """(B, T, m, dim) combined chunk tokens -> (B, T, m, dim) latents; the latents of chunk
-    t depend on chunks <= t only (rotary positions, no parameter depends on T)."""
+    t depend on chunks <= t only (rotary positions, no parameter depends on T). With
+    ``window_chunks``, on chunks ``t - window_chunks + 1 .. t`` and the first
+    ``sink_chunks`` only."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, num_tokens: int,
-                 mlp_ratio: float = 4.0, backend: str = "auto"):
+                 mlp_ratio: float = 4.0, backend: str = "auto", *,
+                 window_chunks: int | None = None, sink_chunks: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(AVBlock(dim, num_heads, num_tokens, mlp_ratio, backend)
+        self.blocks = nn.ModuleList(AVBlock(dim, num_heads, num_tokens, mlp_ratio, backend,
+                                            window_chunks, sink_chunks * num_tokens)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         # Predicts chunk t+1's combined tokens from chunk t's latents (slot by slot).
         self.predictor = nn.Linear(dim, dim)
 
-    def forward(self, combined: Tensor) -> Tensor:
+    def new_caches(self, batch: int, *, max_chunks: int = 1, capacity_chunks: int | None = None,
+                   dtype: torch.dtype | None = None, device=None) -> list[ChunkKVCache]:
+        """One rolling key/value cache per block for streaming ``batch`` streams, pushes of
+        up to ``max_chunks`` chunks (windowed), or up to ``capacity_chunks`` chunks in all
+        (no window: every key stays visible)."""
+        attn = self.blocks[0].attn
+        size = (dict(max_chunks=max_chunks) if attn.window_chunks is not None else
+                dict(capacity=None if capacity_chunks is None
+                     else capacity_chunks * attn.chunk_size))
+        return [block.attn.new_cache(batch, dtype=dtype, device=device, **size)
+                for block in self.blocks]
+
+    def forward(self, combined: Tensor, *, first_chunk: int = 0,
+                caches: list[ChunkKVCache] | None = None) -> Tensor:
+        """``combined`` (B, T, m, dim) are chunks ``first_chunk ..`` of the stream (time
+        embedding); with ``caches`` (:meth:`new_caches`) they are the next chunks of a
+        cached stream, attended to the cached keys as in the whole-stream forward."""
         # Each chunk's tokens get a sinusoidal embedding of the chunk's index: the latents
         # then say *when* (the text decoder's cross-attention has no positions of its own),
         # with no parameter that depends on T.
-        x = (combined + chunk_time_embedding(combined)).flatten(1, 2)
-        for block in self.blocks:
-            x = block(x)
+        x = (combined + chunk_time_embedding(combined, first_chunk)).flatten(1, 2)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
         return self.norm(x).view_as(combined)
 
     def latent_loss(self, latents: Tensor, combined: Tensor) -> Tensor:

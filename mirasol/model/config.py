@@ -114,7 +114,14 @@ class MirasolConfig:
     ``audio.sample_rate`` its audio window); ``dim``/``depth``/``num_heads`` are the
     Combiner's and the A/V autoregressive model's width and the latter's depth.
     ``audio=None``: a video-only model. ``latent_loss_weight`` scales the latent
-    prediction loss against the language-model loss."""
+    prediction loss against the language-model loss.
+
+    ``window_chunks`` bounds the model for streaming (None: the paper's unbounded model): a
+    chunk's A/V latents see its own chunk and the ``window_chunks - 1`` before it, plus the
+    first ``sink_chunks`` chunks (attention sinks), and the text decoder reads the latents
+    of the last ``window_chunks`` chunks plus the sinks. Training and the whole-clip
+    forward honour the same window, so a model trained with one streams exactly what it
+    was trained on (:meth:`Mirasol.stream`)."""
 
     fps: float = 4.0
     frames_per_chunk: int = 4
@@ -127,9 +134,22 @@ class MirasolConfig:
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     text: TextConfig = field(default_factory=TextConfig)
     latent_loss_weight: float = 1.0
+    window_chunks: int | None = None
+    sink_chunks: int = 0
 
     def __post_init__(self):
         _check_heads("mirasol", self.dim, self.num_heads)
+        if self.window_chunks is not None and (isinstance(self.window_chunks, bool) or not
+                                               isinstance(self.window_chunks, int)
+                                               or self.window_chunks < 1):
+            raise ValueError("window_chunks must be a positive int or None, got "
+                             f"{self.window_chunks!r}")
+        if (isinstance(self.sink_chunks, bool) or not isinstance(self.sink_chunks, int)
+                or self.sink_chunks < 0):
+            raise ValueError(f"sink_chunks must be a non-negative int, got {self.sink_chunks!r}")
+        if self.sink_chunks and self.window_chunks is None:
+            raise ValueError(f"sink_chunks ({self.sink_chunks}) needs window_chunks: without a "
+                             "window every chunk is visible already")
         if self.frames_per_chunk % self.video.tubelet_size:
             raise ValueError(f"frames_per_chunk ({self.frames_per_chunk}) must be a multiple "
                              f"of video.tubelet_size ({self.video.tubelet_size})")

@@ -15,6 +15,7 @@ from mirasol.model.config import MirasolConfig
 from mirasol.model.encoders import AudioEncoder, VideoEncoder
 from mirasol.model.generation import beam_search, greedy_search
 from mirasol.model.partition import chunk_layout, partition, partition_audio
+from mirasol.model.stream import MirasolStream
 from mirasol.model.text import ContextNorm, TextDecoder, lm_loss
 
 
@@ -66,7 +67,8 @@ class Mirasol(nn.Module):
             self.combiner = TTMCombiner(c.dim, k.num_tokens, k.memory_size, k.depth,
                                         k.num_heads, c.mlp_ratio, k.bottleneck_dim,
                                         backend=backend)
-        self.av = AVTransformer(c.dim, c.depth, c.num_heads, k.num_tokens, c.mlp_ratio, backend)
+        self.av = AVTransformer(c.dim, c.depth, c.num_heads, k.num_tokens, c.mlp_ratio, backend,
+                                window_chunks=c.window_chunks, sink_chunks=c.sink_chunks)
         self.context_norm = ContextNorm(k.num_tokens, c.dim)
         self.text = TextDecoder(c.text, c.dim, backend)
 
@@ -89,44 +91,85 @@ class Mirasol(nn.Module):
 
     def _audio_tokens(self, audio: Tensor | None, features: Tensor | None,
                       num_frames: int) -> Tensor | None:
+        """The audio encoder's tokens of the waveform of ``num_frames`` frames (or the
+        features given), None for a video-only model."""
+        if not self._takes_audio(audio, features):
+            return None
+        if features is not None:
+            return features
+        c = self.config
+        return self.audio_encoder(partition_audio(
+            audio, num_frames, frames_per_chunk=c.frames_per_chunk, fps=c.fps,
+            sample_rate=c.audio.sample_rate))
+
+    def _takes_audio(self, audio: Tensor | None, features: Tensor | None) -> bool:
+        """Whether audio comes (checked against what the model takes): False for a
+        video-only model, which raises when given any."""
         c = self.config
         if c.audio is None:
             if audio is not None or features is not None:
                 raise ValueError("this is a video-only model (config.audio is None): it takes "
                                  "no audio")
-            return None
+            return False
         if features is not None:
             _check_features("audio_features", features, c.audio.width)
-            return features
+            return True
         if audio is None:
             raise ValueError("this model takes audio: pass audio (B, S) or audio_features, or "
                              "use a video-only config (audio=None)")
         if self.audio_encoder is None:
             raise ValueError("this model has no audio encoder (audio.encoder=False): pass "
                              "audio_features")
-        return self.audio_encoder(partition_audio(
-            audio, num_frames, frames_per_chunk=c.frames_per_chunk, fps=c.fps,
-            sample_rate=c.audio.sample_rate))
+        return True
 
-    def encode(self, video: Tensor | None = None, audio: Tensor | None = None, *,
-               video_features: Tensor | None = None, audio_features: Tensor | None = None
-               ) -> tuple[Tensor, Tensor]:
-        """(combined, latents), both (B, T, m, dim): the Combiner's outputs and the A/V
-        model's. Chunk t's latents depend on chunks <= t only."""
-        v = self._video_tokens(video, video_features)
-        # Raw audio is cut at the frames' chunk boundaries (T chunks of frames_per_chunk).
-        a = self._audio_tokens(audio, audio_features, v.shape[1] * self.config.frames_per_chunk)
+    def _combine(self, v: Tensor, a: Tensor | None, state) -> tuple[Tensor, Tensor | None]:
+        """The Combiner on encoder tokens v (B, T, Nv, width) and a (or None) after its
+        ``state`` (``combiner.initial_state`` for a clip's start): the (B, T, m, dim)
+        outputs and the state after them."""
         if a is not None and a.shape[:2] != v.shape[:2]:
             raise ValueError(f"video gives {tuple(v.shape[:2])} (B, T) chunks but audio gives "
                              f"{tuple(a.shape[:2])}")
-        combined = self.combiner(self.video_proj(v), None if a is None else self.audio_proj(a))
-        return combined, self.av(combined)
+        return self.combiner.step(self.video_proj(v), None if a is None else self.audio_proj(a),
+                                  state)
+
+    def encode(self, video: Tensor | None = None, audio: Tensor | None = None, *,
+               video_features: Tensor | None = None, audio_features: Tensor | None = None,
+               first_chunk: int = 0) -> tuple[Tensor, Tensor]:
+        """(combined, latents), both (B, T, m, dim): the Combiner's outputs and the A/V
+        model's. Chunk t's latents depend on chunks <= t only (with ``window_chunks``, on
+        the window's and the sinks'). ``first_chunk``: the clip's first chunk is chunk
+        ``first_chunk`` of a longer timeline (its time embedding), e.g. to train a windowed
+        model on clips at random times of the long streams it will run on."""
+        v = self._video_tokens(video, video_features)
+        # Raw audio is cut at the frames' chunk boundaries (T chunks of frames_per_chunk).
+        a = self._audio_tokens(audio, audio_features, v.shape[1] * self.config.frames_per_chunk)
+        combined, _ = self._combine(v, a, self.combiner.initial_state(v.shape[0]))
+        return combined, self.av(combined, first_chunk=first_chunk)
+
+    def stream(self, batch: int = 1, *, max_chunks: int = 1,
+               capacity_chunks: int | None = None) -> MirasolStream:
+        """A live :class:`~mirasol.model.MirasolStream` of ``batch`` clips that arrive as they
+        play: ``push`` the next chunks, ``ask`` at any moment. Pushes hold up to
+        ``max_chunks`` chunks; a model without a window (every chunk stays visible) needs
+        ``capacity_chunks``, the most chunks the stream will reach."""
+        return MirasolStream(self, batch, max_chunks=max_chunks,
+                             capacity_chunks=capacity_chunks)
 
     # -- text ---------------------------------------------------------------------------
 
+    def visible_chunks(self, latents: Tensor) -> Tensor:
+        """The chunks of ``latents`` (B, T, m, dim) the text decoder reads: all of them, or
+        with ``window_chunks`` W and ``sink_chunks`` S the first S and the last W, in time
+        order. Idempotent: a stream keeps exactly these and hands them back."""
+        W, S, T = self.config.window_chunks, self.config.sink_chunks, latents.shape[1]
+        if W is None or T <= S + W:
+            return latents
+        return torch.cat((latents[:, :S], latents[:, T - W:]), dim=1)
+
     def context(self, latents: Tensor) -> Tensor:
-        """(B, T·m, dim): what the text decoder cross-attends to (:class:`ContextNorm`)."""
-        return self.context_norm(latents).flatten(1, 2)
+        """(B, T'·m, dim): what the text decoder cross-attends to: the visible chunks
+        (:meth:`visible_chunks`) standardized by :class:`ContextNorm`."""
+        return self.context_norm(self.visible_chunks(latents)).flatten(1, 2)
 
     def _check_text(self, name: str, text: Tensor, lengths: Tensor | None, batch: int) -> None:
         if text.dim() != 2 or text.dtype not in (torch.int64, torch.int32):

@@ -76,23 +76,30 @@ def _rate(fps: float | Fraction) -> tuple[int, int]:
 
 
 def chunk_layout(num_frames: int, frames_per_chunk: int, fps: float | Fraction,
-                 sample_rate: int) -> ChunkLayout:
+                 sample_rate: int, *, first_chunk: int = 0) -> ChunkLayout:
     """The layout of ``num_frames`` frames (a positive multiple of ``frames_per_chunk``)
-    at ``fps`` with audio at ``sample_rate``; see the module docstring."""
+    at ``fps`` with audio at ``sample_rate``; see the module docstring. ``first_chunk``:
+    the frames are chunks ``first_chunk, ...`` of a longer stream (a stream's push), and
+    ``audio_starts`` and ``required_samples`` are absolute sample indices in that stream's
+    audio, from its time 0, so windows never drift however long the stream runs."""
     num, den = _rate(fps)
     if num <= 0 or frames_per_chunk <= 0 or sample_rate <= 0:
         raise ValueError("fps, frames_per_chunk and sample_rate must be positive; got "
                          f"fps={fps}, frames_per_chunk={frames_per_chunk}, "
                          f"sample_rate={sample_rate}")
     num_chunks = _num_chunks(num_frames, frames_per_chunk)
+    if isinstance(first_chunk, bool) or not isinstance(first_chunk, int) or first_chunk < 0:
+        raise ValueError(f"first_chunk must be a non-negative int; got {first_chunk!r}")
     # A chunk lasts frames_per_chunk * sample_rate * den / num samples: exact in integers.
     chunk = frames_per_chunk * sample_rate * den
+    end_frame = first_chunk * frames_per_chunk + num_frames
     return ChunkLayout(
         num_chunks=num_chunks,
         frames_per_chunk=frames_per_chunk,
         samples_per_chunk=-(-chunk // num),
-        audio_starts=tuple(t * chunk // num for t in range(num_chunks)),
-        required_samples=-(-num_frames * sample_rate * den // num),
+        audio_starts=tuple(t * chunk // num
+                           for t in range(first_chunk, first_chunk + num_chunks)),
+        required_samples=-(-end_frame * sample_rate * den // num),
     )
 
 
