@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
@@ -107,6 +108,11 @@ class TrainConfig:
                         help="the forward's autocast dtype (weights and optimizer stay "
                              "float32): auto is bfloat16 on CUDA, float32 on CPU; bfloat16 "
                              "on CPU runs the attention ops natively in bf16 (AMX)")
+    time_offsets: int = option(0, help="each step's clips start at a chunk index drawn from "
+                                       "[0, time_offsets) of the timeline (the A/V model's "
+                                       "time embedding): a windowed model then streams for "
+                                       "longer than its clips at times it was trained at "
+                                       "(0: every clip starts at chunk 0)")
     fsdp: bool = option(False, help="under torchrun: FSDP2 (fully_shard) instead of DDP")
     num_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(True, help="continue from the run folder's last checkpoint")
@@ -536,7 +542,8 @@ def train(config: TrainConfig) -> Mirasol:
         with autocast:
             result = wrapped(batch["video"], batch["audio"], batch["text"],
                              answer_mask=batch["answer_mask"],
-                             text_lengths=batch["text_lengths"])
+                             text_lengths=batch["text_lengths"],
+                             first_chunk=time_offset(config, step))
         result.loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
         opt.step()
@@ -592,6 +599,15 @@ def _answer_logprob(model: Mirasol, latents: Tensor, questions: list[str],
     logp = model.text_logits(text, latents).float().log_softmax(-1)[:, :-1]
     token = logp.gather(-1, text[:, 1:, None])[..., 0]
     return (token * mask[:, 1:]).sum(1)
+
+
+def time_offset(config: TrainConfig, step: int) -> int:
+    """The first chunk index of step ``step``'s clips: uniform in [0, time_offsets), the
+    same on every rank and after a resume (a function of the seed and the step)."""
+    if config.time_offsets <= 1:
+        return 0
+    rng = np.random.default_rng(np.random.SeedSequence((config.seed, step)))
+    return int(rng.integers(config.time_offsets))
 
 
 @torch.no_grad()

@@ -192,18 +192,20 @@ class Mirasol(nn.Module):
     def forward(self, video: Tensor | None = None, audio: Tensor | None = None,
                 text: Tensor | None = None, *, answer_mask: Tensor | None = None,
                 text_lengths: Tensor | None = None, video_features: Tensor | None = None,
-                audio_features: Tensor | None = None) -> MirasolOutput:
+                audio_features: Tensor | None = None, first_chunk: int = 0) -> MirasolOutput:
         """Losses and logits. ``text`` (B, L) token ids, right-padded to ``text_lengths``;
         the LM loss predicts the tokens where ``answer_mask`` (B, L) is True (default:
-        every token after the first, within the lengths)."""
+        every token after the first, within the lengths). ``first_chunk``: as in
+        :meth:`encode`."""
         combined, latents = self.encode(video, audio, video_features=video_features,
-                                        audio_features=audio_features)
+                                        audio_features=audio_features, first_chunk=first_chunk)
         # The latent loss trains the A/V model and its predictor only: with the Combiner's
         # outputs detached on the input side as well as the target side, it cannot be
         # lowered by collapsing the Combiner to predictable (constant) features. That takes
         # a second pass of the (small: T·m tokens) A/V model when gradients are on.
         latent = self.av.latent_loss(
-            self.av(combined.detach()) if torch.is_grad_enabled() else latents, combined)
+            self.av(combined.detach(), first_chunk=first_chunk) if torch.is_grad_enabled()
+            else latents, combined)
         if text is None:
             return MirasolOutput(self.config.latent_loss_weight * latent, None, latent, None,
                                  latents)
