@@ -266,21 +266,59 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_ask(args) -> int:
-    from mirasol.demo import ask
+def _load_model(checkpoint: str, device: str):
     from mirasol.model import load_checkpoint
     from mirasol.train import latest_checkpoint
 
-    folder = Path(args.checkpoint)
+    folder = Path(checkpoint)
     if not (folder / "model.safetensors").exists():
         folder = latest_checkpoint(folder) or folder  # a run folder: its last checkpoint
-    model = load_checkpoint(folder, device=args.device)
+    return load_checkpoint(folder, device=device)
+
+
+def cmd_ask(args) -> int:
+    from mirasol.demo import ask
+
+    model = _load_model(args.checkpoint, args.device)
     result = ask(model, args.video, args.question, num_frames=args.frames, start=args.start,
                  num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     print(result["answer"])
     _progress(f"{result['frames']} frames ({result['seconds']:.1f} s) decoded in "
               f"{result['decode_ms']:.0f} ms, answered in {result['answer_ms']:.0f} ms")
     return 0
+
+
+def cmd_watch(args) -> int:
+    from mirasol.data import MediaError
+    from mirasol.live import watch
+
+    model = _load_model(args.checkpoint, args.device)
+    source = sys.stdin.buffer if args.video == "-" else args.video
+    last = None
+    try:
+        for answer in watch(model, source, args.ask or ["what is happening?"],
+                            every=args.every, chunks_per_push=args.chunks_per_push,
+                            capacity_chunks=args.capacity_chunks, num_beams=args.num_beams,
+                            max_new_tokens=args.max_new_tokens):
+            print(f"[{answer.seconds:8.1f} s] {answer.question} {answer.answer}", flush=True)
+            last = answer
+    except KeyboardInterrupt:
+        _watched(last, "stopped")
+        return 130
+    except MediaError as error:
+        _watched(last, "source failed")
+        print(f"mirasol watch: {error}", file=sys.stderr)
+        return 1
+    _watched(last, "done")
+    return 0
+
+
+def _watched(last, how: str) -> None:
+    if last is None:
+        _progress(f"{how}: nothing watched yet")
+    else:
+        _progress(f"{how}: {last.seconds:.1f} s of video in {last.wall:.1f} s "
+                  f"({last.rtf:.1f}x real time), stream state {last.nbytes / 1024:.0f} KiB")
 
 
 def cmd_export(args) -> int:
@@ -462,6 +500,25 @@ def add_ask(sub) -> None:
     ask.set_defaults(func=cmd_ask)
 
 
+def add_watch(sub) -> None:
+    watch = sub.add_parser("watch", help="stream a video file or pipe through a model and "
+                                         "answer questions as it plays")
+    watch.add_argument("video", help="a media file, or - for a pipe on stdin")
+    watch.add_argument("--ask", action="append", metavar="QUESTION",
+                       help="a question to answer (repeat for several)")
+    watch.add_argument("--checkpoint", default="runs/demo/model",
+                       help="a checkpoint folder or a run folder (its last checkpoint)")
+    watch.add_argument("--every", type=float,
+                       help="answer every this many seconds of video (default: every push)")
+    watch.add_argument("--chunks-per-push", type=int, default=1)
+    watch.add_argument("--capacity-chunks", type=int,
+                       help="for a model without a window: the most chunks to watch")
+    watch.add_argument("--num-beams", type=int, default=1)
+    watch.add_argument("--max-new-tokens", type=int, default=16)
+    watch.add_argument("--device", default="cpu")
+    watch.set_defaults(func=cmd_watch)
+
+
 def add_export(sub) -> None:
     export = sub.add_parser("export", help="a whole checkpoint (model.safetensors + "
                                            "config.json) from a run's, sharded or not")
@@ -477,7 +534,7 @@ def add_demo(sub) -> None:
 
 
 COMMANDS = (add_check, add_bench, add_params, add_profile, add_train, add_eval, add_export,
-            add_ask, add_demo)
+            add_ask, add_watch, add_demo)
 
 
 def parser() -> argparse.ArgumentParser:
