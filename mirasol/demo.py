@@ -4,6 +4,13 @@ Trains the ``tiny`` preset on the synthetic time-aligned audio-video QA task, th
 model with one modality removed (text only, video only, audio only) to show that the
 answers need both, evaluates all of them on held-out clips, writes a report (Markdown +
 plots), and answers a question about a real clip decoded from a file.
+
+The full model has a window of ``window_chunks`` chunks (one clip) and trains at random
+times of a long timeline (``time_offsets``), so it also runs live: the demo streams
+``live_episodes`` consecutive held-out clips per stream (10 minutes of video at the
+defaults) through every run and asks each clip's question as it ends
+(:func:`mirasol.live.live_accuracy`), in bounded memory, and the same weights without the
+window, which see every chunk so far.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import torch
 from mirasol._format import format_rows
 from mirasol._options import option
 from mirasol.data import ByteTokenizer, load_media, media_args, sample_clip_path
-from mirasol.data.synthetic import ABLATIONS, ANSWERS
+from mirasol.data.synthetic import ABLATIONS, ANSWERS, SyntheticConfig
+from mirasol.live import live_accuracy
 from mirasol.model import save_checkpoint
 from mirasol.report import accuracy_rows, write_report
 from mirasol.train import TrainConfig, dataset, evaluate, train
@@ -39,6 +47,12 @@ class DemoConfig:
                         help="training's autocast dtype (TrainConfig.dtype): auto is float32 "
                              "on CPU, where the tiny model trains faster in it than in "
                              "bfloat16")
+    window_chunks: int = option(4, help="the A/V model's window in chunks (4: one clip), "
+                                        "so the model streams in bounded memory; 0: no window")
+    time_offsets: int = option(1024, help="clips train at random chunk offsets below this "
+                                          "(TrainConfig.time_offsets), the times they stream at")
+    live_streams: int = option(8, help="live streams evaluated per run (0: no live section)")
+    live_episodes: int = option(150, help="consecutive held-out clips per live stream")
     progress: bool = option(True, help="show progress bars")
 
 
@@ -91,28 +105,34 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     """Train and evaluate the full model and each ablation, report, ask about the real clip;
     returns the results, the answer and the report's path."""
     out = Path(config.out)
+    window = {"window_chunks": config.window_chunks} if config.window_chunks else {}
     runs = {ablation: TrainConfig(out=str(out / ablation), ablation=ablation, checkpoint_every=0,
                                   progress=config.progress, resume=False, dtype=config.dtype,
+                                  model=window, time_offsets=config.time_offsets,
                                   **schedule(config.steps if ablation == "full"
                                              else config.ablation_steps))
             for ablation in ABLATIONS}
-    results, timings, model = {}, {}, None
+    results, timings, models = {}, {}, {}
     for name, run in runs.items():
         start = time.perf_counter()
-        trained = train(run)
+        models[name] = trained = train(run)
         test = dataset(run, trained.config, "test", config.test_size)
         results[name] = evaluate(trained, test, ablation=run.ablation)
         timings[name] = time.perf_counter() - start
-        model = trained if name == "full" else model
         print(f"{name}: test accuracy {results[name]['accuracy']:.1%} "
               f"({timings[name]:.0f} s, {run.steps} steps)", flush=True)
     table = format_rows(accuracy_rows(results, _chance()))
     print("\nheld-out accuracy, full model vs single-modality ablations "
           "(same model, same data, one modality removed)\n" + table)
+    model = models["full"]
     save_checkpoint(model, out / "model")
     notes = [f"{name}: {runs[name].steps} steps of {runs[name].batch_size} clips, "
              f"{timings[name]:.0f} s (training + evaluation on {config.test_size} clips)"
              for name in runs]
+    live = None
+    if config.live_streams and config.window_chunks:
+        live = _live(config, models)
+        notes += live["notes"]
     ask = None
     try:
         ask = ask_real_clip(model, config.question)
@@ -128,4 +148,35 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
                      "answer shows the path works, not understanding)")
     report = write_report(out, {n: r.out for n, r in runs.items()}, results, _chance(), notes)
     print(f"\nreport: {report}")
-    return {"results": results, "ask": ask, "report": str(report)}
+    return {"results": results, "ask": ask, "live": live, "report": str(report)}
+
+
+def _live(config: DemoConfig, models: dict) -> dict[str, object]:
+    """The live section: every run streamed on the long-video task, and the full model's
+    weights without the window; prints and returns the accuracy by minute."""
+    start = time.perf_counter()
+    data = SyntheticConfig.for_model(models["full"].config)
+    args = dict(streams=config.live_streams, episodes=config.live_episodes)
+    results = {name: live_accuracy(model, data, ablation=name, **args)
+               for name, model in models.items()}
+    results["full, no window"] = live_accuracy(models["full"], data, unbounded=True, **args)
+    minutes = sorted(results["full"]["by_minute"])
+    rows = [("run", "all", *(f"min {m + 1}" for m in minutes), "state KiB (first, last)")]
+    for name, r in results.items():
+        rows.append((name, f"{r['accuracy']:.1%}",
+                     *(f"{r['by_minute'][m]['accuracy']:.1%}" for m in minutes),
+                     f"{r['nbytes'][0] / 1024:.0f}, {r['nbytes'][-1] / 1024:.0f}"))
+    seconds = results["full"]["seconds"]
+    took = time.perf_counter() - start
+    table = format_rows(rows)
+    print(f"\nlive: {config.live_streams} streams of {config.live_episodes} held-out clips "
+          f"({seconds / 60:.0f} min of video each), each clip's question asked as it ends "
+          f"(closed-set accuracy by minute; {took:.0f} s)\n{table}")
+    notes = [f"live ({took:.0f} s): {config.live_streams} streams x {seconds / 60:.0f} min, "
+             f"one question per {data.num_chunks}-s clip as it ends; full model "
+             f"{results['full']['accuracy']:.1%} (exact match "
+             f"{results['full']['exact_match']:.1%}) with a flat "
+             f"{results['full']['nbytes'][-1] / 1024:.0f} KiB stream state; the same weights "
+             f"without the window {results['full, no window']['accuracy']:.1%}, their state "
+             f"growing to {results['full, no window']['nbytes'][-1] / 2**20:.1f} MiB"]
+    return {"results": results, "table": table, "notes": notes, "seconds": took}

@@ -9,11 +9,14 @@ memory; one without needs ``capacity_chunks``, the most chunks it will watch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mirasol.data import media_args, stream_media
+import torch
+
+from mirasol.data import SyntheticConfig, media_args, stream_media
 from mirasol.model import Mirasol
 
 
@@ -73,3 +76,61 @@ def watch(model: Mirasol, source, questions: str | list[str], *, every: float | 
             yield from answers()
     if stream.chunks and asked < stream.seconds:
         yield from answers()
+
+
+@torch.no_grad()
+def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
+                  episodes: int = 150, seed: int = 0, split: str = "test",
+                  ablation: str = "full", unbounded: bool = False) -> dict:
+    """The long-video task: ``streams`` live streams, each ``episodes`` consecutive synthetic
+    clips of ``data`` (``data.num_chunks`` chunks each: 150 episodes of the tiny preset's
+    4 one-second chunks are 10 minutes), pushed one episode at a time; after each, the
+    episode's question is asked about the stream as it is then. A model whose window covers
+    an episode sees exactly that episode's chunks in its decoder; ``unbounded``: the same
+    weights without the window, every chunk so far visible (the decoder must pick the
+    episode out of all of them).
+
+    Returns ``accuracy`` (closed set: the likeliest answer of the question's kind is right)
+    and ``exact_match`` (greedy answer), overall and ``by_minute`` (by the minute of video
+    the question comes in), ``seconds`` of each stream, and ``nbytes``: the stream state's
+    size after each episode."""
+    from mirasol.data.synthetic import ANSWERS, ablate, collate, make_example
+    from mirasol.train import TOKENIZER, _answer_logprob
+
+    device = next(model.parameters()).device
+    if unbounded:
+        weights = model.state_dict()
+        model = Mirasol(dataclasses.replace(model.config, window_chunks=None, sink_chunks=0))
+        model.load_state_dict(weights)
+    model.to(device).eval()
+    chunks = data.num_chunks
+    stream = model.stream(streams, max_chunks=chunks,
+                          capacity_chunks=episodes * chunks if unbounded else None)
+    hits, nbytes = [], []
+    for episode in range(episodes):
+        clips = [make_example(data, seed, split, s * episodes + episode) for s in range(streams)]
+        batch = ablate(collate(clips, TOKENIZER), ablation)
+        stream.push(batch["video"].to(device), batch["audio"].to(device))
+        questions = [c.question for c in clips]
+        pairs = [(i, a) for i, c in enumerate(clips) for a in ANSWERS[c.kind]]
+        rows = torch.tensor([i for i, _ in pairs], device=device)
+        scores = _answer_logprob(model, stream.latents[rows], [questions[i] for i, _ in pairs],
+                                 [a for _, a in pairs]).tolist()
+        best: dict[int, tuple[float, str]] = {}
+        for (i, a), s in zip(pairs, scores):
+            if i not in best or s > best[i][0]:
+                best[i] = (s, a)
+        said = stream.ask(questions, max_new_tokens=max(map(len, ANSWERS)) + 1)
+        minute = int(stream.seconds - 1e-9) // 60
+        hits += [(minute, best[i][1] == c.answer, said[i].strip() == c.answer)
+                 for i, c in enumerate(clips)]
+        nbytes.append(stream.nbytes)
+
+    def score(h):
+        return {"accuracy": sum(a for _, a, _ in h) / len(h),
+                "exact_match": sum(m for _, _, m in h) / len(h), "count": len(h)}
+
+    minutes = sorted({m for m, _, _ in hits})
+    return {**score(hits), "by_minute": {m: score([h for h in hits if h[0] == m])
+                                         for m in minutes},
+            "seconds": stream.seconds, "nbytes": nbytes}

@@ -10,13 +10,18 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     pytest.importorskip("av")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "6", "--ablation-steps", "3",
-                 "--test-size", "12", "--no-progress"]) == 0
+                 "--test-size", "12", "--live-streams", "2", "--live-episodes", "2",
+                 "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for run in ("full", "text-only", "video-only", "audio-only", "chance"):
         assert run in printed
+    live = printed.split("\nlive: 2 streams of 2 held-out clips")[1]
+    for run in ("full", "text-only", "video-only", "audio-only", "full, no window"):
+        assert f"\n{run} " in live
     assert "real clip bigbuckbunny.mp4" in printed
     report = (out / "report.md").read_text()
     assert "colour_during_tone" in report and "![loss](loss.png)" in report
+    assert "- live (" in report and "stream state" in report
     assert (out / "loss.png").stat().st_size > 1000 and (out / "accuracy.png").exists()
     assert (out / "model" / "model.safetensors").exists()
     for run in ("full", "text-only", "video-only", "audio-only"):

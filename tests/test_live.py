@@ -79,3 +79,17 @@ def test_command(model, clip, tmp_path, capsys):
     assert cli.main(["watch", str(cut), "--checkpoint", str(tmp_path / "model")]) == 1
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 2 and "source failed: 2.0 s" in err and "decode failed" in err
+
+
+def test_live_accuracy_structure_and_memory(model):
+    from mirasol.data import SyntheticConfig
+    from mirasol.live import live_accuracy
+
+    data = SyntheticConfig.for_model(model.config)
+    windowed = live_accuracy(model, data, streams=2, episodes=4)
+    assert windowed["count"] == 8 and windowed["seconds"] == 16.0
+    assert list(windowed["by_minute"]) == [0] and 0 <= windowed["accuracy"] <= 1
+    assert len(set(windowed["nbytes"])) == 1  # flat: the window holds the state
+    unbounded = live_accuracy(model, data, streams=2, episodes=4, unbounded=True)
+    assert unbounded["nbytes"] == sorted(unbounded["nbytes"])
+    assert unbounded["nbytes"][-1] > unbounded["nbytes"][0] > windowed["nbytes"][0]
