@@ -55,21 +55,21 @@ def measure(chunks: int, window: int, marks: list[int], sample: int) -> list[dic
     whole.load_state_dict(model.state_dict())
     video, audio = _chunk(model.config, 0)
     stream, rows, times = model.stream(1), [], []
-    for t in range(1, chunks + 1):
+    for t in range(1, chunks + 1):  # the stream alone first: its RSS is the stream's
         start = time.perf_counter()
         stream.push(video, audio)
         _answer(model, latents=stream.latents)
         times.append(time.perf_counter() - start)
         if t in marks:
-            clip_video = video.repeat(1, t, 1, 1, 1)
-            clip_audio = audio.repeat(1, t)
-            start = time.perf_counter()
-            _answer(whole, video=clip_video, audio=clip_audio)
             rows.append({"chunks": t, "minutes": stream.seconds / 60,
                          "stream_ms": statistics.median(times[-sample:]) * 1e3,
-                         "whole_ms": (time.perf_counter() - start) * 1e3,
                          "state_kib": stream.nbytes / 1024, "rss_mib": rss_mib()})
-            print(rows[-1], flush=True)
+    for row in rows:
+        start = time.perf_counter()
+        _answer(whole, video=video.repeat(1, row["chunks"], 1, 1, 1),
+                audio=audio.repeat(1, row["chunks"]))
+        row["whole_ms"] = (time.perf_counter() - start) * 1e3
+        print(row, flush=True)
     return rows
 
 
@@ -109,7 +109,8 @@ def main() -> None:
              f"{args.window}, one chunk pushed and one 4-token greedy answer per second of "
              f"video (median of the last {args.sample} pushes), against answering at that "
              "moment by a whole-clip forward of every chunk so far (same weights, no "
-             "window; one run). Stream state: MirasolStream.nbytes; RSS of this process.", "",
+             "window; one run, after the stream). Stream state: MirasolStream.nbytes; RSS of this "
+             "process during the stream.", "",
              "| chunks | minutes | stream ms/chunk | whole-clip ms | ratio | state KiB | "
              "RSS MiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:

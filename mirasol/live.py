@@ -107,6 +107,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
     stream = model.stream(streams, max_chunks=chunks,
                           capacity_chunks=episodes * chunks if unbounded else None)
     hits, nbytes = [], []
+    longest = max(len(a.encode()) for answers in ANSWERS.values() for a in answers)
     for episode in range(episodes):
         clips = [make_example(data, seed, split, s * episodes + episode) for s in range(streams)]
         batch = ablate(collate(clips, TOKENIZER), ablation)
@@ -120,7 +121,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
         for (i, a), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, a)
-        said = stream.ask(questions, max_new_tokens=max(map(len, ANSWERS)) + 1)
+        said = stream.ask(questions, max_new_tokens=longest + 1)
         minute = int(stream.seconds - 1e-9) // 60
         hits += [(minute, best[i][1] == c.answer, said[i].strip() == c.answer)
                  for i, c in enumerate(clips)]
