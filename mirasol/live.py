@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mirasol.data import SyntheticConfig, media_args, stream_media
+from mirasol.data import ByteTokenizer, SyntheticConfig, media_args, stream_media
 from mirasol.model import Mirasol
+
+TOKENIZER = ByteTokenizer()
 
 
 @dataclass
@@ -62,7 +64,8 @@ def watch(model: Mirasol, source, questions: str | list[str], *, every: float | 
 
     def answers() -> Iterator[Answer]:
         for question in questions:
-            text = stream.ask(question, num_beams=num_beams, max_new_tokens=max_new_tokens)[0]
+            text = stream.ask(question, TOKENIZER, num_beams=num_beams,
+                              max_new_tokens=max_new_tokens)[0]
             yield Answer(stream.seconds, question, text, time.perf_counter() - begin,
                          stream.nbytes)
 
@@ -95,7 +98,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
     the question comes in), ``seconds`` of each stream, and ``nbytes``: the stream state's
     size after each episode."""
     from mirasol.data.synthetic import ANSWERS, ablate, collate, make_example
-    from mirasol.train import TOKENIZER, _answer_logprob
+    from mirasol.train import _answer_logprob
 
     device = next(model.parameters()).device
     if unbounded:
@@ -121,7 +124,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
         for (i, a), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, a)
-        said = stream.ask(questions, max_new_tokens=longest + 1)
+        said = stream.ask(questions, TOKENIZER, max_new_tokens=longest + 1)
         minute = int(stream.seconds - 1e-9) // 60
         hits += [(minute, best[i][1] == c.answer, said[i].strip() == c.answer)
                  for i, c in enumerate(clips)]

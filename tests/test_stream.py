@@ -85,9 +85,9 @@ def test_answers_equal_generate_on_the_whole_clip(window):
     whole = model.generate(video, audio, prompt, prompt_lengths=lengths, max_new_tokens=6, **IDS)
     live = stream.generate(prompt, prompt_lengths=lengths, max_new_tokens=6, **IDS)
     assert_identical(live, whole)
-    answers = stream.ask(["what is it?", "and now?"], max_new_tokens=6)
+    answers = stream.ask(["what is it?", "and now?"], TOK, max_new_tokens=6)
     assert answers == [TOK.decode(row) for row in whole]
-    assert stream.ask("what is it?", num_beams=2, max_new_tokens=4) == [
+    assert stream.ask("what is it?", TOK, num_beams=2, max_new_tokens=4) == [
         TOK.decode(row) for row in model.generate(video, audio, prompt[:1, :lengths[0]].expand(
             2, -1), max_new_tokens=4, num_beams=2, **IDS)]
 
@@ -184,14 +184,14 @@ def test_stream_errors():
         model.stream(0, capacity_chunks=4)
     stream = model.stream(1, capacity_chunks=2)
     with pytest.raises(ValueError, match="push at least one chunk before asking"):
-        stream.ask("what?")
+        stream.ask("what?", TOK)
     video, audio = _clip(model.config, chunks=1, B=1)
     stream.push(video, audio)
     stream.push(video, audio)
     with pytest.raises(ValueError, match="capacity|full|room"):
         stream.push(video, audio)
     with pytest.raises(ValueError, match="2 questions for 1 clips"):
-        stream.ask(["a?", "b?"])
+        stream.ask(["a?", "b?"], TOK)
     windowed = _model("ttm", "window")
     with pytest.raises(ValueError, match="capacity_chunks is for a model without a window"):
         windowed.stream(1, capacity_chunks=4)

@@ -281,14 +281,14 @@ class MirasolStream:
                              "chunk before asking")
         return self.model.generate(prompt=prompt, latents=self._latents, **kwargs)
 
-    def ask(self, question: str | list[str], *, num_beams: int = 1, max_new_tokens: int = 16,
-            tokenizer=None) -> list[str]:
+    def ask(self, question: str | list[str], tokenizer, *, num_beams: int = 1,
+            max_new_tokens: int = 16) -> list[str]:
         """Answer ``question`` (one for every clip, or a list with one per clip) about what
         has played so far: one answer per clip (greedy, or beam search with
-        ``num_beams``), decoded by ``tokenizer`` (default :class:`mirasol.data.ByteTokenizer`)."""
-        from mirasol.data.tokenizer import ByteTokenizer
-
-        tok = tokenizer or ByteTokenizer()
+        ``num_beams``), in the text of ``tokenizer`` (its ``prompt``, ``pad``, ``decode``,
+        ``EOS`` and ``PAD``, as :class:`mirasol.data.ByteTokenizer`'s: the model does not
+        know its tokenizer, as for :meth:`Mirasol.generate`)."""
+        tok = tokenizer
         questions = [question] * self.batch if isinstance(question, str) else list(question)
         if len(questions) != self.batch:
             raise ValueError(f"MirasolStream.ask: {len(questions)} questions for "
