@@ -43,7 +43,7 @@ check: $(STAMP)
 
 test: $(STAMP) $(OLDEST_STAMP)
 	OMP_NUM_THREADS=1 MIRASOL_OLDEST_TRITON_PYTHON=$(OLDEST_VENV)/bin/python \
-		$(PY) -m pytest -n $(WORKERS) -q
+		$(PY) -m pytest -n $(WORKERS) -q --durations=25
 
 # The cross-compile gate under triton 3.6 (tests/test_oldest_triton.py): about 5 minutes
 # cold on 2 cores; it fails until the tuning table is spill-free under 3.6 too.
