@@ -59,7 +59,7 @@ def test_stream_equals_whole_clip(kind, window, sizes):
     whole = model.encode(video, audio)[1]
     latents, stream = _streamed(model, video, audio, sizes)
     assert stream.chunks == 6 and stream.seconds == 3.0
-    torch.testing.assert_close(stream.latents, model.visible_chunks(latents), rtol=0, atol=0)
+    assert_identical(stream.latents, model.visible_chunks(latents))
     assert stream.latents.shape[1] == {"none": 6, "window": 2, "sink": 3}[window]
     assert model.visible_chunks(whole).shape == stream.latents.shape
 
@@ -228,16 +228,25 @@ def test_a_stream_later_in_time_is_the_offset_forward():
     ``encode(first_chunk=7)`` sees it: with the stateless Combiner, a window of 2 and two
     A/V layers, chunk 2 of the clip depends on the clip's chunks 0..2 alone."""
     model = _model("transformer", "window")
+    oracle = copy.deepcopy(model).double()
     video, audio = _clip(model.config, chunks=3)
     later = model.encode(video, audio, first_chunk=7)[1]
     assert not torch.allclose(later, model.encode(video, audio)[1])
-    stream = model.stream(2)
-    for t in range(7):
-        stream.push(*_clip(model.config, chunks=1, seed=10 + t))
-    live = [stream.push(video[:, 2 * t:2 * t + 2], audio[:, t * SAMPLES:(t + 1) * SAMPLES])
-            for t in range(3)]
-    torch.testing.assert_close(live[2], later[:, 2:], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(live[0], later[:, :1])  # chunk 0 still sees the chunks before
+    before = [_clip(model.config, chunks=1, seed=10 + t) for t in range(7)]
+
+    def live(v, a):  # the clip's chunks, each pushed after the 7 chunks before
+        stream = model.stream(2)
+        for bv, ba in before:
+            stream.push(bv.to(v.dtype), ba.to(a.dtype))
+        return [stream.push(v[:, 2 * t:2 * t + 2], a[:, t * SAMPLES:(t + 1) * SAMPLES])
+                for t in range(3)]
+
+    reports = compare_with_oracle(lambda v, a: live(v, a)[2],
+                                  lambda v, a: model.encode(v, a, first_chunk=7)[1][:, 2:],
+                                  (video, audio), names=("video", "audio"), grads=False,
+                                  oracle=lambda v, a: oracle.encode(v, a, first_chunk=7)[1][:, 2:])
+    assert_parity(reports)
+    assert not torch.allclose(live(video, audio)[0], later[:, :1])  # chunk 0 sees the chunks before
 
 
 def test_train_time_offsets_are_deterministic():

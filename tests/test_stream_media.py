@@ -10,18 +10,20 @@ import torch
 
 pytest.importorskip("av")
 
-from mirasol.data import MediaError, load_media, sample_clip_path, stream_media  # noqa: E402
-from test_media import _write_video  # noqa: E402
+from mirasol.data import MediaError, load_media, stream_media  # noqa: E402
+from test_media import SETTINGS, _write_video, clip_path  # noqa: E402, F401  (a fixture)
 
-SETTINGS = dict(fps=4, image_size=32, sample_rate=8000)
+# The written files' format: 1-s chunks of 4 frames, 16² frames.
+SMALL = dict(frames_per_chunk=4, fps=4, image_size=16, sample_rate=8000)
 
 
-@pytest.fixture(scope="module")
-def clip_path():
-    try:
-        return sample_clip_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def _ends_until(match: str, source) -> list[float]:
+    """The ends of the pieces ``source`` yields before MediaError matching ``match``."""
+    ends = []
+    with pytest.raises(MediaError, match=match):
+        for piece in stream_media(source, **SMALL):
+            ends.append(piece.end)
+    return ends
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_incremental(tmp_path):
     # file has been read to its end.
     path = _write_video(tmp_path / "long.mkv", list(range(0, 8000, 100)), 8.0)
     source = _Counting(path.read_bytes())
-    pieces = stream_media(source, frames_per_chunk=4, image_size=16, fps=4, sample_rate=8000)
+    pieces = stream_media(source, **SMALL)
     first = next(pieces)
     assert first.end == 1.0 and source.furthest < len(source.getvalue()) / 2
     assert len(list(pieces)) == 7
@@ -84,26 +86,15 @@ def test_truncated_raises_after_the_whole_pieces(tmp_path):
     path = _write_video(tmp_path / "clip.mkv", list(range(0, 4000, 100)), 4.0)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(path.read_bytes()[:len(path.read_bytes()) * 6 // 10])
-    got = []
-    with pytest.raises(MediaError, match=r"cut\.mkv: decode failed at 2\.\d\d s: .*declares "
-                                         r"4\.\d\d s \(truncated\?\)"):
-        for piece in stream_media(cut, frames_per_chunk=4, fps=4, image_size=16,
-                                  sample_rate=8000):
-            got.append(piece.end)
-    assert got == [1.0, 2.0]
-    assert len(list(stream_media(path, frames_per_chunk=4, fps=4, image_size=16,
-                                 sample_rate=8000))) == 4
+    assert _ends_until(r"cut\.mkv: decode failed at 2\.\d\d s: .*declares 4\.\d\d s "
+                       r"\(truncated\?\)", cut) == [1.0, 2.0]
+    assert len(list(stream_media(path, **SMALL))) == 4
 
 
 def test_audio_shorter_than_video(tmp_path):
     short = _write_video(tmp_path / "short.mp4", list(range(0, 2000, 100)), 1.0)
-    got = []
-    with pytest.raises(MediaError, match=r"short\.mp4: its audio track covers 0\.000-1\.003 s "
-                                         r"but the video clip spans 0\.000-2\.000 s"):
-        for piece in stream_media(short, frames_per_chunk=4, fps=4, image_size=16,
-                                  sample_rate=8000):
-            got.append(piece.end)
-    assert got == [1.0]
+    assert _ends_until(r"short\.mp4: its audio track covers 0\.000-1\.003 s but the video "
+                       r"clip spans 0\.000-2\.000 s", short) == [1.0]
 
 
 def test_errors(tmp_path):

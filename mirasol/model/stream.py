@@ -288,16 +288,15 @@ class MirasolStream:
         ``num_beams``), in the text of ``tokenizer`` (its ``prompt``, ``pad``, ``decode``,
         ``EOS`` and ``PAD``, as :class:`mirasol.data.ByteTokenizer`'s: the model does not
         know its tokenizer, as for :meth:`Mirasol.generate`)."""
-        tok = tokenizer
         questions = [question] * self.batch if isinstance(question, str) else list(question)
         if len(questions) != self.batch:
             raise ValueError(f"MirasolStream.ask: {len(questions)} questions for "
                              f"{self.batch} clips")
-        prompt, lengths = tok.pad([tok.prompt(q) for q in questions])
+        prompt, lengths = tokenizer.pad([tokenizer.prompt(q) for q in questions])
         answers = self.generate(prompt.to(self._device), prompt_lengths=lengths.to(self._device),
                                 num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                eos_token_id=tok.EOS, pad_token_id=tok.PAD)
-        return [tok.decode(row) for row in answers]
+                                eos_token_id=tokenizer.EOS, pad_token_id=tokenizer.PAD)
+        return [tokenizer.decode(row) for row in answers]
 
     def __repr__(self) -> str:
         c = self.config
