@@ -5,15 +5,15 @@ model with one modality removed (text only, video only, audio only) to show that
 answers need both, evaluates all of them on held-out clips, writes a report (Markdown +
 plots), and answers a question about a real clip decoded from a file.
 
-The runs have a window of ``window_chunks`` chunks (one clip: the same function and
-gradients as no window on the demo's clips), so the saved model streams in bounded memory
-(``mirasol watch``). With ``live_streams``, the demo also streams ``live_episodes``
-consecutive held-out clips per stream (10 minutes of video at 150) through every run and
-asks each clip's question as it ends (:func:`mirasol.live.live_accuracy`), and the same
-weights without the window, which see every chunk so far. Off by default: the tiny
-preset's absolute chunk-time embedding does not carry a model trained on 4-chunk clips to
-chunk 600, and training at random times (``time_offsets``) kept it at chance (36.5% at
-``time_offsets=1024``; docs/known-problems.md).
+The runs have a window of ``window_chunks`` chunks (one clip: on the demo's clips the same
+function and gradients as no window) and no absolute time embedding
+(``MirasolConfig.time_embedding=False``: time only as the A/V attention's relative
+positions), so the saved model computes the same function of its window at any point of
+a stream and watches in bounded memory (``mirasol watch``). The live section
+(``live_streams``) streams ``live_episodes`` consecutive held-out clips per stream (10
+minutes of video at 150) through every run and asks each clip's question as it ends
+(:func:`mirasol.live.live_accuracy`); and through the full model's weights without the
+window, which see every chunk so far.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class DemoConfig:
                              "bfloat16")
     window_chunks: int = option(4, help="the A/V model's window in chunks (4: one clip), "
                                         "so the model streams in bounded memory; 0: no window")
-    time_offsets: int = option(0, help="clips train at random chunk offsets below this "
-                                       "(TrainConfig.time_offsets), the times they stream at")
-    live_streams: int = option(0, help="live streams evaluated per run (0: no live section)")
+    time_embedding: bool = option(False, help="the absolute chunk-time embedding "
+                                              "(MirasolConfig.time_embedding); off, a windowed "
+                                              "model is the same function at every time")
+    live_streams: int = option(8, help="live streams evaluated per run (0: no live section)")
     live_episodes: int = option(150, help="consecutive held-out clips per live stream")
     progress: bool = option(True, help="show progress bars")
 
@@ -108,10 +109,11 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     """Train and evaluate the full model and each ablation, report, ask about the real clip;
     returns the results, the answer and the report's path."""
     out = Path(config.out)
-    window = {"window_chunks": config.window_chunks} if config.window_chunks else {}
+    model = {"time_embedding": config.time_embedding,
+             **({"window_chunks": config.window_chunks} if config.window_chunks else {})}
     runs = {ablation: TrainConfig(out=str(out / ablation), ablation=ablation, checkpoint_every=0,
                                   progress=config.progress, resume=False, dtype=config.dtype,
-                                  model=window, time_offsets=config.time_offsets,
+                                  model=model,
                                   **schedule(config.steps if ablation == "full"
                                              else config.ablation_steps))
             for ablation in ABLATIONS}
@@ -149,7 +151,8 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
                      f"A {ask['answer']!r} (decode {ask['decode_ms']:.0f} ms, answer "
                      f"{ask['answer_ms']:.0f} ms; the model never saw real video, so the "
                      "answer shows the path works, not understanding)")
-    report = write_report(out, {n: r.out for n, r in runs.items()}, results, _chance(), notes)
+    report = write_report(out, {n: r.out for n, r in runs.items()}, results, _chance(), notes,
+                          tables=None if live is None else {live["caption"]: live["table"]})
     print(f"\nreport: {report}")
     return {"results": results, "ask": ask, "live": live, "report": str(report)}
 
@@ -171,10 +174,11 @@ def _live(config: DemoConfig, models: dict) -> dict[str, object]:
                      f"{r['nbytes'][0] / 1024:.0f}, {r['nbytes'][-1] / 1024:.0f}"))
     seconds = results["full"]["seconds"]
     took = time.perf_counter() - start
+    caption = (f"Live: {config.live_streams} streams of {config.live_episodes} held-out clips "
+               f"({seconds / 60:.0f} min of video each), each clip's question asked as it "
+               f"ends (closed-set accuracy by minute; {took:.0f} s)")
     table = format_rows(rows)
-    print(f"\nlive: {config.live_streams} streams of {config.live_episodes} held-out clips "
-          f"({seconds / 60:.0f} min of video each), each clip's question asked as it ends "
-          f"(closed-set accuracy by minute; {took:.0f} s)\n{table}")
+    print(f"\n{caption}\n{table}")
     notes = [f"live ({took:.0f} s): {config.live_streams} streams x {seconds / 60:.0f} min, "
              f"one question per {data.num_chunks}-s clip as it ends; full model "
              f"{results['full']['accuracy']:.1%} (exact match "
@@ -182,4 +186,5 @@ def _live(config: DemoConfig, models: dict) -> dict[str, object]:
              f"{results['full']['nbytes'][-1] / 1024:.0f} KiB stream state; the same weights "
              f"without the window {results['full, no window']['accuracy']:.1%}, their state "
              f"growing to {results['full, no window']['nbytes'][-1] / 2**20:.1f} MiB"]
-    return {"results": results, "table": table, "notes": notes, "seconds": took}
+    return {"results": results, "caption": caption, "table": table, "notes": notes,
+            "seconds": took}

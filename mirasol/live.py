@@ -98,7 +98,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
     the question comes in), ``seconds`` of each stream, and ``nbytes``: the stream state's
     size after each episode."""
     from mirasol.data.synthetic import ANSWERS, ablate, collate, make_example
-    from mirasol.train import _answer_logprob
+    from mirasol.train import likeliest_answers, score
 
     device = next(model.parameters()).device
     if unbounded:
@@ -116,25 +116,15 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
         batch = ablate(collate(clips, TOKENIZER), ablation)
         stream.push(batch["video"].to(device), batch["audio"].to(device))
         questions = [c.question for c in clips]
-        pairs = [(i, a) for i, c in enumerate(clips) for a in ANSWERS[c.kind]]
-        rows = torch.tensor([i for i, _ in pairs], device=device)
-        scores = _answer_logprob(model, stream.latents[rows], [questions[i] for i, _ in pairs],
-                                 [a for _, a in pairs]).tolist()
-        best: dict[int, tuple[float, str]] = {}
-        for (i, a), s in zip(pairs, scores):
-            if i not in best or s > best[i][0]:
-                best[i] = (s, a)
+        best = likeliest_answers(model, stream.latents, questions,
+                                 [ANSWERS[c.kind] for c in clips])
         said = stream.ask(questions, TOKENIZER, max_new_tokens=longest + 1)
         minute = int(stream.seconds - 1e-9) // 60
-        hits += [(minute, best[i][1] == c.answer, said[i].strip() == c.answer)
+        hits += [(minute, best[i] == c.answer, said[i].strip() == c.answer)
                  for i, c in enumerate(clips)]
         nbytes.append(stream.nbytes)
 
-    def score(h):
-        return {"accuracy": sum(a for _, a, _ in h) / len(h),
-                "exact_match": sum(m for _, _, m in h) / len(h), "count": len(h)}
-
     minutes = sorted({m for m, _, _ in hits})
-    return {**score(hits), "by_minute": {m: score([h for h in hits if h[0] == m])
-                                         for m in minutes},
+    return {**score([h[1:] for h in hits]),
+            "by_minute": {m: score([h[1:] for h in hits if h[0] == m]) for m in minutes},
             "seconds": stream.seconds, "nbytes": nbytes}

@@ -74,10 +74,11 @@ def _plots(folder: Path, runs: dict[str, Path], results: dict[str, dict[str, Any
 
 def write_report(folder: str | Path, runs: dict[str, str | Path],
                  results: dict[str, dict[str, Any]], chance: dict[str, float],
-                 notes: list[str] = ()) -> Path:
+                 notes: list[str] = (), tables: dict[str, str] | None = None) -> Path:
     """``report.md`` (+ PNGs) in ``folder``. ``runs``: run name -> run folder (for the
     loss curves); ``results``: run name -> test-split :func:`mirasol.train.evaluate`
-    output, the full model first; ``chance``: question kind -> chance accuracy."""
+    output, the full model first; ``chance``: question kind -> chance accuracy;
+    ``tables``: caption -> a further preformatted table, after the accuracy table."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runs = {name: Path(run) for name, run in runs.items()}
@@ -89,6 +90,8 @@ def write_report(folder: str | Path, runs: dict[str, str | Path],
              "Answer accuracy on held-out clips (closed set: the likeliest of the kind's "
              "answers; exact match: greedy generation equals the answer).", "",
              "```", format_rows(accuracy_rows(results, chance)), "```", ""]
+    for caption, table in (tables or {}).items():
+        lines += [caption, "", "```", table, "```", ""]
     lines += [f"- {note}" for note in notes]
     if plots:
         lines += [""] + [f"![{p.removesuffix('.png')}]({p})" for p in plots]

@@ -630,14 +630,8 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
         chunk = examples[first:first + batch_size]
         batch = _to(ablate(collate(chunk, TOKENIZER), ablation), device)
         _, latents = model.encode(batch["video"], batch["audio"])
-        pairs = [(i, a) for i, e in enumerate(chunk) for a in candidates[e.kind]]
-        rows = torch.tensor([i for i, _ in pairs], device=latents.device)
-        scores = _answer_logprob(model, latents[rows], [chunk[i].question for i, _ in pairs],
-                                 [a for _, a in pairs]).tolist()
-        best: dict[int, tuple[float, str]] = {}
-        for (i, a), s in zip(pairs, scores):
-            if i not in best or s > best[i][0]:
-                best[i] = (s, a)
+        best = likeliest_answers(model, latents, [e.question for e in chunk],
+                                 [candidates[e.kind] for e in chunk])
         generated = model.generate(prompt=batch["prompt"], prompt_lengths=batch["prompt_lengths"],
                                    latents=latents, eos_token_id=TOKENIZER.EOS,
                                    pad_token_id=TOKENIZER.PAD,
@@ -645,16 +639,33 @@ def evaluate(model: Mirasol, data, *, ablation: str = "full", batch_size: int = 
                                                       for a in candidates[e.kind]) + 1)
         for i, e in enumerate(chunk):
             said = TOKENIZER.decode(generated[i]).strip()
-            hits[e.kind].append((best[i][1] == e.answer, said == e.answer))
+            hits[e.kind].append((best[i] == e.answer, said == e.answer))
         if progress:
             progress(len(chunk))
     everything = [h for kind in hits.values() for h in kind]
-
-    def score(h):
-        return {"accuracy": sum(a for a, _ in h) / len(h),
-                "exact_match": sum(m for _, m in h) / len(h), "count": len(h)}
-
     return {**score(everything), "by_kind": {k: score(h) for k, h in sorted(hits.items())}}
+
+
+def likeliest_answers(model: Mirasol, latents: Tensor, questions: list[str],
+                      candidates: list[Sequence[str]]) -> list[str]:
+    """The closed-set answer of each clip: of ``candidates[i]``, the answer most likely
+    given ``questions[i]`` and clip i's ``latents`` (B, T, m, dim)."""
+    pairs = [(i, a) for i, options in enumerate(candidates) for a in options]
+    rows = torch.tensor([i for i, _ in pairs], device=latents.device)
+    scores = _answer_logprob(model, latents[rows], [questions[i] for i, _ in pairs],
+                             [a for _, a in pairs]).tolist()
+    best: dict[int, tuple[float, str]] = {}
+    for (i, a), s in zip(pairs, scores):
+        if i not in best or s > best[i][0]:
+            best[i] = (s, a)
+    return [best[i][1] for i in range(len(candidates))]
+
+
+def score(hits: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """accuracy (closed set) and exact_match (greedy) of (closed-set right, greedy right)
+    pairs, and their count."""
+    return {"accuracy": sum(a for a, _ in hits) / len(hits),
+            "exact_match": sum(m for _, m in hits) / len(hits), "count": len(hits)}
 
 
 @dataclass

@@ -15,13 +15,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     for run in ("full", "text-only", "video-only", "audio-only", "chance"):
         assert run in printed
-    live = printed.split("\nlive: 2 streams of 2 held-out clips")[1]
+    live = printed.split("\nLive: 2 streams of 2 held-out clips")[1]
     for run in ("full", "text-only", "video-only", "audio-only", "full, no window"):
         assert f"\n{run} " in live
     assert "real clip bigbuckbunny.mp4" in printed
     report = (out / "report.md").read_text()
     assert "colour_during_tone" in report and "![loss](loss.png)" in report
     assert "- live (" in report and "stream state" in report
+    assert "Live: 2 streams of 2 held-out clips" in report and "full, no window" in report
     assert (out / "loss.png").stat().st_size > 1000 and (out / "accuracy.png").exists()
     assert (out / "model" / "model.safetensors").exists()
     for run in ("full", "text-only", "video-only", "audio-only"):

@@ -13,9 +13,10 @@ from mirasol.model import Mirasol, MirasolStream
 from mirasol.testing import assert_identical, assert_parity, compare_with_oracle
 from test_model import IDS, MICRO, TOK, _clip
 
-# Window of 2 chunks; with one sink chunk as well.
+# Window of 2 chunks; with one sink chunk as well; without the absolute time embedding.
 WINDOWS = {"none": {}, "window": dict(window_chunks=2),
-           "sink": dict(window_chunks=2, sink_chunks=1)}
+           "sink": dict(window_chunks=2, sink_chunks=1),
+           "relative": dict(window_chunks=2, time_embedding=False)}
 SAMPLES = 2000  # MICRO: one 2-frame chunk at 4 fps is 0.5 s of 4 kHz audio
 
 
@@ -60,7 +61,7 @@ def test_stream_equals_whole_clip(kind, window, sizes):
     latents, stream = _streamed(model, video, audio, sizes)
     assert stream.chunks == 6 and stream.seconds == 3.0
     assert_identical(stream.latents, model.visible_chunks(latents))
-    assert stream.latents.shape[1] == {"none": 6, "window": 2, "sink": 3}[window]
+    assert stream.latents.shape[1] == {"none": 6, "window": 2, "sink": 3, "relative": 2}[window]
     assert model.visible_chunks(whole).shape == stream.latents.shape
 
 
@@ -223,15 +224,20 @@ def test_windowed_forward_reads_the_visible_chunks():
     assert_identical(model.context(latents), model.context(visible))
 
 
-def test_a_stream_later_in_time_is_the_offset_forward():
+@pytest.mark.parametrize("time_embedding", [True, False])
+def test_a_stream_later_in_time_is_the_offset_forward(time_embedding):
     """A clip pushed 7 chunks into a stream is seen at chunks 7.. of the timeline, as
     ``encode(first_chunk=7)`` sees it: with the stateless Combiner, a window of 2 and two
-    A/V layers, chunk 2 of the clip depends on the clip's chunks 0..2 alone."""
-    model = _model("transformer", "window")
+    A/V layers, chunk 2 of the clip depends on the clip's chunks 0..2 alone. Without the
+    time embedding that is the clip's own forward: the model is the same at every time."""
+    model = _model("transformer", "window", time_embedding=time_embedding)
     oracle = copy.deepcopy(model).double()
     video, audio = _clip(model.config, chunks=3)
-    later = model.encode(video, audio, first_chunk=7)[1]
-    assert not torch.allclose(later, model.encode(video, audio)[1])
+    later, now = (model.encode(video, audio, first_chunk=k)[1] for k in (7, 0))
+    if time_embedding:
+        assert not torch.allclose(later, now)
+    else:
+        assert_identical(later, now)
     before = [_clip(model.config, chunks=1, seed=10 + t) for t in range(7)]
 
     def live(v, a):  # the clip's chunks, each pushed after the 7 chunks before

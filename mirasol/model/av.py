@@ -46,13 +46,16 @@ class AVBlock(nn.Module):
 class AVTransformer(nn.Module):
     """(B, T, m, dim) combined chunk tokens -> (B, T, m, dim) latents; the latents of chunk
     t depend on chunks <= t only (rotary positions, no parameter depends on T). With
-    ``window_chunks``, on chunks ``t - window_chunks + 1 .. t`` and the first
-    ``sink_chunks`` only."""
+    ``window_chunks`` W, each layer's attention sees chunks ``t - W + 1 .. t`` and the
+    first ``sink_chunks``, so the latents reach back ``depth · (W - 1)`` chunks at most.
+    ``time_embedding``: see :class:`~mirasol.model.MirasolConfig`."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, num_tokens: int,
                  mlp_ratio: float = 4.0, backend: str = "auto", *,
-                 window_chunks: int | None = None, sink_chunks: int = 0):
+                 window_chunks: int | None = None, sink_chunks: int = 0,
+                 time_embedding: bool = True):
         super().__init__()
+        self.time_embedding = time_embedding
         self.blocks = nn.ModuleList(AVBlock(dim, num_heads, num_tokens, mlp_ratio, backend,
                                             window_chunks, sink_chunks * num_tokens)
                                     for _ in range(depth))
@@ -77,10 +80,12 @@ class AVTransformer(nn.Module):
         """``combined`` (B, T, m, dim) are chunks ``first_chunk ..`` of the stream (time
         embedding); with ``caches`` (:meth:`new_caches`) they are the next chunks of a
         cached stream, attended to the cached keys as in the whole-stream forward."""
-        # Each chunk's tokens get a sinusoidal embedding of the chunk's index: the latents
-        # then say *when* (the text decoder's cross-attention has no positions of its own),
-        # with no parameter that depends on T.
-        x = (combined + chunk_time_embedding(combined, first_chunk)).flatten(1, 2)
+        # The sinusoidal embedding of each chunk's index makes the latents say *when* (the
+        # text decoder's cross-attention has no positions of its own), with no parameter
+        # that depends on T; without it a windowed model is shift-invariant in time.
+        if self.time_embedding:
+            combined = combined + chunk_time_embedding(combined, first_chunk)
+        x = combined.flatten(1, 2)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         return self.norm(x).view_as(combined)

@@ -121,7 +121,13 @@ class MirasolConfig:
     first ``sink_chunks`` chunks (attention sinks), and the text decoder reads the latents
     of the last ``window_chunks`` chunks plus the sinks. Training and the whole-clip
     forward honour the same window, so a model trained with one streams exactly what it
-    was trained on (:meth:`Mirasol.stream`)."""
+    was trained on (:meth:`Mirasol.stream`).
+
+    ``time_embedding``: each chunk's combined tokens get a sinusoidal embedding of the
+    chunk's absolute index, so the latents say *when*. False: time enters only as the A/V
+    attention's rotary (relative) positions, and a windowed model computes the same
+    function of its window at chunk 10 and at chunk 10⁶: the choice for a model that
+    streams past the clip lengths it was trained on."""
 
     fps: float = 4.0
     frames_per_chunk: int = 4
@@ -136,6 +142,7 @@ class MirasolConfig:
     latent_loss_weight: float = 1.0
     window_chunks: int | None = None
     sink_chunks: int = 0
+    time_embedding: bool = True
 
     def __post_init__(self):
         _check_heads("mirasol", self.dim, self.num_heads)

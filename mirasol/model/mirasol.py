@@ -68,7 +68,8 @@ class Mirasol(nn.Module):
                                         k.num_heads, c.mlp_ratio, k.bottleneck_dim,
                                         backend=backend)
         self.av = AVTransformer(c.dim, c.depth, c.num_heads, k.num_tokens, c.mlp_ratio, backend,
-                                window_chunks=c.window_chunks, sink_chunks=c.sink_chunks)
+                                window_chunks=c.window_chunks, sink_chunks=c.sink_chunks,
+                                time_embedding=c.time_embedding)
         self.context_norm = ContextNorm(k.num_tokens, c.dim)
         self.text = TextDecoder(c.text, c.dim, backend)
 
