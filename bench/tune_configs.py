@@ -12,6 +12,13 @@ timing: retune on the GPU when one is at hand.
     python bench/tune_configs.py --family sm100  # one family; the others' entries are kept
     python bench/tune_configs.py --kernel attn_bwd_dkdv --family sm80   # one kernel's row
     python bench/tune_configs.py --jobs 2        # an interrupted run resumes from its --cache
+
+The table serves every triton pyproject.toml admits, and CI gates it under the oldest and
+the newest (tests/test_oldest_triton.py, tests/test_cross_compile.py). Registers differ
+between them (3.6 spills where 3.9 does not), so retune with the python that spills:
+``.venv-triton36/bin/python bench/tune_configs.py --kernel attn_bwd_dkdv`` starts from the
+current entries, keeps those that fit there and walks the others down to smaller tiles,
+which the other gate then checks.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+import triton
 
 # Compiling needs real @triton.jit functions: the kernels must not be defined under the
 # interpreter.
@@ -147,7 +155,8 @@ def tune(job, resume: bool = True, cache: str | None = None):
             found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps([list(job), found, FAMILIES[family]]) + "\n")
+                    f.write(json.dumps([list(job), found, FAMILIES[family], triton.__version__])
+                            + "\n")
             return job, found
     print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config", flush=True)
     return job, None
@@ -172,8 +181,9 @@ def main():
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
         for line in open(args.cache):
-            job, found, *archs = json.loads(line)
-            if archs == [list(FAMILIES[job[1]])]:  # not tuned for another arch_family
+            job, found, *tuned_for = json.loads(line)
+            # not tuned for another arch_family, or by another triton
+            if tuned_for == [list(FAMILIES[job[1]]), triton.__version__]:
                 results[tuple(job)] = tuple(found)
     # The families and kernels not retuned keep their table entries (or, new, the cache's).
     results.update({job: _current(*job) for job in jobs if _current(*job) and (
