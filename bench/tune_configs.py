@@ -15,10 +15,9 @@ timing: retune on the GPU when one is at hand.
 
 The table serves every triton pyproject.toml admits, and CI gates it under the oldest and
 the newest (tests/test_oldest_triton.py, tests/test_cross_compile.py). Registers differ
-between them (3.6 spills where 3.9 does not), so retune with the python that spills:
-``.venv-triton36/bin/python bench/tune_configs.py --kernel attn_bwd_dkdv`` starts from the
-current entries, keeps those that fit there and walks the others down to smaller tiles,
-which the other gate then checks.
+between them (3.6 spills where 3.9 does not, and the other way round), so an entry must fit
+under both: ``--also .venv-triton36/bin/python`` checks each candidate there as well (this
+script run by that python with ``--fits``).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import itertools
 import json
 import os
 import pprint
+import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -126,6 +126,26 @@ def _fits(kernel, family, dtypes, head_dim, config) -> bool:
     return True
 
 
+def _fits_under(python: str, job, config) -> bool:
+    """:func:`_fits` of ``job`` (kernel, family, dtype class, size) in another environment
+    (another triton): this script run by ``python`` with ``--fits``."""
+    fields = [config.block_m, config.block_n, config.num_warps, config.num_stages]
+    run = subprocess.run([python, __file__, "--fits", json.dumps([list(job), fields])],
+                         capture_output=True, text=True, env=_compile_env())
+    if run.returncode not in (0, 1):
+        raise RuntimeError(f"{python} --fits failed:\n{run.stderr[-2000:]}")
+    return run.returncode == 0
+
+
+def _compile_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def _triton_version(python: str) -> str:
+    return subprocess.run([python, "-c", "import triton; print(triton.__version__)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def _sizes(kernel: str) -> tuple[int, ...]:
     """The table's last key: the padded head dim for attention, the padded number of
     output tokens for token pooling."""
@@ -138,7 +158,10 @@ def _current(kernel, family, dclass, head_dim):
     return TABLE.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
 
 
-def tune(job, resume: bool = True, cache: str | None = None):
+def tune(job, resume: bool = True, cache: str | None = None, also: tuple[str, ...] = (),
+         tritons: tuple[str, ...] = ()):
+    """The first candidate of ``job`` that fits here and under each python of ``also``
+    (whose tritons, with this one's, are ``tritons``): (job, config) or (job, None)."""
     kernel, family, dclass, head_dim = job
     dtypes = DTYPES[dclass]
     limit = min(ARCHS[a].shared_per_block for a in FAMILIES[family])
@@ -150,12 +173,13 @@ def tune(job, resume: bool = True, cache: str | None = None):
     if resume and current in keys:
         candidates = candidates[keys.index(current):]
     for config in candidates:
-        if _fits(kernel, family, dtypes, head_dim, config):
+        if _fits(kernel, family, dtypes, head_dim, config) and all(
+                _fits_under(python, job, config) for python in also):
             print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
             found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps([list(job), found, FAMILIES[family], triton.__version__])
+                    f.write(json.dumps([list(job), found, FAMILIES[family], list(tritons)])
                             + "\n")
             return job, found
     print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config", flush=True)
@@ -175,15 +199,24 @@ def main():
                         help="retune this family only, keeping the other families' entries")
     parser.add_argument("--kernel", choices=list(TUNED), nargs="+",
                         help="retune these kernels only, keeping the other kernels' entries")
+    parser.add_argument("--also", nargs="+", default=[], metavar="PYTHON",
+                        help="a config must fit under these environments' tritons as well "
+                             "(e.g. .venv-triton36/bin/python)")
+    parser.add_argument("--fits", help=argparse.SUPPRESS)  # --also's worker: exit 0 if it fits
     args = parser.parse_args()
+    if args.fits:
+        (kernel, family, dclass, size), config = json.loads(args.fits)
+        raise SystemExit(0 if _fits(kernel, family, DTYPES[dclass], size,
+                                    KernelConfig(*config)) else 1)
+    tritons = tuple(sorted({triton.__version__, *map(_triton_version, args.also)}))
     jobs = [(kernel, family, dclass, size) for kernel in TUNED
             for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
         for line in open(args.cache):
             job, found, *tuned_for = json.loads(line)
-            # not tuned for another arch_family, or by another triton
-            if tuned_for == [list(FAMILIES[job[1]]), triton.__version__]:
+            # not tuned for another arch_family, or under other tritons
+            if tuned_for == [list(FAMILIES[job[1]]), list(tritons)]:
                 results[tuple(job)] = tuple(found)
     # The families and kernels not retuned keep their table entries (or, new, the cache's).
     results.update({job: _current(*job) for job in jobs if _current(*job) and (
@@ -191,7 +224,8 @@ def main():
     todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
         results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,
-                                                  cache=args.cache), todo))
+                                                  cache=args.cache, also=tuple(args.also),
+                                                  tritons=tritons), todo))
     missing = [job for job in jobs if results.get(job) is None]
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
@@ -202,8 +236,8 @@ def main():
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
         'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
         'by bench/tune_configs.py: each is the largest tile that cross-compiles with no register\n'
-        'spills within shared memory on every arch of its family. Do not edit by hand; rerun\n'
-        'the tool."""\n\n'
+        'spills within shared memory on every arch of its family, under each triton CI gates\n'
+        '(3.6 and 3.9). Do not edit by hand; rerun the tool (with the triton that spills)."""\n\n'
         f"TABLE = {text}\n")
     print(f"wrote {args.out}")
 
