@@ -131,14 +131,10 @@ def _fits_under(python: str, job, config) -> bool:
     (another triton): this script run by ``python`` with ``--fits``."""
     fields = [config.block_m, config.block_n, config.num_warps, config.num_stages]
     run = subprocess.run([python, __file__, "--fits", json.dumps([list(job), fields])],
-                         capture_output=True, text=True, env=_compile_env())
+                         capture_output=True, text=True)
     if run.returncode not in (0, 1):
         raise RuntimeError(f"{python} --fits failed:\n{run.stderr[-2000:]}")
     return run.returncode == 0
-
-
-def _compile_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
 def _triton_version(python: str) -> str:
