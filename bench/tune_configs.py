@@ -232,8 +232,8 @@ def main():
         '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
         'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
         'by bench/tune_configs.py: each is the largest tile that cross-compiles with no register\n'
-        'spills within shared memory on every arch of its family, under each triton CI gates\n'
-        '(3.6 and 3.9). Do not edit by hand; rerun the tool (with the triton that spills)."""\n\n'
+        'spills within shared memory on every arch of its family, under the triton(s) of the\n'
+        'run that chose it (--also). Do not edit by hand; rerun the tool."""\n\n'
         f"TABLE = {text}\n")
     print(f"wrote {args.out}")
 
