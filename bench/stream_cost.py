@@ -11,7 +11,6 @@ matplotlib, a plot under bench/results/plots/.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import time
@@ -51,8 +50,7 @@ def _answer(model, **clip) -> None:
 def measure(chunks: int, window: int, marks: list[int], sample: int) -> list[dict]:
     torch.manual_seed(0)
     model = Mirasol(preset("tiny", window_chunks=window)).eval()
-    whole = Mirasol(dataclasses.replace(model.config, window_chunks=None)).eval()
-    whole.load_state_dict(model.state_dict())
+    whole = model.without_window()
     video, audio = _chunk(model.config, 0)
     stream, rows, times = model.stream(1), [], []
     for t in range(1, chunks + 1):  # the stream alone first: its RSS is the stream's

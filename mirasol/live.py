@@ -9,7 +9,6 @@ memory; one without needs ``capacity_chunks``, the most chunks it will watch.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,11 +100,7 @@ def live_accuracy(model: Mirasol, data: SyntheticConfig, *, streams: int = 8,
     from mirasol.train import likeliest_answers, score
 
     device = next(model.parameters()).device
-    if unbounded:
-        weights = model.state_dict()
-        model = Mirasol(dataclasses.replace(model.config, window_chunks=None, sink_chunks=0))
-        model.load_state_dict(weights)
-    model.to(device).eval()
+    model = (model.without_window() if unbounded else model).eval()
     chunks = data.num_chunks
     stream = model.stream(streams, max_chunks=chunks,
                           capacity_chunks=episodes * chunks if unbounded else None)

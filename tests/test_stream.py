@@ -212,6 +212,21 @@ def test_config_checks():
         MICRO.replace(window_chunks=0)
 
 
+def test_without_window_keeps_the_weights():
+    """The same weights without the window: equal to the windowed model on a clip the window
+    covers, every chunk visible beyond it."""
+    model = _model("ttm", "sink")
+    unbounded = model.without_window()
+    assert unbounded.config == model.config.replace(window_chunks=None, sink_chunks=0)
+    assert not unbounded.training
+    for name, weight in model.state_dict().items():
+        assert_identical(unbounded.state_dict()[name], weight)
+    video, audio = _clip(model.config, chunks=2)
+    assert_identical(unbounded.encode(video, audio)[1], model.encode(video, audio)[1])
+    video, audio = _clip(model.config, chunks=5)
+    assert unbounded.visible_chunks(unbounded.encode(video, audio)[1]).shape[1] == 5
+
+
 def test_windowed_forward_reads_the_visible_chunks():
     """Training and streaming see the same thing: the decoder's logits from the whole clip's
     latents equal those from the visible chunks alone (the stream's latents)."""

@@ -147,6 +147,14 @@ class Mirasol(nn.Module):
         combined, _ = self._combine(v, a, self.combiner.initial_state(v.shape[0]))
         return combined, self.av(combined, first_chunk=first_chunk)
 
+    def without_window(self, backend: str = "auto") -> Mirasol:
+        """A model with these weights and no window (``window_chunks=None``, no sinks): the
+        paper's unbounded model, where every chunk so far is visible to the A/V model and
+        the text decoder. On the model's device, its layers on ``backend``."""
+        model = Mirasol(self.config.replace(window_chunks=None, sink_chunks=0), backend)
+        model.load_state_dict(self.state_dict())
+        return model.to(next(self.parameters()).device).train(self.training)
+
     def stream(self, batch: int = 1, *, max_chunks: int = 1,
                capacity_chunks: int | None = None) -> MirasolStream:
         """A live :class:`~mirasol.model.MirasolStream` of ``batch`` clips that arrive as they
