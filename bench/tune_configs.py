@@ -12,12 +12,14 @@ timing: retune on the GPU when one is at hand.
     python bench/tune_configs.py --family sm100  # one family; the others' entries are kept
     python bench/tune_configs.py --kernel attn_bwd_dkdv --family sm80   # one kernel's row
     python bench/tune_configs.py --jobs 2        # an interrupted run resumes from its --cache
+    python bench/tune_configs.py --failing bench/results/profile.json   # what the gate flags
 
 The table serves every triton pyproject.toml admits, and CI gates it under the oldest and
 the newest (tests/test_oldest_triton.py, tests/test_cross_compile.py). Registers differ
 between them (3.6 spills where 3.9 does not, and the other way round), so an entry must fit
-under both: ``--also .venv-triton36/bin/python`` checks each candidate there as well (this
-script run by that python with ``--fits``).
+under both: ``--also .venv-triton36/bin/python`` checks each candidate there as well (that
+python runs this script with ``--serve``, once per worker). Where no candidate fits both,
+each triton gets its own first fit: the newest's in TABLE, the others' in PER_TRITON.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import os
 import pprint
 import subprocess
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,18 +44,21 @@ import triton
 # interpreter.
 os.environ.pop("TRITON_INTERPRET", None)
 
+from mirasol import profile  # noqa: E402
 from mirasol.kernels import KernelConfig, arch_family  # noqa: E402
-from mirasol.kernels._launch import FIXED_CONFIGS, override_config  # noqa: E402
-from mirasol.kernels.aot.archs import ARCHS  # noqa: E402
+from mirasol.kernels._launch import FIXED_CONFIGS, override_config, triton_minor  # noqa: E402
+from mirasol.kernels.aot.archs import ARCHS, GATE_ARCHS  # noqa: E402
 from mirasol.kernels.aot.cubin import resources  # noqa: E402
 from mirasol.kernels.aot.registry import KERNELS, OPS  # noqa: E402
 
 
 def _families() -> dict[str, tuple[int, ...]]:
-    """The archs of each table family (kernels/_launch.arch_family): a family's entry must
-    fit every one of them."""
+    """The gated archs of each table family (kernels/_launch.arch_family): a family's entry
+    must fit every one of them. sm_89 is left out as the gates leave it out: it compiles to
+    sm_86's code (kernels/aot/archs.GATE_ARCHS; tests/test_profile.py holds the profile to
+    that)."""
     families: dict[str, tuple[int, ...]] = {}
-    for arch in ARCHS:
+    for arch in GATE_ARCHS:
         family = arch_family(divmod(arch, 10))
         families[family] = (*families.get(family, ()), arch)
     return families
@@ -126,20 +132,39 @@ def _fits(kernel, family, dtypes, head_dim, config) -> bool:
     return True
 
 
+@functools.cache
+def _server(python: str) -> subprocess.Popen:
+    # One --serve process per environment and worker: its imports (torch, triton) load once.
+    return subprocess.Popen([python, __file__, "--serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
 def _fits_under(python: str, job, config) -> bool:
     """:func:`_fits` of ``job`` (kernel, family, dtype class, size) in another environment
-    (another triton): this script run by ``python`` with ``--fits``."""
+    (another triton): this script run by ``python`` with ``--serve``."""
+    server = _server(python)
     fields = [config.block_m, config.block_n, config.num_warps, config.num_stages]
-    run = subprocess.run([python, __file__, "--fits", json.dumps([list(job), fields])],
-                         capture_output=True, text=True)
-    if run.returncode not in (0, 1):
-        raise RuntimeError(f"{python} --fits failed:\n{run.stderr[-2000:]}")
-    return run.returncode == 0
+    server.stdin.write(json.dumps([list(job), fields]) + "\n")
+    server.stdin.flush()
+    answer = server.stdout.readline().strip()
+    if answer not in ("0", "1"):
+        raise RuntimeError(f"{python} --serve stopped (exit {server.poll()})")
+    return answer == "1"
+
+
+def _serve() -> None:
+    """--serve: answer "1" (fits) or "0" for each JSON line [job, config fields] on stdin."""
+    for line in sys.stdin:
+        (kernel, family, dclass, size), config = json.loads(line)
+        fits = _fits(kernel, family, DTYPES[dclass], size, KernelConfig(*config))
+        print(int(fits), flush=True)
 
 
 def _triton_version(python: str) -> str:
-    return subprocess.run([python, "-c", "import triton; print(triton.__version__)"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    """The ``major.minor`` triton of another environment (the table's per-triton key)."""
+    return triton_minor(subprocess.run(
+        [python, "-c", "import triton; print(triton.__version__)"],
+        capture_output=True, text=True, check=True).stdout.strip())
 
 
 def _sizes(kernel: str) -> tuple[int, ...]:
@@ -148,38 +173,104 @@ def _sizes(kernel: str) -> tuple[int, ...]:
     return OPS[KERNELS[kernel]].buckets
 
 
-def _current(kernel, family, dclass, head_dim):
-    from mirasol.kernels._configs import TABLE
+def _current(kernel, family, dclass, head_dim, version=None):
+    """The table's entry for a job, under triton ``version`` (``major.minor``) where the table
+    gives that triton its own, else the shared one."""
+    from mirasol.kernels._configs import PER_TRITON, TABLE
 
-    return TABLE.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
+    def entry(table):
+        return table.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
+
+    return entry(PER_TRITON.get(version, {})) or entry(TABLE)
 
 
-def tune(job, resume: bool = True, cache: str | None = None, also: tuple[str, ...] = (),
-         tritons: tuple[str, ...] = ()):
-    """The first candidate of ``job`` that fits here and under each python of ``also``
-    (whose tritons, with this one's, are ``tritons``): (job, config) or (job, None)."""
+def tune(job, resume: bool = True, cache: str | None = None,
+         pythons: dict[str, str | None] | None = None):
+    """The first candidate of ``job`` that fits under every triton of ``pythons`` (``major.
+    minor`` -> the environment's python, None for this one); where none fits them all, each
+    triton's own first. Returns (job, {triton: config fields}), the same config for every
+    triton where one serves them all, or (job, None) where some triton has none."""
     kernel, family, dclass, head_dim = job
+    pythons = pythons or {triton_minor(): None}
     dtypes = DTYPES[dclass]
     limit = min(ARCHS[a].shared_per_block for a in FAMILIES[family])
     candidates = list(_candidates(kernel, head_dim, dtypes[0].itemsize, limit))
     # The kernels only grow more constrained between runs as a rule: start from the
-    # current entry, whose larger predecessors were already rejected.
+    # current (shared) entry, whose larger predecessors were already rejected.
     current = _current(*job)
     keys = [(c.block_m, c.block_n, c.num_warps, c.num_stages) for c in candidates]
     if resume and current in keys:
         candidates = candidates[keys.index(current):]
+
+    def fits(config, version):
+        python = pythons[version]
+        if python is None:
+            return _fits(kernel, family, dtypes, head_dim, config)
+        return _fits_under(python, job, config)
+
+    def found(configs):
+        picked = {v: (c.block_m, c.block_n, c.num_warps, c.num_stages)
+                  for v, c in configs.items()}
+        print(f"{kernel} {family} {dclass} d<={head_dim}: {picked}", flush=True)
+        if cache:
+            with open(cache, "a") as f:
+                f.write(json.dumps([list(job), picked, FAMILIES[family]]) + "\n")
+        return job, picked
+
+    first = {}  # each triton's own first fit, for where no config serves them all
     for config in candidates:
-        if _fits(kernel, family, dtypes, head_dim, config) and all(
-                _fits_under(python, job, config) for python in also):
-            print(f"{kernel} {family} {dclass} d<={head_dim}: {config}", flush=True)
-            found = (config.block_m, config.block_n, config.num_warps, config.num_stages)
-            if cache:
-                with open(cache, "a") as f:
-                    f.write(json.dumps([list(job), found, FAMILIES[family], list(tritons)])
-                            + "\n")
-            return job, found
-    print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config", flush=True)
+        common = True
+        for version in pythons:
+            if common or version not in first:  # else nothing left to learn here
+                if fits(config, version):
+                    first.setdefault(version, config)
+                else:
+                    common = False
+        if common:
+            return found({version: config for version in pythons})
+    if len(first) == len(pythons):
+        return found(first)
+    print(f"{kernel} {family} {dclass} d<={head_dim}: NO spill-free config under triton "
+          f"{', '.join(v for v in pythons if v not in first)}", flush=True)
     return job, None
+
+
+def _failing(paths) -> set[tuple[str, str, str, int]]:
+    """The jobs of the table entries that compile with a problem in any of these profiles
+    (`mirasol profile --out`)."""
+    classes = {dtype: dclass for dclass, dtypes in DTYPES.items() for dtype in dtypes}
+    return {(r.kernel, r.family, classes[getattr(torch, r.dtype)],
+             min(b for b in _sizes(r.kernel) if b >= r.size))  # head dim 80: the 128 entry
+            for path in paths for r in profile.load(path)[1]
+            if r.problems() and r.kernel in TUNED}
+
+
+def _pformat(table) -> str:
+    return pprint.pformat(table, width=92, sort_dicts=False)
+
+
+def write_table(results, path) -> None:
+    """kernels/_configs.py from ``{job: {triton: config}}``: TABLE holds each job's config
+    where one serves every triton, else the newest triton's; PER_TRITON the older tritons'
+    own where they differ."""
+    newest = max(next(iter(results.values())), key=lambda v: tuple(map(int, v.split("."))))
+    table, per_triton = {}, {}
+    for (kernel, family, dclass, size), configs in results.items():
+        shared = configs[newest]
+        table.setdefault(kernel, {}).setdefault(family, {}).setdefault(dclass, {})[size] = shared
+        for version, config in configs.items():
+            if config != shared:
+                (per_triton.setdefault(version, {}).setdefault(kernel, {})
+                 .setdefault(family, {}).setdefault(dclass, {}))[size] = config
+    Path(path).write_text(
+        '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
+        'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
+        'by bench/tune_configs.py: each is the largest tile that cross-compiles with no register\n'
+        'spills within shared memory on every arch of its family, under every triton of the run\n'
+        'that chose it (--also). TABLE is shared; where no config serves every triton, TABLE\n'
+        'holds the newest\'s and PER_TRITON ("major.minor" -> entries like TABLE\'s) the\n'
+        'others\' own. Do not edit by hand; rerun the tool."""\n\n'
+        f"TABLE = {_pformat(table)}\n\nPER_TRITON = {_pformat(per_triton)}\n")
 
 
 def main():
@@ -195,46 +286,43 @@ def main():
                         help="retune this family only, keeping the other families' entries")
     parser.add_argument("--kernel", choices=list(TUNED), nargs="+",
                         help="retune these kernels only, keeping the other kernels' entries")
+    parser.add_argument("--failing", nargs="+", metavar="PROFILE_JSON",
+                        help="retune only the entries that fail the gate in these profiles "
+                             "(mirasol profile --out, under any triton), keeping the others")
     parser.add_argument("--also", nargs="+", default=[], metavar="PYTHON",
                         help="a config must fit under these environments' tritons as well "
                              "(e.g. .venv-triton36/bin/python)")
-    parser.add_argument("--fits", help=argparse.SUPPRESS)  # --also's worker: exit 0 if it fits
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # --also's
     args = parser.parse_args()
-    if args.fits:
-        (kernel, family, dclass, size), config = json.loads(args.fits)
-        raise SystemExit(0 if _fits(kernel, family, DTYPES[dclass], size,
-                                    KernelConfig(*config)) else 1)
-    tritons = tuple(sorted({triton.__version__, *map(_triton_version, args.also)}))
+    if args.serve:
+        return _serve()
+    # The other environments first: in the failures this tool exists for, they reject the
+    # candidates this one accepts.
+    pythons = {**{_triton_version(p): p for p in args.also}, triton_minor(): None}
     jobs = [(kernel, family, dclass, size) for kernel in TUNED
             for family, dclass, size in itertools.product(FAMILIES, DTYPES, _sizes(kernel))]
     results = {}
     if args.cache and os.path.exists(args.cache):  # results of an interrupted run
         for line in open(args.cache):
-            job, found, *tuned_for = json.loads(line)
-            # not tuned for another arch_family, or under other tritons
-            if tuned_for == [list(FAMILIES[job[1]]), list(tritons)]:
-                results[tuple(job)] = tuple(found)
-    # The families and kernels not retuned keep their table entries (or, new, the cache's).
-    results.update({job: _current(*job) for job in jobs if _current(*job) and (
-        (args.family and job[1] != args.family) or (args.kernel and job[0] not in args.kernel))})
+            job, found, archs, *_ = json.loads(line)
+            # not tuned for another arch_family, or under other tritons (or by an older tool)
+            if (archs == list(FAMILIES[job[1]]) and isinstance(found, dict)
+                    and sorted(found) == sorted(pythons)):
+                results[tuple(job)] = {v: tuple(c) for v, c in found.items()}
+    # The entries not retuned keep the table's (or, new, the cache's).
+    failing = _failing(args.failing) if args.failing else None
+    kept = {job for job in jobs if _current(*job) and (
+        (args.family and job[1] != args.family) or (args.kernel and job[0] not in args.kernel)
+        or (failing is not None and job not in failing))}
+    results.update({job: {v: _current(*job, v) for v in pythons} for job in kept})
     todo = [job for job in jobs if job not in results]
     with ProcessPoolExecutor(args.jobs) as pool:
         results.update(pool.map(functools.partial(tune, resume=not args.from_scratch,
-                                                  cache=args.cache, also=tuple(args.also),
-                                                  tritons=tritons), todo))
+                                                  cache=args.cache, pythons=pythons), todo))
     missing = [job for job in jobs if results.get(job) is None]
     if missing:
         raise SystemExit(f"no spill-free config for {missing}; table not written")
-    table = {k: {f: {d: {h: results[(k, f, d, h)] for h in _sizes(k)} for d in DTYPES}
-                 for f in FAMILIES} for k in TUNED}
-    text = pprint.pformat(table, width=92, sort_dicts=False)
-    Path(args.out).write_text(
-        '"""Tile configs (block_m, block_n, num_warps, num_stages) per kernel, GPU family, dtype\n'
-        'class ("half": fp16/bf16, "fp32") and head-dim bucket (the padded head dim). Generated\n'
-        'by bench/tune_configs.py: each is the largest tile that cross-compiles with no register\n'
-        'spills within shared memory on every arch of its family, under the triton(s) of the\n'
-        'run that chose it (--also). Do not edit by hand; rerun the tool."""\n\n'
-        f"TABLE = {text}\n")
+    write_table({job: results[job] for job in jobs}, args.out)
     print(f"wrote {args.out}")
 
 

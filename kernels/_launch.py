@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import torch
 import triton
 
-from ._configs import TABLE as _TUNED
+from ._configs import PER_TRITON as _PER_TRITON, TABLE as _TUNED
 
 # "interpreter" stands for TRITON_INTERPRET=1 on CPU tensors.
 Capability = "tuple[int, int] | str"
@@ -62,6 +62,11 @@ def arch_family(capability: tuple[int, int]) -> str:
     return "sm80"
 
 
+def triton_minor(version: str = triton.__version__) -> str:
+    """``major.minor`` of a triton version: the key of the table's per-triton entries."""
+    return ".".join(version.split(".")[:2])
+
+
 def head_block(head_dim: int) -> int:
     """Head dim padded to the power of two the kernel tiles with (masked loads fill the
     padding; inputs are never copied). tl.dot needs at least 16."""
@@ -79,7 +84,9 @@ _OVERRIDES: dict[str, KernelConfig] = {}
 
 def kernel_config(name: str, head_dim: int, dtype: torch.dtype,
                   capability: Capability) -> KernelConfig:
-    """The tile config of kernel ``name`` for this head dim, dtype and GPU (see _configs)."""
+    """The tile config of kernel ``name`` for this head dim, dtype and GPU (see _configs):
+    the running triton's own entry where the table has one (where no config serves every
+    triton CI tests), else the shared entry."""
     if name in _OVERRIDES:
         return _OVERRIDES[name]
     if capability == "interpreter":
@@ -87,9 +94,12 @@ def kernel_config(name: str, head_dim: int, dtype: torch.dtype,
     dtype_class = "fp32" if dtype == torch.float32 else "half"
     if name in FIXED_CONFIGS:
         return FIXED_CONFIGS[name][dtype_class]
-    by_head_dim = _TUNED[name][arch_family(capability)][dtype_class]
+    family = arch_family(capability)
+    by_head_dim = _TUNED[name][family][dtype_class]
     bucket = min(h for h in by_head_dim if h >= head_block(head_dim))
-    return KernelConfig(*by_head_dim[bucket])
+    own = (_PER_TRITON.get(triton_minor(), {}).get(name, {}).get(family, {})
+           .get(dtype_class, {}).get(bucket))
+    return KernelConfig(*(own or by_head_dim[bucket]))
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import os
 import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterable
 
 from mirasol._format import format_markdown, format_rows
@@ -257,9 +257,9 @@ def write(records: list[Record], path: str, *, jobs: int, wall_s: float) -> list
     meta = {"triton": version("triton"), "compiles": len(records), "jobs": jobs,
             "cpu_count": os.cpu_count(), "wall_s": round(wall_s, 1)}
     # One record a line, so that reruns diff line by line.
-    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items()]
+    header = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items()]
     records_json = ",\n".join(f"  {json.dumps(asdict(r))}" for r in records)
-    out.write_text("{\n" + ",\n".join(fields) + f',\n "records": [\n{records_json}\n ]\n}}\n')
+    out.write_text("{\n" + ",\n".join(header) + f',\n "records": [\n{records_json}\n ]\n}}\n')
     md = out.with_suffix(".md")
     md.write_text(
         "# Kernel resources per GPU generation\n\n"
@@ -269,6 +269,18 @@ def write(records: list[Record], path: str, *, jobs: int, wall_s: float) -> list
         f"{format_markdown(_archs_cells(records))}\n\n{LEGEND}\n\n"
         f"{format_markdown(_cells(records))}\n")
     return [str(out), str(md)]
+
+
+def load(path: str) -> tuple[dict, list[Record]]:
+    """A profile :func:`write` wrote: (its metadata, e.g. ``"triton"``, and its records)."""
+    import json
+    from pathlib import Path
+
+    written = json.loads(Path(path).read_text())
+    names = {f.name for f in fields(Record)}
+    records = [Record(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in r.items() if k in names}) for r in written.pop("records")]
+    return written, records
 
 
 def main(archs=None, ops=None, kernels=None, dtypes=None, sizes=None, jobs=None, out=None,
