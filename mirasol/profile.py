@@ -72,6 +72,7 @@ class Record(Case):
     # A NaN repair pass (registry.Op.fixed): it runs only where a NaN already is, so its
     # speed, all a spill costs, does not matter; the rest of the gate holds for it.
     may_spill: bool = False
+    key: str = ""  # kernels/aot/cubin.compile_key: equal keys compile to equal resources
 
     def problems(self) -> list[str]:
         """Why this compile fails the gate (empty if it passes): register spills (a stack
@@ -147,7 +148,12 @@ def _clean_worker() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
-def _compile(case: Case) -> Record:
+# The fields of a record read off the cubin (kernels/aot/cubin.Resources): what a known
+# compile key answers.
+RESOURCE_FIELDS = ("registers", "shared_bytes", "stack_bytes", "local_bytes", "tensor_core_ops")
+
+
+def _compile(case: Case, known: dict[str, dict] | None = None) -> Record:
     import torch
 
     from mirasol.kernels import arch_family
@@ -160,7 +166,7 @@ def _compile(case: Case) -> Record:
     capability = divmod(case.arch, 10)
     launch = op.launches(capability, getattr(torch, case.dtype), case.size,
                          variant)[case.kernel]
-    res = resources(launch, case.arch)
+    res = resources(launch, case.arch, known)
     occ = res.occupancy
     c = launch.config
     return Record(**asdict(case), family=arch_family(capability), size_name=op.size_name,
@@ -172,20 +178,22 @@ def _compile(case: Case) -> Record:
                   limiters=occ.limiters, tensor_core_ops=res.tensor_core_ops,
                   expects_tensor_cores=(case.kernel not in op.dot_free
                                         and case.dtype != "float32"),
-                  may_spill=case.kernel in op.fixed)
+                  may_spill=case.kernel in op.fixed, key=res.key)
 
 
 def run(selected: list[Case], jobs: int | None = None,
-        progress: Callable[[str], None] | None = None) -> list[Record]:
+        progress: Callable[[str], None] | None = None,
+        known: dict[str, dict] | None = None) -> list[Record]:
     """Compile every case in ``jobs`` worker processes (default: one per core); the
-    records come back in the order of ``selected``."""
+    records come back in the order of ``selected``. A case whose compile key is in
+    ``known`` (:func:`known_resources`) takes its resources from there, uncompiled."""
     jobs = os.cpu_count() if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     records: list[Record | None] = [None] * len(selected)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_clean_worker) as pool:
-        futures = {pool.submit(_compile, case): i for i, case in enumerate(selected)}
+        futures = {pool.submit(_compile, case, known): i for i, case in enumerate(selected)}
         for done, future in enumerate(as_completed(futures), 1):
             records[futures[future]] = future.result()
             if progress and (done % 50 == 0 or done == len(selected)):
@@ -283,14 +291,62 @@ def load(path: str) -> tuple[dict, list[Record]]:
     return written, records
 
 
+def known_resources(path) -> dict[str, dict]:
+    """A written profile's resources by compile key, for :func:`run`'s ``known``."""
+    return {r.key: {f: getattr(r, f) for f in RESOURCE_FIELDS} for r in load(path)[1] if r.key}
+
+
+@dataclass(frozen=True)
+class KnownRun:
+    """:func:`run_known`'s outcome: the records, how many came from the known keys, how
+    many of those were recompiled, and where a recompile disagreed."""
+    records: list[Record]
+    answered: int
+    rechecked: int
+    mismatches: list[str]
+
+    def summary(self, source: str) -> str:
+        verdict = ("each equal to its record" if not self.mismatches
+                   else f"{len(self.mismatches)} DIFFERENT")
+        return (f"{self.answered} of {len(self.records)} compiles answered by their compile "
+                f"key from {source}, {len(self.records) - self.answered} compiled; "
+                f"{self.rechecked} answered ones recompiled: {verdict}")
+
+
+def run_known(selected: list[Case], known: dict[str, dict], jobs: int | None = None,
+              progress: Callable[[str], None] | None = None) -> KnownRun:
+    """:func:`run` with ``known``, then a check of ``known`` itself: per kernel and arch, the
+    answered case with the most registers (the nearest to spilling) is compiled and must
+    give the recorded resources. A compile key covers everything that decides the result,
+    so a stale or altered record shows up as a key that no case asks for, or as a
+    mismatch here."""
+    records = run(selected, jobs, progress, known)
+    answered = [(case, r) for case, r in zip(selected, records) if r.key in known]
+    sample: dict[tuple[str, int], tuple[Case, Record]] = {}
+    for case, r in answered:
+        best = sample.get((r.kernel, r.arch))
+        if best is None or r.registers > best[1].registers:
+            sample[(r.kernel, r.arch)] = (case, r)
+    fresh = run([case for case, _ in sample.values()], jobs)
+    mismatches = [
+        f"{r.where()}: recorded {[getattr(r, f) for f in RESOURCE_FIELDS]}, compiles to "
+        f"{[getattr(f_, f) for f in RESOURCE_FIELDS]}"
+        for (_, r), f_ in zip(sample.values(), fresh)
+        if any(getattr(r, f) != getattr(f_, f) for f in RESOURCE_FIELDS)]
+    return KnownRun(records, len(answered), len(sample), mismatches)
+
+
 def main(archs=None, ops=None, kernels=None, dtypes=None, sizes=None, jobs=None, out=None,
-         progress: Callable[[str], None] | None = None) -> int:
+         progress: Callable[[str], None] | None = None, known: str | None = None) -> int:
     """Profile, print the table and the per-arch summary, write ``out`` if given. Returns
-    the exit status: 1 if any compile fails the gate (see :meth:`Record.problems`)."""
+    the exit status: 1 if any compile fails the gate (see :meth:`Record.problems`), or if
+    a recompile disagrees with ``known`` (a written profile whose compile keys answer the
+    compiles they name: :func:`run_known`)."""
     selected = cases(archs, ops, kernels, dtypes or DTYPES, sizes)
     jobs = os.cpu_count() if jobs is None else jobs
     start = time.perf_counter()
-    records = run(selected, jobs, progress)
+    checked = run_known(selected, known_resources(known), jobs, progress) if known else None
+    records = checked.records if checked else run(selected, jobs, progress)
     wall_s = time.perf_counter() - start
     print(format_table(records))
     print()
@@ -303,4 +359,8 @@ def main(archs=None, ops=None, kernels=None, dtypes=None, sizes=None, jobs=None,
     failing = [r for r in records if r.problems()]
     for r in failing:
         print(f"FAIL {r.where()}: {'; '.join(r.problems())}")
-    return 1 if failing else 0
+    if checked:
+        print(checked.summary(known))
+        for mismatch in checked.mismatches:
+            print(f"FAIL {mismatch}")
+    return 1 if failing or (checked and checked.mismatches) else 0

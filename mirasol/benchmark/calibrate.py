@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mirasol.benchmark.timing import cpu_name
 from mirasol.ops._dense import attention_lse, attention_lse_backward
 from mirasol.ops._pieces import CallCost, query_blocks
 
@@ -164,7 +165,7 @@ def write(fits: Fits, path: Path = OUT) -> str:
         "(:mod:`mirasol.benchmark.calibrate`);",
         "do not edit by hand.",
         "",
-        f"Measured on: {platform.machine()}, {_cpu_name()}, {threads} threads, "
+        f"Measured on: {platform.machine()}, {cpu_name()}, {threads} threads, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
         '"""',
         "",
@@ -182,16 +183,6 @@ def write(fits: Fits, path: Path = OUT) -> str:
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def report(fits: Fits) -> str:

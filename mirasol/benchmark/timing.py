@@ -303,10 +303,22 @@ def measure(variant: Variant, problem, *, backward: bool,
                                    if device.startswith("cuda") else None))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), or "unknown CPU"."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def device_label(device: str) -> str:
-    """The device as tables name it: the CUDA card's name, or the CPU and its threads."""
+    """The device as tables name it: the CUDA card's name, or the CPU's model and threads
+    (CPU tables differ by model as much as GPU tables by card)."""
     return (torch.cuda.get_device_name() if device.startswith("cuda")
-            else f"CPU, {torch.get_num_threads()} threads")
+            else f"CPU ({cpu_name()}), {torch.get_num_threads()} threads")
 
 
 def target_results(table: Table, targets) -> list[dict]:
