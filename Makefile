@@ -15,7 +15,7 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed
 # Test workers: one per core, one torch thread each.
 WORKERS ?= 2
 
-.PHONY: venv venv-oldest-triton demo test gate-oldest-triton check bench gpu-suite clean
+.PHONY: venv venv-oldest-triton demo test gate-oldest-triton profiles check bench gpu-suite clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ test: $(STAMP) $(OLDEST_STAMP)
 gate-oldest-triton: $(STAMP) $(OLDEST_STAMP)
 	MIRASOL_OLDEST_TRITON_PYTHON=$(OLDEST_VENV)/bin/python \
 		$(PY) -m pytest -q -m oldest_triton_gate tests/test_oldest_triton.py
+
+# After a kernel or tuning-table change: the committed profiles the gates answer from, by
+# compile key (store hits where nothing changed). bench/results/profile.{json,md}: every
+# compile under the newest triton; profile-oldest-triton.{json,md}: the gate's under 3.6.
+# Both are written even where a compile fails; the status says whether any did.
+profiles: $(STAMP) $(OLDEST_STAMP)
+	status=0; \
+	env -u TRITON_INTERPRET $(PY) -m mirasol profile --jobs $(WORKERS) \
+		--out bench/results/profile.json || status=1; \
+	env -u TRITON_INTERPRET $(OLDEST_VENV)/bin/python -m mirasol profile --gate \
+		--jobs $(WORKERS) --out bench/results/profile-oldest-triton.json || status=1; \
+	exit $$status
 
 bench: $(STAMP)
 	$(PY) -m mirasol bench

@@ -41,8 +41,11 @@ import torch
 import triton
 
 # Compiling needs real @triton.jit functions: the kernels must not be defined under the
-# interpreter.
+# interpreter. FP fusion named as mirasol.profile's workers name it: triton 3.9's compile
+# key holds the variable, so the tuner's compiles are the profile's and the gates' (one
+# store entry for both).
 os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from mirasol import profile  # noqa: E402
 from mirasol.kernels import KernelConfig, arch_family  # noqa: E402
@@ -117,7 +120,7 @@ def _candidates(kernel, head_dim, itemsize, limit):
 
 def _fits(kernel, family, dtypes, head_dim, config) -> bool:
     op = OPS[KERNELS[kernel]]
-    variants = op.variants[:1] if kernel in op.variant_free else op.variants
+    variants = op.variants_of(kernel)
     for arch, variant, dtype in itertools.product(FAMILIES[family], reversed(variants), dtypes):
         # The other kernels of the op are built too (not compiled): any config will do,
         # including for a kernel the table does not know yet.

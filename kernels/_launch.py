@@ -82,11 +82,11 @@ def device_capability(device: torch.device) -> Capability:
 _OVERRIDES: dict[str, KernelConfig] = {}
 
 
-def kernel_config(name: str, head_dim: int, dtype: torch.dtype,
-                  capability: Capability) -> KernelConfig:
+def kernel_config(name: str, head_dim: int, dtype: torch.dtype, capability: Capability,
+                  triton_version: str = triton.__version__) -> KernelConfig:
     """The tile config of kernel ``name`` for this head dim, dtype and GPU (see _configs):
-    the running triton's own entry where the table has one (where no config serves every
-    triton CI tests), else the shared entry."""
+    the entry of ``triton_version`` (default: the running triton) where the table has one
+    (where no config serves every triton CI tests), else the shared entry."""
     if name in _OVERRIDES:
         return _OVERRIDES[name]
     if capability == "interpreter":
@@ -97,7 +97,7 @@ def kernel_config(name: str, head_dim: int, dtype: torch.dtype,
     family = arch_family(capability)
     by_head_dim = _TUNED[name][family][dtype_class]
     bucket = min(h for h in by_head_dim if h >= head_block(head_dim))
-    own = (_PER_TRITON.get(triton_minor(), {}).get(name, {}).get(family, {})
+    own = (_PER_TRITON.get(triton_minor(triton_version), {}).get(name, {}).get(family, {})
            .get(dtype_class, {}).get(bucket))
     return KernelConfig(*(own or by_head_dim[bucket]))
 

@@ -242,7 +242,7 @@ def cmd_profile(args) -> int:
     try:
         return profile.main(archs=args.arch, ops=args.op, kernels=args.kernel,
                             dtypes=args.dtype, sizes=args.size, jobs=args.jobs, out=args.out,
-                            progress=_progress, known=args.known)
+                            progress=_progress, known=args.known, gate=args.gate)
     except ValueError as e:
         print(f"mirasol profile: {e}", file=sys.stderr)
         return 2
@@ -432,6 +432,9 @@ def add_profile(sub) -> None:
     prof.add_argument("--out", help="also write the records as JSON to this path and a "
                                     "Markdown table beside it (.md), e.g. "
                                     "bench/results/profile.json")
+    prof.add_argument("--gate", action="store_true",
+                      help="the CI gates' compiles: bf16 and fp32 at each table bucket on "
+                           "sm_80, sm_86, sm_90, sm_100 (no other filter)")
     prof.add_argument("--known", metavar="PROFILE_JSON",
                       help="take each compile whose compile key this written profile holds "
                            "from it, and recompile one of them per kernel and arch (the one "

@@ -91,6 +91,10 @@ class Record(Case):
             found.append("no tensor-core instructions")
         return found
 
+    def case(self) -> Case:
+        """The compile this records."""
+        return Case(**{f.name: getattr(self, f.name) for f in fields(Case)})
+
     def where(self) -> str:
         """The case and its config, for messages."""
         m, n, warps, stages = self.config
@@ -129,7 +133,7 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
         if name not in ops:
             continue
         op = OPS[name]
-        variants = (ALL_VARIANTS,) if kernel in op.variant_free else op.variants
+        variants = (ALL_VARIANTS,) if kernel in op.variant_free else op.variants_of(kernel)
         op_sizes = sorted({*op.buckets, *(() if buckets_only else EXTRA_SIZES.get(name, ()))})
         if kernel in op.fixed:
             op_sizes = [max(op.buckets)]
@@ -140,6 +144,21 @@ def cases(archs: Iterable[int] | None = None, ops: Iterable[str] | None = None,
     if not selected:
         raise ValueError(f"no kernel matches op={ops}, kernel={kernels}, size={sizes}")
     return selected
+
+
+# fp16 shares bfloat16's table entries and differs by a few registers at most
+# (tests/test_cross_compile.py): the gates leave it to the full profile.
+GATE_DTYPES = ("bfloat16", "float32")
+
+
+def gate_cases() -> list[Case]:
+    """The CI gates' compiles (tests/test_cross_compile.py under the newest triton,
+    tests/test_oldest_triton.py under the oldest): every table entry of every kernel in
+    every specialization, bf16 and fp32, at each table bucket, on
+    kernels/aot/archs.GATE_ARCHS."""
+    from mirasol.kernels.aot.archs import GATE_ARCHS
+
+    return cases(archs=GATE_ARCHS, dtypes=GATE_DTYPES, buckets_only=True)
 
 
 def _clean_worker() -> None:
@@ -337,12 +356,19 @@ def run_known(selected: list[Case], known: dict[str, dict], jobs: int | None = N
 
 
 def main(archs=None, ops=None, kernels=None, dtypes=None, sizes=None, jobs=None, out=None,
-         progress: Callable[[str], None] | None = None, known: str | None = None) -> int:
+         progress: Callable[[str], None] | None = None, known: str | None = None,
+         gate: bool = False) -> int:
     """Profile, print the table and the per-arch summary, write ``out`` if given. Returns
     the exit status: 1 if any compile fails the gate (see :meth:`Record.problems`), or if
     a recompile disagrees with ``known`` (a written profile whose compile keys answer the
-    compiles they name: :func:`run_known`)."""
-    selected = cases(archs, ops, kernels, dtypes or DTYPES, sizes)
+    compiles they name: :func:`run_known`). ``gate``: the gates' compiles
+    (:func:`gate_cases`), with no other filter."""
+    if gate:
+        filters = {"arch": archs, "op": ops, "kernel": kernels, "dtype": dtypes, "size": sizes}
+        given = [name for name, value in filters.items() if value]
+        if given:
+            raise ValueError(f"--gate selects the gates' compiles itself; drop {given}")
+    selected = gate_cases() if gate else cases(archs, ops, kernels, dtypes or DTYPES, sizes)
     jobs = os.cpu_count() if jobs is None else jobs
     start = time.perf_counter()
     checked = run_known(selected, known_resources(known), jobs, progress) if known else None

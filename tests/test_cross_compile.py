@@ -1,7 +1,9 @@
 """The CI gate of "profiled across GPU generations": the kernels compile for real GPUs,
 without one. Every tile config the tuning table holds, of every kernel (the forward and
 backward of attention and of token pooling), in each specialization the ops launch
-(chunked with lengths, packed cross-attention, packed causal; padded and packed pooling),
+(chunked with lengths; with a window and sinks, the block-causal family's; teacher
+forcing's first-aligned piece with fp32 outputs; the split-KV forward; packed
+cross-attention, packed causal; padded and packed pooling: kernels/aot/registry.py),
 cross-compiles for each generation that selects it — sm_80 (A100), sm_86 (A10, RTX 30;
 sm_89, L4 and RTX 40, compiles to the same code: kernels/aot/archs.GATE_ARCHS), sm_90
 (H100), sm_100 (B200) — with
@@ -57,9 +59,7 @@ UNGATED_VARIANTS = ("chunked-window",)
 
 @pytest.fixture(scope="module")
 def gate():
-    selected = [c for c in profile.cases(archs=GATE_ARCHS, dtypes=("bfloat16", "float32"),
-                                         buckets_only=True)
-                if c.variant not in UNGATED_VARIANTS]
+    selected = [c for c in profile.gate_cases() if c.variant not in UNGATED_VARIANTS]
     checked = profile.run_known(selected, profile.known_resources(COMMITTED), jobs=2)
     print(checked.summary(COMMITTED.name))
     return checked

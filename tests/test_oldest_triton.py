@@ -22,20 +22,20 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
 from mirasol import profile
-from mirasol.kernels.aot.archs import GATE_ARCHS
-from mirasol.kernels.aot.registry import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 OLDEST_PYTHON = ROOT / os.environ.get("MIRASOL_OLDEST_TRITON_PYTHON",
                                       ".venv-triton36/bin/python")
-GATE_DTYPES = ("bfloat16", "float32")
+# The gate's compiles under the oldest triton, committed (`make profiles` rewrites it): a compile whose key it holds is answered from it, one per kernel and arch recompiled
+# to check it (mirasol.profile.run_known), as tests/test_cross_compile.py does with
+# bench/results/profile.json.
+OLDEST_PROFILE = ROOT / "bench" / "results" / "profile-oldest-triton.json"
 # The parity tests whose pinned edges run under the oldest triton (the triton backend of
 # each op, each layout, the block-causal family's forms).
 PARITY_TESTS = ("tests/test_chunked_attention_parity.py::test_parity_forward_and_gradients",
@@ -98,29 +98,26 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     """tests/test_cross_compile.py's gate, compiled by the oldest triton: every table entry
     of every kernel in every specialization the ops launch, bf16 and fp32, at each table
     bucket, with no spills, within shared memory, with tensor cores for 16-bit inputs, on
-    sm_80, sm_86, sm_90 and sm_100 (sm_89: kernels/aot/archs.GATE_ARCHS): 336 compiles.
-    All of them, because the registers ptxas gives a specialization under 3.6 are predicted
-    neither by its siblings' nor by 3.9's (a forward that takes 94 registers under 3.9
-    spills at 80 under 3.6 while its sibling takes 96 without), and a spill of 8-16 bytes
-    in one specialization is the margin a retuned table sits at. Measured on the table that
-    fails 49 of these compiles (26 of the 144 entries x archs): one specialization per
-    entry, the one with the most registers under 3.9 (144 compiles), flags 21 of the 26;
-    the two with the most (264), 25; every specialization at the largest size only (112),
-    9. Cold, this is the suite's longest test (docs/profiling.md); warm, triton's cache
-    and the store beside it (kernels/aot/cache.py) answer it in seconds."""
-    sizes = sorted({size for op in OPS.values() for size in op.buckets})
+    sm_80, sm_86, sm_90 and sm_100 (sm_89: kernels/aot/archs.GATE_ARCHS): the 504 compiles
+    of `mirasol profile --gate`. All of them, because the registers ptxas gives a
+    specialization under 3.6 are predicted neither by its siblings' nor by 3.9's (a forward
+    that takes 94 registers under 3.9 spills at 80 under 3.6 while its sibling takes 96
+    without), and a spill of 8-16 bytes in one specialization is the margin a retuned table
+    sits at. Measured on a table that failed 49 of 336 such compiles (26 of the 144 entries
+    x archs): one specialization per entry, the one with the most registers under 3.9,
+    flagged 21 of the 26; the two with the most, 25; every specialization at the largest
+    size only, 9. A compile whose key OLDEST_PROFILE holds is answered from it, and one per
+    kernel and arch recompiled to check it: only what changed since `make profiles`
+    compiles."""
     out = tmp_path / "profile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = _oldest("-m", "mirasol", "profile", "--arch", *map(str, GATE_ARCHS),
-                  "--dtype", *GATE_DTYPES, "--size", *map(str, sizes), "--jobs", "2",
-                  "--out", str(out), env=env, timeout=GATE_TIMEOUT_S)
+    run = _oldest("-m", "mirasol", "profile", "--gate", "--jobs", "2", "--out", str(out),
+                  "--known", str(OLDEST_PROFILE), env=env, timeout=GATE_TIMEOUT_S)
+    print(next((line for line in run.stdout.splitlines() if "answered by" in line), ""))
     assert run.returncode in (0, 1) and out.exists(), run.stderr[-4000:]
     meta, records = profile.load(out)
     assert meta["triton"] == _versions(_oldest_python())["triton"]
-    case_fields = [f.name for f in fields(profile.Case)]
-    compiled = [profile.Case(**{k: getattr(r, k) for k in case_fields}) for r in records]
-    assert compiled == profile.cases(archs=GATE_ARCHS, dtypes=GATE_DTYPES,
-                                     buckets_only=True)
+    assert [r.case() for r in records] == profile.gate_cases()
     failures = [f"{r.where()}: {'; '.join(r.problems())}" for r in records if r.problems()]
     assert not failures, (f"triton {meta['triton']}: {len(failures)} of {len(records)} "
                           "compiles fail:\n" + "\n".join(failures))

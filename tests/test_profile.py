@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mirasol import profile
 from mirasol.cli import main
@@ -73,15 +74,59 @@ def test_arch_family(capability, family):
 
 def test_cases_cover_every_kernel_variant_dtype_size_and_arch():
     everything = profile.cases()
-    # attention: 3 kernels x 4 variants (the family's window among them) + the
-    # variant-free delta, 4 head dims (64 80 128 256), and the 3 repair passes x 4 variants
-    # at head dim 256 only; token pooling: 2 kernels x 2 layouts, 3 token counts; 3 dtypes,
-    # 5 archs.
-    assert len(everything) == ((3 * 4 + 1) * 4 + 3 * 4 + 2 * 2 * 3) * 3 * 5
+    # attention: the forward in 6 variants (the family's window, teacher forcing's first-
+    # aligned piece and the split-KV forward among them), dK/dV and dQ in 5 (the split is
+    # the forward's alone), the variant-free delta, 4 head dims (64 80 128 256), and the
+    # repair pass of each (6 + 5 + 5) at head dim 256 only; token pooling: 2 kernels x 2
+    # layouts, 3 token counts; 3 dtypes, 5 archs.
+    assert len(everything) == ((6 + 5 + 5 + 1) * 4 + (6 + 5 + 5) + 2 * 2 * 3) * 3 * 5
     assert len(set(everything)) == len(everything)
     assert {c.kernel for c in everything} == set(KERNELS)
     buckets = profile.cases(buckets_only=True)
     assert {c.size for c in buckets if c.op == "attention"} == {64, 128, 256}
+    assert len(profile.gate_cases()) == ((6 + 5 + 5 + 1) * 3 + (6 + 5 + 5) + 2 * 2 * 3) * 2 * 4
+
+
+def _specialization(launch):
+    """What decides a launch's compile but its tiles and its shapes' divisibility: the
+    kernel, its flags and each tensor argument's dtype."""
+    flags = {k: v for k, v in launch.constexprs.items() if k not in ("BLOCK_M", "BLOCK_N")}
+    return (launch.kernel, tuple(sorted(flags.items())),
+            tuple(a.dtype for a in launch.args if isinstance(a, torch.Tensor)))
+
+
+@pytest.mark.parametrize("variant", ["chunked", "chunked-window", "chunked-teacher",
+                                     "chunked-split"])
+def test_chunked_variants_are_specializations_the_op_launches(variant, monkeypatch):
+    """Each chunked variant the gates compile is one the op's triton path launches: the
+    launches of a real forward and backward (recorded, not run) hold every one of the
+    variant's (kernels/aot/registry.py), bf16 with grouped-query heads. (The delta kernel
+    is variant-free.)"""
+    from mirasol.kernels import attention
+    from mirasol.kernels._launch import Launch
+    from mirasol.kernels.aot.registry import attention_launches
+
+    launched = []
+    monkeypatch.setattr(Launch, "run", lambda self: launched.append(_specialization(self)))
+    # As on a GPU, where each program of a repair pass checks its own rows: always launched.
+    monkeypatch.setattr(attention, "_repair_may_write", lambda *outputs: True)
+    B, H, H_kv, N, D, C = 2, 8, 2, 1024, 64, 256
+    teacher = variant == "chunked-teacher"
+    n = 2 * N if teacher else N
+    q, o, do = (torch.zeros(B, H, n, D, dtype=torch.bfloat16) for _ in range(3))
+    k, v = (torch.zeros(B, H_kv, n, D, dtype=torch.bfloat16) for _ in range(2))
+    lse = torch.zeros(B, H, n)
+    family = dict(window=4, sinks=512) if variant != "chunked" else {}
+    lengths = None if teacher else torch.full((B,), n, dtype=torch.int32)
+    with attention.force_key_splits(4 if variant == "chunked-split" else 1):
+        attention.chunked_attn_fwd(q, k, v, C, D ** -0.5, lengths, teacher_forcing=teacher,
+                                   **family)
+    attention.chunked_attn_bwd(do, q, k, v, o, lse, C, D ** -0.5, lengths,
+                               teacher_forcing=teacher, **family)
+    compiled = attention_launches((8, 0), torch.bfloat16, D, variant)
+    missing = [name for name, launch in compiled.items()
+               if name != "attn_bwd_delta" and _specialization(launch) not in launched]
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -173,27 +218,31 @@ def test_a_key_is_computed_once_across_processes(tmp_path):
     assert log.read_text() == "first\n"
 
 
-def test_committed_profile_matches_the_table():
-    """bench/results/profile.json is regenerated with the table: every record's config is
-    the entry its arch's family selects now (no compile needed to check)."""
+@pytest.mark.parametrize("name, selection", [("profile.json", profile.cases),
+                                             ("profile-oldest-triton.json", profile.gate_cases)])
+def test_committed_profile_matches_the_table(name, selection):
+    """The committed profiles (`make profiles`) are regenerated with the table and the
+    kernels' variants: they hold every compile of their selection (all, under the newest
+    triton; the gates', under the oldest), each record's config is the entry its arch's
+    family selects now under the profile's triton (no compile needed to check), and every
+    record has its compile key (the gates answer from them)."""
     from pathlib import Path
-
-    import torch
 
     from mirasol.kernels import arch_family, kernel_config
     from mirasol.kernels._launch import KernelConfig
 
-    path = Path(__file__).parents[1] / "bench" / "results" / "profile.json"
-    records = json.loads(path.read_text())["records"]
-    assert {r["arch"] for r in records} == set(ARCHS)
+    path = Path(__file__).parents[1] / "bench" / "results" / name
+    meta, records = profile.load(path)
+    assert [r.case() for r in records] == selection()
     for r in records:
-        capability = (r["arch"] // 10, r["arch"] % 10)
-        expected = kernel_config(r["kernel"], r["size"], getattr(torch, r["dtype"]), capability)
-        assert r["family"] == arch_family(capability)
-        assert KernelConfig(*r["config"]) == expected, (
-            f"{r['kernel']} {r['variant']} {r['dtype']} {r['size']} sm_{r['arch']}: profiled "
-            f"{r['config']}, the table now says {expected}; rerun mirasol profile --out "
-            f"{path.relative_to(path.parents[2])}")
+        capability = divmod(r.arch, 10)
+        expected = kernel_config(r.kernel, r.size, getattr(torch, r.dtype), capability,
+                                 meta["triton"])
+        assert r.family == arch_family(capability)
+        assert r.key
+        assert KernelConfig(*r.config) == expected, (
+            f"{r.where()}: profiled {r.config}, the table now says {expected} under triton "
+            f"{meta['triton']}; rerun make profiles")
 
 
 def test_the_gates_skip_only_an_arch_the_profile_shows_identical():

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from .._launch import Capability, Launch
 
-ATTENTION_LAYOUTS = ("chunked", "chunked_lengths", "chunked_window", "cross",
-                     "cross_causal")
+ATTENTION_LAYOUTS = ("chunked", "chunked_lengths", "chunked_window", "chunked_teacher",
+                     "cross", "cross_causal")
 TOKEN_POOL_LAYOUTS = ("padded", "padded_lengths", "packed")
 
 TensorFactory = Callable[..., Tensor]
@@ -38,8 +38,11 @@ def _check_layout(layout: str, known: tuple[str, ...]) -> None:
 class AttentionProblem:
     """An attention problem. Padded layouts ("chunked", "chunked_lengths": chunked causal
     attention with chunk size ``chunk``, with or without per-sample lengths;
-    "chunked_window": with lengths, a window of ``window`` chunks and ``sinks`` sinks): q
-    (segments, heads, q_rows, head_dim), k and v (segments, kv_heads, k_rows, head_dim).
+    "chunked_window": with lengths, a window of ``window`` chunks and ``sinks`` sinks;
+    "chunked_teacher": teacher forcing's noisy queries against the clean keys, first-aligned,
+    the window one chunk shorter, every output in fp32 as teacher forcing merges its pieces
+    in fp32): q (segments, heads, q_rows, head_dim), k and v (segments, kv_heads, k_rows,
+    head_dim). ``splits`` > 1: the split-KV forward alone, its partial outputs in fp32.
     Packed layouts ("cross", "cross_causal": cross-attention on ``cu_seqlens`` segments,
     plain or bottom-right causal): q (q_rows, heads, head_dim), k and v (k_rows, kv_heads,
     head_dim) in all, no segment longer than ``max_q`` / ``max_k`` rows (default: all of
@@ -57,13 +60,15 @@ class AttentionProblem:
     chunk: int | None = None  # the chunked layouts' chunk size
     window: int = 4  # chunked_window's window (chunks) and sink tokens
     sinks: int = 512
+    splits: int = 1
 
     def launches(self, dtype: torch.dtype, capability: Capability, *,
                  scale: float | None = None, tensor: TensorFactory = meta
                  ) -> dict[str, Launch]:
         """The forward and the three backward launches, and the NaN repair pass of each but
-        the delta kernel, by kernel name, with the configs ``capability`` selects; ``scale``
-        defaults to head_dim ** -0.5."""
+        the delta kernel, by kernel name, with the configs ``capability`` selects (the
+        forward and its repair pass alone with ``splits``); ``scale`` defaults to
+        head_dim ** -0.5."""
         from ..attention import (Segments, attn_bwd_delta_launch,
                                  attn_bwd_dkdv_launch, attn_bwd_dq_launch, attn_fwd_launch)
 
@@ -91,17 +96,29 @@ class AttentionProblem:
             def rows(name, n, heads, dt=dtype):
                 return tensor(name, B, heads, n, D, dtype=dt)
 
-            lengths = (None if self.layout == "chunked"
+            teacher = self.layout == "chunked_teacher"
+            lengths = (None if self.layout in ("chunked", "chunked_teacher")
                        else tensor("lengths", B, dtype=torch.int32))
-            windowed = self.layout == "chunked_window"
-            seg = Segments.chunked(n_q, self.chunk, lengths,
-                                   window=self.window if windowed else None,
-                                   sinks=self.sinks if windowed else 0)
+            windowed = self.layout in ("chunked_window", "chunked_teacher")
+            seg = Segments.chunked(n_q, self.chunk, lengths, max_k=n_k,
+                                   window=self.window - teacher if windowed else None,
+                                   sinks=self.sinks if windowed else 0, top_left=teacher)
             lse_shape = (B, H, n_q)
-        q, o, do, dq = (rows(name, n_q, H) for name in ("q", "o", "do", "dq"))
-        k, v, dk, dv = (rows(name, n_k, H_kv) for name in ("k", "v", "dk", "dv"))
+        # Teacher forcing's pieces write fp32 (kernels/attention.py), as split-KV partials do.
+        out = torch.float32 if self.layout == "chunked_teacher" or self.splits > 1 else dtype
+        q, do = (rows(name, n_q, H) for name in ("q", "do"))
+        o, dq = (rows(name, n_q, H, out) for name in ("o", "dq"))
+        k, v = (rows(name, n_k, H_kv) for name in ("k", "v"))
+        dk, dv = (rows(name, n_k, H_kv, out) for name in ("dk", "dv"))
         lse, delta = (tensor(name, *lse_shape, dtype=torch.float32) for name in ("lse", "delta"))
         scale = D ** -0.5 if scale is None else scale
+        if self.splits > 1:
+            o, lse = (tensor(name, self.splits, *t.shape, dtype=torch.float32)
+                      for name, t in (("o", o), ("lse", lse)))
+            return {"attn_fwd" + suffix: attn_fwd_launch(q, k, v, o, lse, seg, scale,
+                                                         capability=capability,
+                                                         exact_nan=exact_nan, splits=self.splits)
+                    for exact_nan, suffix in ((False, ""), (True, "_nan"))}
         launches = {"attn_bwd_delta": attn_bwd_delta_launch(o, do, delta, capability=capability)}
         for exact_nan, suffix in ((False, ""), (True, "_nan")):  # the NaN repair passes
             launches |= {

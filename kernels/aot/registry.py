@@ -4,7 +4,7 @@ bench/tune_configs.py enumerate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -14,10 +14,16 @@ from .problems import AttentionProblem, TokenPoolProblem
 
 # The specializations each op launches, by the name reports give them, and the layout of
 # each (problems.py).
-VARIANTS = ("chunked", "chunked-window", "cross", "cross-causal")
+VARIANTS = ("chunked", "chunked-window", "chunked-teacher", "chunked-split", "cross",
+            "cross-causal")
 TOKEN_POOL_VARIANTS = ("padded", "packed")
-_LAYOUTS = {"chunked": "chunked_lengths", "chunked-window": "chunked_window", "cross": "cross",
-            "cross-causal": "cross_causal", "padded": "padded_lengths", "packed": "packed"}
+_LAYOUTS = {"chunked": "chunked_lengths", "chunked-window": "chunked_window",
+            "chunked-teacher": "chunked_teacher", "chunked-split": "chunked_window",
+            "cross": "cross", "cross-causal": "cross_causal", "padded": "padded_lengths",
+            "packed": "packed"}
+# The split-KV forward's key splits in the "chunked-split" variant (any count > 1 compiles
+# alike: the splits are runtime arguments).
+_SPLITS = {"chunked-split": 4}
 
 
 def _layout(variant: str, known: tuple[str, ...]) -> str:
@@ -33,12 +39,16 @@ def attention_launches(capability: Capability, dtype: torch.dtype, head_dim: int
     ``capability`` selects. Variants (each a different specialization of the same
     kernels): "chunked" (padded samples with lengths, chunk 256), "chunked-window" (the
     same with a window of 4 chunks and 512 sinks: the block-causal family's
-    specialization), "cross" (packed segments, cu_seqlens), "cross-causal" (packed,
-    bottom-right causal). Grouped-query heads."""
+    specialization), "chunked-teacher" (teacher forcing's noisy queries of chunks >= 1
+    against the clean keys, first-aligned, fp32 outputs), "chunked-split" (the split-KV
+    forward of "chunked-window", 4 splits: the forward alone), "cross" (packed segments,
+    cu_seqlens), "cross-causal" (packed, bottom-right causal). Grouped-query heads."""
     layout = _layout(variant, VARIANTS)
     rows = seqlen if layout.startswith("chunked") else batch * seqlen
-    problem = AttentionProblem(layout, batch, heads, kv_heads, head_dim, rows, max_q=seqlen,
-                               max_k=seqlen, chunk=256)
+    q_rows = rows - 256 if layout == "chunked_teacher" else rows
+    problem = AttentionProblem(layout, batch, heads, kv_heads, head_dim, q_rows, rows,
+                               max_q=q_rows if layout.startswith("chunked") else seqlen,
+                               max_k=seqlen, chunk=256, splits=_SPLITS.get(variant, 1))
     return problem.launches(dtype, capability)
 
 
@@ -74,6 +84,14 @@ class Op:
     variant_free: tuple[str, ...] = ()
     dot_free: tuple[str, ...] = ()
     fixed: tuple[str, ...] = ()
+    # Variants that launch only some of the kernels (the split-KV forward): their kernels.
+    partial: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def variants_of(self, kernel: str) -> tuple[str, ...]:
+        """The variants that launch ``kernel``; the first alone for a variant-free one."""
+        if kernel in self.variant_free:
+            return self.variants[:1]
+        return tuple(v for v in self.variants if kernel in self.partial.get(v, self.kernels))
 
 
 OPS: dict[str, Op] = {
@@ -82,7 +100,8 @@ OPS: dict[str, Op] = {
                      "attn_fwd_nan", "attn_bwd_dkdv_nan", "attn_bwd_dq_nan"), VARIANTS,
                     "head_dim", (64, 128, 256), variant_free=("attn_bwd_delta",),
                     dot_free=("attn_bwd_delta",),
-                    fixed=tuple(FIXED_CONFIGS)),
+                    fixed=tuple(FIXED_CONFIGS),
+                    partial={"chunked-split": ("attn_fwd", "attn_fwd_nan")}),
     "token_pool": Op(token_pool_launches, ("token_pool_fwd", "token_pool_bwd"),
                      TOKEN_POOL_VARIANTS, "tokens", (16, 32, 64)),
 }
