@@ -118,10 +118,18 @@ def _candidates(kernel, head_dim, itemsize, limit):
                 yield KernelConfig(m, n, warps, stages)
 
 
+# Per kernel, the compile (arch, variant, dtype) that last rejected a candidate: checked
+# first, as it is the one that most often rejects the next (one compile per rejection
+# instead of a walk through the specializations that fit).
+_LAST_REJECTED: dict[str, tuple] = {}
+
+
 def _fits(kernel, family, dtypes, head_dim, config) -> bool:
     op = OPS[KERNELS[kernel]]
-    variants = op.variants_of(kernel)
-    for arch, variant, dtype in itertools.product(FAMILIES[family], reversed(variants), dtypes):
+    checks = list(itertools.product(FAMILIES[family], reversed(op.variants_of(kernel)),
+                                    dtypes))
+    checks.sort(key=lambda check: check != _LAST_REJECTED.get(kernel))
+    for arch, variant, dtype in checks:
         # The other kernels of the op are built too (not compiled): any config will do,
         # including for a kernel the table does not know yet.
         with contextlib.ExitStack() as stack:
@@ -131,6 +139,7 @@ def _fits(kernel, family, dtypes, head_dim, config) -> bool:
             launch = op.launches(divmod(arch, 10), dtype, head_dim, variant)[kernel]
         res = resources(launch, arch)
         if res.spills or res.shared_bytes > ARCHS[arch].shared_per_block:
+            _LAST_REJECTED[kernel] = (arch, variant, dtype)
             return False
     return True
 
