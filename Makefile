@@ -2,8 +2,8 @@
 # torch 2.13.0 (CPU build, from this machine's wheel cache when present) and the project
 # installed in editable mode with its test extras. `make test` also builds a second one,
 # .venv-triton36: the same torch beside the oldest triton pyproject.toml admits (3.6.0,
-# torch 2.11's), where tests/test_oldest_triton.py runs the parity tests' pinned cases (and,
-# by make gate-oldest-triton, the cross-compile gate). numpy < 2.4 there: triton 3.6's interpreter converts
+# torch 2.11's), where tests/test_oldest_triton.py runs the cross-compile gate and the
+# parity tests' pinned cases. numpy < 2.4 there: triton 3.6's interpreter converts
 # 1-element arrays with int(), which numpy 2.4 refuses (triton 3.9 squeezes them first).
 
 PYTHON ?= python3
@@ -45,8 +45,8 @@ test: $(STAMP) $(OLDEST_STAMP)
 	OMP_NUM_THREADS=1 MIRASOL_OLDEST_TRITON_PYTHON=$(OLDEST_VENV)/bin/python \
 		$(PY) -m pytest -n $(WORKERS) -q --durations=25
 
-# The cross-compile gate under triton 3.6 (tests/test_oldest_triton.py): about 5 minutes
-# cold on 2 cores; it fails until the tuning table is spill-free under 3.6 too.
+# The cross-compile gate under triton 3.6 alone (tests/test_oldest_triton.py, part of
+# make test): compiles what bench/results/profile-oldest-triton.json does not answer.
 gate-oldest-triton: $(STAMP) $(OLDEST_STAMP)
 	MIRASOL_OLDEST_TRITON_PYTHON=$(OLDEST_VENV)/bin/python \
 		$(PY) -m pytest -q -m oldest_triton_gate tests/test_oldest_triton.py

@@ -311,7 +311,10 @@ def load(path: str) -> tuple[dict, list[Record]]:
 
 
 def known_resources(path) -> dict[str, dict]:
-    """A written profile's resources by compile key, for :func:`run`'s ``known``."""
+    """A written profile's resources by compile key, for :func:`run`'s ``known``. Raises
+    ValueError if there is no such file."""
+    if not os.path.exists(path):
+        raise ValueError(f"known: no profile at {path} (mirasol profile --out writes one)")
     return {r.key: {f: getattr(r, f) for f in RESOURCE_FIELDS} for r in load(path)[1] if r.key}
 
 

@@ -51,16 +51,10 @@ COMMITTED = Path(__file__).resolve().parents[1] / "bench" / "results" / "profile
 pytestmark = pytest.mark.compile
 
 
-# The block-causal family's window specialization is profiled (`mirasol profile`) but not
-# yet gated: with the tiles tuned for the prefix kernels it spills in 23 of its 120 compiles
-# (dK/dV and dQ mostly; docs/known-problems.md) until it has tiles of its own.
-UNGATED_VARIANTS = ("chunked-window",)
-
-
 @pytest.fixture(scope="module")
 def gate():
-    selected = [c for c in profile.gate_cases() if c.variant not in UNGATED_VARIANTS]
-    checked = profile.run_known(selected, profile.known_resources(COMMITTED), jobs=2)
+    checked = profile.run_known(profile.gate_cases(), profile.known_resources(COMMITTED),
+                                jobs=2)
     print(checked.summary(COMMITTED.name))
     return checked
 
@@ -71,8 +65,8 @@ def records(gate):
 
 
 def test_the_committed_profile_answers_as_the_compiles_do(gate):
-    answered = {(r.kernel, r.arch) for r in gate.records
-                if r.key in profile.known_resources(COMMITTED)}
+    known = profile.known_resources(COMMITTED)
+    answered = {(r.kernel, r.arch) for r in gate.records if r.key in known}
     assert gate.rechecked == len(answered)
     assert not gate.mismatches, "\n".join(gate.mismatches)
 

@@ -6,8 +6,9 @@ torch 2.11 and of the GPU image) runs here in a second environment, `.venv-trito
 ``MIRASOL_OLDEST_TRITON_PYTHON`` names its python), and everything else in this suite runs
 under the newest (3.9, torch 2.13's). In that environment:
 
-- the cross-compile gate (tests/test_cross_compile.py's checks, by `mirasol profile`;
-  `make gate-oldest-triton`: `make test` deselects it until the table passes it), and
+- the cross-compile gate (tests/test_cross_compile.py's checks, by `mirasol profile
+  --gate`; `make gate-oldest-triton` alone), answered by compile key from
+  bench/results/profile-oldest-triton.json where nothing changed, and
 - the interpreter parity tests' pinned cases (their ``@example`` edges, forward and
   gradients, of each op's triton backend): Triton's interpreter is part of triton, and
   3.6's differs from 3.9's (it converts 1-element arrays with ``int()``, hence numpy < 2.4).
