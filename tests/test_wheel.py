@@ -14,7 +14,6 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-import pytest
 
 import mirasol
 
@@ -28,15 +27,18 @@ def _run(*cmd, cwd, env=None, timeout=600):
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
+def test_the_sdist_and_wheel_hold_the_package_and_the_wheel_installs(tmp_path):
+    """One test, one build: two builds of the checkout at once (a fixture per xdist worker)
+    share its egg-info, and one fails (seen in a fresh-clone make test)."""
+    dist = tmp_path / "dist"
+    dist.mkdir()
     # The checkout's setuptools (no isolated build environment: nothing fetched).
-    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT, cwd=out)
-    return out
+    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, ROOT, cwd=dist)
+    _check_contents(dist)
+    _check_install(dist, tmp_path)
 
 
-def test_sdist_and_wheel_hold_the_package(dist):
+def _check_contents(dist):
     sdist, = dist.glob(f"mirasol_kernels-{mirasol.__version__}.tar.gz")
     wheel, = dist.glob(f"mirasol_kernels-{mirasol.__version__}-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -54,7 +56,7 @@ def test_sdist_and_wheel_hold_the_package(dist):
     assert sdist.stat().st_size > 0
 
 
-def test_the_wheel_installs_imports_and_checks_itself(dist, tmp_path):
+def _check_install(dist, tmp_path):
     wheel, = dist.glob("*.whl")
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
