@@ -14,7 +14,6 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-
 import mirasol
 
 ROOT = Path(__file__).parents[1]
