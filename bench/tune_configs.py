@@ -49,7 +49,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from mirasol import profile  # noqa: E402
 from mirasol.kernels import KernelConfig, arch_family  # noqa: E402
-from mirasol.kernels._launch import FIXED_CONFIGS, override_config, triton_minor  # noqa: E402
+from mirasol.kernels._launch import (FIXED_CONFIGS, override_config, table_entry,  # noqa: E402
+                                     triton_minor)
 from mirasol.kernels.aot.archs import ARCHS, GATE_ARCHS  # noqa: E402
 from mirasol.kernels.aot.cubin import resources  # noqa: E402
 from mirasol.kernels.aot.registry import KERNELS, OPS  # noqa: E402
@@ -188,12 +189,7 @@ def _sizes(kernel: str) -> tuple[int, ...]:
 def _current(kernel, family, dclass, head_dim, version=None):
     """The table's entry for a job, under triton ``version`` (``major.minor``) where the table
     gives that triton its own, else the shared one."""
-    from mirasol.kernels._configs import PER_TRITON, TABLE
-
-    def entry(table):
-        return table.get(kernel, {}).get(family, {}).get(dclass, {}).get(head_dim)
-
-    return entry(PER_TRITON.get(version, {})) or entry(TABLE)
+    return table_entry(kernel, family, dclass, head_dim, version)
 
 
 def tune(job, resume: bool = True, cache: str | None = None,

@@ -95,11 +95,21 @@ def kernel_config(name: str, head_dim: int, dtype: torch.dtype, capability: Capa
     if name in FIXED_CONFIGS:
         return FIXED_CONFIGS[name][dtype_class]
     family = arch_family(capability)
-    by_head_dim = _TUNED[name][family][dtype_class]
-    bucket = min(h for h in by_head_dim if h >= head_block(head_dim))
-    own = (_PER_TRITON.get(triton_minor(triton_version), {}).get(name, {}).get(family, {})
-           .get(dtype_class, {}).get(bucket))
-    return KernelConfig(*(own or by_head_dim[bucket]))
+    bucket = min(h for h in _TUNED[name][family][dtype_class] if h >= head_block(head_dim))
+    return KernelConfig(*table_entry(name, family, dtype_class, bucket, triton_version))
+
+
+def table_entry(name: str, family: str, dtype_class: str, bucket: int,
+                triton_version: str | None = triton.__version__) -> tuple | None:
+    """The table's (block_m, block_n, num_warps, num_stages) for kernel ``name``, GPU
+    family, dtype class ("half", "fp32") and bucket: ``triton_version``'s own entry where
+    PER_TRITON has one (None: the shared entry alone), else the shared one; None where the
+    table has neither."""
+    def entry(table):
+        return table.get(name, {}).get(family, {}).get(dtype_class, {}).get(bucket)
+
+    own = entry(_PER_TRITON.get(triton_minor(triton_version), {})) if triton_version else None
+    return own or entry(_TUNED)
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ class Record(Case):
     # A NaN repair pass (registry.Op.fixed): it runs only where a NaN already is, so its
     # speed, all a spill costs, does not matter; the rest of the gate holds for it.
     may_spill: bool = False
-    key: str = ""  # kernels/aot/cubin.compile_key: equal keys compile to equal resources
+    key: str = ""  # kernels/aot/cubin.resources: equal keys compile to equal resources
 
     def problems(self) -> list[str]:
         """Why this compile fails the gate (empty if it passes): register spills (a stack

@@ -23,7 +23,7 @@ shares bfloat16's entries and differs by a few registers at most (at 17 of 260 m
 compiles; the largest gap 8): `mirasol profile`, which exits 1 on any of these failures,
 checks it too, with a non-power-of-two head dim (bench/results/profile.md), at the cost of
 half again this test's time.
-A compile whose compile key (kernels/aot/cubin.compile_key: triton's cache key of the
+A compile whose compile key (kernels/aot/cubin.resources: triton's cache key of the
 kernel source, specialization, options, target, triton and ptxas, and the reader's source)
 is in the committed bench/results/profile.json takes its record from there: only what
 changed since the profile was regenerated compiles. One answered compile per kernel and
@@ -43,8 +43,8 @@ import pytest
 
 from mirasol import profile
 from mirasol.kernels.aot.archs import GATE_ARCHS
-from mirasol.kernels._configs import PER_TRITON, TABLE
-from mirasol.kernels._launch import FIXED_CONFIGS, triton_minor
+from mirasol.kernels._configs import TABLE
+from mirasol.kernels._launch import FIXED_CONFIGS, table_entry
 
 COMMITTED = Path(__file__).resolve().parents[1] / "bench" / "results" / "profile.json"
 
@@ -75,12 +75,9 @@ def test_every_table_entry_is_compiled_for_every_arch(records):
     compiled = {(r.kernel, r.family, "fp32" if r.dtype == "float32" else "half", r.size,
                  r.config) for r in records}
     families = {r.family for r in records}
-    own = PER_TRITON.get(triton_minor(), {})
-    expected = {(kernel, family, dclass, size,
-                 own.get(kernel, {}).get(family, {}).get(dclass, {}).get(size, entry))
+    expected = {(kernel, family, dclass, size, table_entry(kernel, family, dclass, size))
                 for kernel, by_family in TABLE.items() for family in families
-                for dclass, by_size in by_family[family].items()
-                for size, entry in by_size.items()}
+                for dclass, by_size in by_family[family].items() for size in by_size}
     # The fixed tiles of the NaN repair passes, at the largest head dim (registry.Op.fixed).
     expected |= {(kernel, family, dclass, 256, astuple(config))
                  for kernel, by_class in FIXED_CONFIGS.items() for family in families

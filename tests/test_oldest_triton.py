@@ -33,8 +33,9 @@ from mirasol import profile
 ROOT = Path(__file__).resolve().parents[1]
 OLDEST_PYTHON = ROOT / os.environ.get("MIRASOL_OLDEST_TRITON_PYTHON",
                                       ".venv-triton36/bin/python")
-# The gate's compiles under the oldest triton, committed (`make profiles` rewrites it): a compile whose key it holds is answered from it, one per kernel and arch recompiled
-# to check it (mirasol.profile.run_known), as tests/test_cross_compile.py does with
+# The gate's compiles under the oldest triton, committed (`make profiles` rewrites it): a
+# compile whose key it holds is answered from it, one per kernel and arch recompiled to
+# check it (mirasol.profile.run_known), as tests/test_cross_compile.py does with
 # bench/results/profile.json.
 OLDEST_PROFILE = ROOT / "bench" / "results" / "profile-oldest-triton.json"
 # The parity tests whose pinned edges run under the oldest triton (the triton backend of
@@ -99,7 +100,7 @@ def test_cross_compile_gate_under_the_oldest_triton(tmp_path):
     """tests/test_cross_compile.py's gate, compiled by the oldest triton: every table entry
     of every kernel in every specialization the ops launch, bf16 and fp32, at each table
     bucket, with no spills, within shared memory, with tensor cores for 16-bit inputs, on
-    sm_80, sm_86, sm_90 and sm_100 (sm_89: kernels/aot/archs.GATE_ARCHS): the 504 compiles
+    sm_80, sm_86, sm_90 and sm_100 (sm_89: kernels/aot/archs.GATE_ARCHS): the 632 compiles
     of `mirasol profile --gate`. All of them, because the registers ptxas gives a
     specialization under 3.6 are predicted neither by its siblings' nor by 3.9's (a forward
     that takes 94 registers under 3.9 spills at 80 under 3.6 while its sibling takes 96

@@ -29,7 +29,7 @@ class Resources:
     """What the compiled kernel uses on ``sm_<arch>``: registers per thread, shared bytes
     per block (static + dynamic), the stack frame and local memory per thread in bytes
     (both 0 unless registers spilled), and the count of tensor-core instructions in its
-    SASS, by mnemonic; ``key``, the compile's :func:`compile_key`."""
+    SASS, by mnemonic; ``key``, the compile's key (:func:`resources`)."""
 
     arch: int
     registers: int
@@ -38,7 +38,7 @@ class Resources:
     local_bytes: int
     tensor_core_ops: dict[str, int]
     num_warps: int
-    key: str  # compile_key
+    key: str  # the compile key: triton's cache key and the reader's version
 
     @property
     def spills(self) -> bool:
@@ -74,24 +74,15 @@ def _read(compiled) -> dict:
                 tensor_core_ops=dict(Counter(_TENSOR_CORE_OPS.findall(sass))))
 
 
-def compile_key(launch: Launch, arch: int) -> str:
-    """The key of ``launch``'s compile for ``sm_<arch>`` (triton's cache key: kernel source,
-    specialization, options, target, triton and its ptxas) and of what :func:`resources`
-    reads off it (this module's source): equal keys, equal resources."""
-    return _keys(launch, arch)[1]
-
-
-def _keys(launch: Launch, arch: int):
-    spec = specialize(launch, arch)
-    triton_key = cache_key(source(launch, *spec[:3]), arch, spec[3])
-    return spec, f"{triton_key}-{_VERSION}", triton_key
-
-
 def resources(launch: Launch, arch: int, known: dict[str, dict] | None = None) -> Resources:
     """Compile ``launch`` for ``sm_<arch>`` and read the cubin's resource usage and SASS:
     once per compile key across processes (see ``cache``), or not at all where ``known``
-    (:func:`compile_key` -> the fields read, e.g. a committed profile's) has the key."""
-    spec, key, triton_key = _keys(launch, arch)
+    (``Resources.key`` -> the fields read, e.g. a committed profile's) has the key. The key
+    is triton's cache key (kernel source, specialization, options, target, triton and its
+    ptxas) and this reader's version: equal keys, equal resources."""
+    spec = specialize(launch, arch)
+    triton_key = cache_key(source(launch, *spec[:3]), arch, spec[3])
+    key = f"{triton_key}-{_VERSION}"
     if known and key in known:
         read = known[key]
     else:
