@@ -3,24 +3,28 @@ CPU equals one process on the whole sequence — output and every gradient, by t
 rule — for the block-causal family's masks (lengths; window + sinks; teacher forcing;
 packed sequences whose boundaries fall inside the ranks' shards), packed and padded
 cross-attention, with grouped-query heads; a refused call raises its named error on every
-rank and leaves none waiting (tests/_ulysses_worker.py, one rank)."""
+rank and leaves none waiting (tests/_distributed_worker.py, one rank)."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings, strategies as st
 
 from mirasol import chunked_causal_attention
-from mirasol.distributed import ulysses_attention
+from mirasol.distributed import (BALANCES, ChunkShards, _plan, chunk_sharded_attention,
+                                 ulysses_attention)
+from mirasol.masks import Rule
 
-WORKER = Path(__file__).with_name("_ulysses_worker.py")
+WORKER = Path(__file__).with_name("_distributed_worker.py")
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
-def test_ulysses_equals_one_process(world):
+def test_context_parallel_equals_one_process(world):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={world}", str(WORKER)], env=env,
@@ -32,3 +36,76 @@ def test_ulysses_needs_a_process_group():
     q = torch.randn(1, 2, 8, 16)
     with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
         ulysses_attention(chunked_causal_attention, q, q, q, 4)
+
+
+def test_chunk_sharded_attention_needs_a_process_group():
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
+        chunk_sharded_attention(q, q, q, ChunkShards(4, (8,), 1))
+
+
+def _mask_pairs(shards: ChunkShards, rule: Rule) -> list[int]:
+    """Per rank, the pairs the mask itself admits for its tokens (the oracle)."""
+    pairs, owner, start = [0] * shards.world, shards._tokens, 0
+    for n in shards.seqlens:
+        p = torch.arange(n)[:, None]
+        seen = rule.admits(p, torch.arange(n)[None], n).sum(1)
+        for rank in range(shards.world):
+            pairs[rank] += int(seen[torch.from_numpy(owner[start:start + n] == rank)].sum())
+        start += n
+    return pairs
+
+
+@settings(max_examples=60, deadline=None)
+@given(world=st.integers(1, 5), chunk=st.integers(1, 9),
+       seqlens=st.lists(st.integers(0, 90), min_size=1, max_size=3),
+       window=st.one_of(st.none(), st.integers(1, 4)), sinks=st.integers(0, 12),
+       balance=st.sampled_from(BALANCES))
+@example(world=4, chunk=8, seqlens=[19], window=None, sinks=0, balance="zigzag")
+@example(world=2, chunk=8, seqlens=[64], window=2, sinks=11, balance="contiguous")
+def test_chunk_shards_send_each_rank_exactly_what_its_queries_see(world, chunk, seqlens,
+                                                                   window, sinks, balance):
+    """Every token belongs to one rank, each rank's runs are whole chunks, shard/unshard
+    round-trip, visible_pairs counts what the mask admits, and the plan sends a rank
+    exactly the other ranks' keys that some query of it sees, each once."""
+    shards = ChunkShards(chunk, tuple(seqlens), world, balance)
+    rule = Rule(chunk, window, sinks)
+    total = sum(seqlens)
+    x = torch.arange(total, dtype=torch.float32)[:, None]
+    parts = [shards.shard(x, r) for r in range(world)]
+    assert sum(p.shape[0] for p in parts) == total
+    assert torch.equal(shards.unshard(parts), x)
+    assert shards.visible_pairs(window, sinks) == _mask_pairs(shards, rule)
+    plan = _plan(shards, window, sinks)
+    owner, starts = shards._tokens, np.cumsum([0, *seqlens])
+    for rank in range(world):
+        seen = set()
+        for s, n in enumerate(seqlens):
+            mine = np.flatnonzero(owner[starts[s]:starts[s] + n] == rank)
+            if mine.size:
+                p = torch.from_numpy(mine)[:, None]
+                keys = rule.admits(p, torch.arange(n)[None], n).any(0).nonzero()[:, 0]
+                seen |= {int(starts[s] + j) for j in keys if owner[starts[s] + j] != rank}
+        received = []
+        for src in range(world):  # what src sends rank, as global token indices
+            at = sum(plan.send_splits[src][:rank])
+            rows = plan.send[src][at:at + plan.send_splits[src][rank]]
+            received += np.flatnonzero(owner == src)[rows].tolist()
+        assert sorted(received) == sorted(seen) and len(set(received)) == len(received)
+        assert plan.recv_splits[rank] == [plan.send_splits[src][rank] for src in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+def test_zigzag_balances_the_chunk_causal_work(world):
+    """Visible pairs per rank, max / min: equal when 2 world divides the chunk count, within
+    10% from 8 world chunks on (16 world at 8 ranks), any last chunk; contiguous shards
+    leave the last rank about 2 world - 1 times the first's work."""
+    least = 16 if world == 8 else 8
+    for chunks in range(least * world, least * world + 40):
+        for short in (0, 5):
+            pairs = ChunkShards(8, (8 * chunks - short,), world).visible_pairs()
+            assert max(pairs) / min(pairs) <= 1.10, (chunks, short, pairs)
+    pairs = ChunkShards(8, (8 * 32 * world,), world).visible_pairs()
+    assert max(pairs) == min(pairs)
+    pairs = ChunkShards(8, (8 * 32 * world,), world, "contiguous").visible_pairs()
+    assert max(pairs) / min(pairs) > 2 * world - 1.5
