@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed import _functional_collectives as _fc
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 
 from mirasol.ops.chunked_attention import chunked_causal_attention
@@ -192,15 +193,16 @@ class ChunkShards:
         """How many tokens rank ``rank`` holds (per sample of a padded batch)."""
         return int((self._tokens == rank).sum())
 
-    def shard(self, x: Tensor, rank: int) -> Tensor:
-        """Rank ``rank``'s tokens of a whole tensor: padded (B, H, N, D), or packed
-        (T, H, D) or (T, ...)."""
-        return x.index_select(_sequence_dim(x), self.tokens(rank).to(x.device))
+    def shard(self, x: Tensor, rank: int, dim: int | None = None) -> Tensor:
+        """Rank ``rank``'s tokens of a whole tensor along ``dim``; by default padded (B, H,
+        N, D) along N, or packed (T, ...) along T."""
+        dim = _sequence_dim(x) if dim is None else dim
+        return x.index_select(dim, self.tokens(rank).to(x.device))
 
-    def unshard(self, shards: Sequence[Tensor]) -> Tensor:
+    def unshard(self, shards: Sequence[Tensor], dim: int | None = None) -> Tensor:
         """The whole tensor from every rank's shard (rank order), as :meth:`shard` took
         them."""
-        dim = _sequence_dim(shards[0])
+        dim = _sequence_dim(shards[0]) if dim is None else dim
         order = torch.cat([self.tokens(r) for r in range(self.world)]).to(shards[0].device)
         return torch.cat(list(shards), dim).index_select(dim, torch.argsort(order))
 
@@ -244,6 +246,51 @@ class ChunkShards:
                 keys = c * cs + rows - first * cs + min(sink_tokens, n, first * cs)
                 pairs[rank] += rows * keys
         return pairs
+
+
+@dataclass(frozen=True, eq=False)
+class ContextShard:
+    """This rank's part of sequences sharded across ``group`` (default: the whole world) by
+    ``shards``: what a model's layers need to run on its tokens alone and to gather the
+    whole sequence where a layer reads all of it."""
+
+    shards: ChunkShards
+    group: dist.ProcessGroup | None = None
+
+    @cached_property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    @cached_property
+    def positions(self) -> Tensor:
+        """This rank's tokens' positions in their sequence (one sequence: ``seqlens ==
+        (N,)``), for rotary embeddings."""
+        if len(self.shards.seqlens) != 1:
+            raise ValueError("ContextShard.positions: shards of one sequence length only")
+        return self.shards.tokens(self.rank)
+
+    def take(self, x: Tensor, dim: int) -> Tensor:
+        """This rank's tokens of the whole ``x`` along ``dim``."""
+        return self.shards.shard(x, self.rank, dim)
+
+    def gather(self, x: Tensor, dim: int) -> Tensor:
+        """The whole tensor from every rank's ``x`` (this rank's tokens along ``dim``), on
+        every rank: one all-gather (autograd: the backward sums the ranks' gradients into
+        each shard), shards of unequal counts padded to the longest for it."""
+        world = self.shards.world
+        counts = [self.shards.count(r) for r in range(world)]
+        most = max(counts)
+        if x.shape[dim] < most:
+            pad = list(x.shape)
+            pad[dim] = most - x.shape[dim]
+            x = torch.cat([x, x.new_zeros(pad)], dim)
+        # Newer torch names it all_gather_single_autograd (and deprecates the other name).
+        gather = getattr(_fc, "all_gather_single_autograd", None) or \
+            _fc.all_gather_tensor_autograd
+        every = gather(x.movedim(dim, 0).contiguous(), 0,
+                       dist.group.WORLD if self.group is None else self.group).movedim(0, dim)
+        return self.shards.unshard([every.narrow(dim, r * most, counts[r])
+                                    for r in range(world)], dim)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,11 @@ class TrainConfig:
                                        "longer than its clips at times it was trained at "
                                        "(0: every clip starts at chunk 0)")
     fsdp: bool = option(False, help="under torchrun: FSDP2 (fully_shard) instead of DDP")
+    context_parallel: int = option(1, help="under torchrun: ranks that share each clip's "
+                                           "chunks in the A/V model (context parallelism, "
+                                           "mirasol.distributed), the processes forming a "
+                                           "(data, context) DeviceMesh; data parallelism "
+                                           "(DDP or FSDP2) spans every rank")
     num_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(True, help="continue from the run folder's last checkpoint")
     progress: bool = option(True, help="show a progress bar")
@@ -156,7 +161,7 @@ def step_indices(step: int, batch_size: int, rank: int, world: int) -> list[int]
     """Rank ``rank``'s examples of global step ``step``."""
     if batch_size % world:
         raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of "
-                         f"processes ({world})")
+                         f"data-parallel ranks ({world})")
     share = batch_size // world
     first = step * batch_size + rank * share
     return list(range(first, first + share))
@@ -237,6 +242,22 @@ def init_distributed() -> Context:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Context(rank, world, device)
+
+
+def context_mesh(ctx: Context, context: int) -> tuple[int, int, dist.ProcessGroup | None]:
+    """(data rank, data-parallel ranks, context group) of this process: the processes as a
+    (data, context) DeviceMesh, ``context`` consecutive ranks sharing each clip."""
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1 \
+            or ctx.world % context:
+        raise ValueError(f"context_parallel must be a positive int dividing the number of "
+                         f"processes ({ctx.world}), got {context!r}")
+    if context == 1:
+        return ctx.rank, ctx.world, None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world // context, context),
+                            mesh_dim_names=("data", "context"))
+    return mesh.get_local_rank("data"), mesh.size(0), mesh.get_group("context")
 
 
 def wrap(model: Mirasol, ctx: Context, fsdp: bool) -> nn.Module:
@@ -513,11 +534,13 @@ def train(config: TrainConfig) -> Mirasol:
                          "gathered only inside the model's forward); evaluate the "
                          "checkpoints with `mirasol eval`")
     ctx = init_distributed()
+    data_rank, data_world, context_group = context_mesh(ctx, config.context_parallel)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config()
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = Mirasol(model_config, backend=config.backend).to(ctx.device)
+    model.context_parallel(context_group)
     wrapped = wrap(model, ctx, config.fsdp)
     opt = optimizer(wrapped, config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(config))
@@ -527,7 +550,7 @@ def train(config: TrainConfig) -> Mirasol:
             model_config.save(out / "config.json")
         _keep_logged_steps(out / "metrics.jsonl", start)
     data = dataset(config, model_config, "train", config.steps * config.batch_size)
-    batches = _batches(data, [step_indices(s, config.batch_size, ctx.rank, ctx.world)
+    batches = _batches(data, [step_indices(s, config.batch_size, data_rank, data_world)
                               for s in range(start, config.stop_at or config.steps)],
                        config.num_workers)
     autocast = _autocast(ctx.device, config.dtype)
@@ -554,7 +577,7 @@ def train(config: TrainConfig) -> Mirasol:
             now = time.perf_counter()
             losses = torch.stack([result.loss, result.lm_loss, result.latent_loss]).detach()
             if ctx.world > 1:  # each rank holds its shard's means: average to the global batch's
-                dist.all_reduce(losses)
+                dist.all_reduce(losses)  # (a context group's ranks hold the same)
                 losses /= ctx.world
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
                 grad_norm = grad_norm.full_tensor()
@@ -569,8 +592,10 @@ def train(config: TrainConfig) -> Mirasol:
             # Every rank evaluates the same split (no collectives), rank 0 logs it. Before
             # the step's checkpoint: a run killed during it resumes from the one before and
             # evaluates again, where one resumed from this step's would skip it.
+            model.context_parallel(None)
             metrics = evaluate(model, dataset(config, model_config, "val", config.eval_size),
                                ablation=config.ablation, device=ctx.device)
+            model.context_parallel(context_group)
             log.write({"step": done, "split": "val", **metrics})
             wrapped.train()
         if config.checkpoint_every and (done % config.checkpoint_every == 0

@@ -127,16 +127,29 @@ def _torchrun(tmp_path, name, nproc, *extra):
                                           tmp_path / f"{name}-model"))
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path, mode):
-    one_losses, one = _torchrun(tmp_path, "one", 1)
-    two_losses, two = _torchrun(tmp_path, mode, 2, *(["--fsdp"] if mode == "fsdp" else []))
-    assert len(two_losses) == len(one_losses) == STEPS
-    torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one_losses))
-    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+def _assert_same_run(one_losses, one, losses, model):
+    assert len(losses) == len(one_losses) == STEPS
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(one_losses))
+    for (name, a), b in zip(one.state_dict().items(), model.state_dict().values()):
         if name.endswith("k_proj.bias"):
             # Softmax ignores a key bias (it shifts a query's logits by a constant): its true
             # gradient is 0, what is left is rounding noise amplified by Adam.
             assert (b - a).abs().max() <= tolerances.adam_drift(STEPS, LR), name
         else:
             torch.testing.assert_close(b, a, **tolerances.DATA_PARALLEL_PARAMETERS, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path, mode):
+    one_losses, one = _torchrun(tmp_path, "one", 1)
+    _assert_same_run(one_losses, one, *_torchrun(tmp_path, mode, 2,
+                                                 *(["--fsdp"] if mode == "fsdp" else [])))
+
+
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_context_parallel_matches_one_process(tmp_path, nproc):
+    """--context-parallel 2: each clip's chunks shared by 2 ranks in the A/V model, alone
+    (2 processes) and under DDP over a (data 2, context 2) mesh (4 processes)."""
+    one_losses, one = _torchrun(tmp_path, "one", 1)
+    _assert_same_run(one_losses, one, *_torchrun(tmp_path, f"context-{nproc}", nproc,
+                                                 "--context-parallel", "2"))

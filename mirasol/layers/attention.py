@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mirasol.distributed import ContextShard, chunk_sharded_attention
 from mirasol.layers.kv_cache import ChunkKVCache, check_rule
 from mirasol.layers.rotary import RotaryEmbedding
 from mirasol.ops import chunked_causal_attention, cross_attention, cross_attention_padded
@@ -86,7 +87,8 @@ class ChunkedCausalSelfAttention(nn.Module):
                             keep_graph=keep_graph)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, *,
-                cache: ChunkKVCache | None = None) -> Tensor:
+                cache: ChunkKVCache | None = None,
+                shard: ContextShard | None = None) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim).
 
         Without a cache, x is whole sequences; lengths: optional (B,) valid tokens per
@@ -97,13 +99,21 @@ class ChunkedCausalSelfAttention(nn.Module):
         stream's last push. Their keys/values are written into the cache, and the output
         equals the rows of those positions of the whole-sequence forward (RoPE at the same
         positions, the same mask). Gradients reach x and the layer's weights; the cached
-        rows' history only with ``keep_graph`` (see the cache)."""
+        rows' history only with ``keep_graph`` (see the cache).
+
+        With ``shard`` (context parallelism, :mod:`mirasol.distributed`), x is this rank's
+        tokens of whole sequences, ``shard.take(whole, 1)``, and the output is this rank's
+        rows of the whole-sequence forward (:func:`~mirasol.distributed.chunk_sharded_attention`;
+        rotary embeddings at the tokens' positions)."""
         B, N, _ = x.shape
         H, H_kv, D = self.num_heads, self.num_kv_heads, self.head_dim
         positions = None
         if cache is not None:
             self._check_cache(cache, x, lengths)
             positions = torch.arange(cache.length, cache.length + N, device=x.device)
+        if shard is not None:
+            self._check_shard(shard, lengths, cache)
+            positions = shard.positions.to(x.device)
         # (B, N, heads, D) views transposed to (B, heads, N, D): the kernels read them
         # through their strides, no copy.
         q, k, v = self.qkv(x).view(B, N, H + 2 * H_kv, D).transpose(1, 2).split(
@@ -113,11 +123,26 @@ class ChunkedCausalSelfAttention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:
             k, v = cache.append(k, v)
-        out = chunked_causal_attention(q, k, v, self.chunk_size,
-                                       window_chunks=self.window_chunks,
-                                       sink_tokens=self.sink_tokens, lengths=lengths,
-                                       backend=self.backend)
+        rule = dict(window_chunks=self.window_chunks, sink_tokens=self.sink_tokens,
+                    backend=self.backend)
+        if shard is not None:
+            out = chunk_sharded_attention(q, k, v, shard.shards, group=shard.group, **rule)
+        else:
+            out = chunked_causal_attention(q, k, v, self.chunk_size, lengths=lengths, **rule)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, H * D)))
+
+    def _check_shard(self, shard: ContextShard, lengths: Tensor | None,
+                     cache: ChunkKVCache | None) -> None:
+        name = type(self).__name__
+        if not isinstance(shard, ContextShard):
+            raise TypeError(f"{name}: shard must be a mirasol.distributed.ContextShard, got "
+                            f"{type(shard).__name__}")
+        if lengths is not None or cache is not None:
+            raise ValueError(f"{name}: shard takes whole sequences of one length (no lengths, "
+                             "no cache)")
+        if shard.shards.chunk_size != self.chunk_size:
+            raise ValueError(f"{name}: the shards' chunk_size {shard.shards.chunk_size} is "
+                             f"not the layer's {self.chunk_size}")
 
     def _check_cache(self, cache: ChunkKVCache, x: Tensor, lengths: Tensor | None) -> None:
         """A push the cache can take, into a cache built for this layer: raised before any

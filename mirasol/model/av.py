@@ -5,9 +5,11 @@ loss."""
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mirasol.distributed import ChunkShards, ContextShard
 from mirasol.layers import ChunkedCausalSelfAttention, ChunkKVCache, Mlp
 
 
@@ -38,8 +40,9 @@ class AVBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, cache: ChunkKVCache | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), cache=cache)
+    def forward(self, x: Tensor, cache: ChunkKVCache | None = None,
+                shard: ContextShard | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cache=cache, shard=shard)
         return x + self.mlp(self.norm2(x))
 
 
@@ -48,7 +51,12 @@ class AVTransformer(nn.Module):
     t depend on chunks <= t only (rotary positions, no parameter depends on T). With
     ``window_chunks`` W, each layer's attention sees chunks ``t - W + 1 .. t`` and the
     first ``sink_chunks``, so the latents reach back ``depth · (W - 1)`` chunks at most.
-    ``time_embedding``: see :class:`~mirasol.model.MirasolConfig`."""
+    ``time_embedding``: see :class:`~mirasol.model.MirasolConfig`.
+
+    ``context_group`` (None, or a process group: :meth:`Mirasol.context_parallel`): the
+    ranks of the group share each clip's chunks (zigzag :class:`~mirasol.distributed.ChunkShards`),
+    each running the blocks on its own, and gather the latents at the end; every rank of
+    the group passes the same ``combined`` and gets the same latents."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, num_tokens: int,
                  mlp_ratio: float = 4.0, backend: str = "auto", *,
@@ -60,6 +68,7 @@ class AVTransformer(nn.Module):
                                             window_chunks, sink_chunks * num_tokens)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        self.context_group: dist.ProcessGroup | None = None
         # Predicts chunk t+1's combined tokens from chunk t's latents (slot by slot).
         self.predictor = nn.Linear(dim, dim)
 
@@ -86,9 +95,22 @@ class AVTransformer(nn.Module):
         if self.time_embedding:
             combined = combined + chunk_time_embedding(combined, first_chunk)
         x = combined.flatten(1, 2)
+        shard = self._shard(x) if caches is None else None
+        if shard is not None:
+            x = shard.take(x, 1)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
-        return self.norm(x).view_as(combined)
+            x = block(x, None if caches is None else caches[i], shard)
+        x = self.norm(x)
+        return (x if shard is None else shard.gather(x, 1)).view_as(combined)
+
+    def _shard(self, x: Tensor) -> ContextShard | None:
+        """This rank's share of ``x`` (B, T·m, dim) in the context group, if there is one."""
+        group = self.context_group
+        if group is None or dist.get_world_size(group) == 1:
+            return None
+        chunk = self.blocks[0].attn.chunk_size
+        return ContextShard(ChunkShards(chunk, (x.shape[1],), dist.get_world_size(group)),
+                            group)
 
     def latent_loss(self, latents: Tensor, combined: Tensor) -> Tensor:
         """Latent prediction loss: ``mean(1 - cos(predictor(latents[:, t]), combined[:, t+1]))``

@@ -76,6 +76,17 @@ class Mirasol(nn.Module):
     def set_backend(self, backend: str) -> Mirasol:
         return set_backend(self, backend)
 
+    def context_parallel(self, group) -> Mirasol:
+        """Shares each clip's chunks across the ranks of ``group`` (a process group; None:
+        off) in the A/V model, the long sequence: each rank runs its blocks on its chunks
+        (:func:`~mirasol.distributed.chunk_sharded_attention`) and the latents are gathered
+        for the text decoder and the losses, which every rank of the group computes alike.
+        The ranks of a group pass the same clips. Under data parallelism over all ranks
+        (DDP, FSDP2), the mean of the ranks' gradients is the data-parallel mean: each
+        group's ranks hold ``1/R`` shares of ``R`` times the clip's gradient."""
+        self.av.context_group = group
+        return self
+
     # -- audio-video ------------------------------------------------------------------
 
     def _video_tokens(self, video: Tensor | None, features: Tensor | None) -> Tensor:
