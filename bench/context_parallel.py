@@ -21,6 +21,7 @@ Writes bench/results/context-parallel-<device>.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -95,6 +96,14 @@ def _chunk_sets(shards: ChunkShards, rank: int, rule: dict) -> tuple[int, int]:
     return remote + sink_keys, pairs
 
 
+def _layer(mode: str, q, k, v, shards: ChunkShards, rule: dict) -> torch.Tensor:
+    if mode == "ulysses":
+        return ulysses_attention(chunked_causal_attention, q, k, v, CHUNK, **rule)
+    if mode == "one process":
+        return chunked_causal_attention(q, k, v, CHUNK, **rule)
+    return chunk_sharded_attention(q, k, v, shards, **rule)
+
+
 def worker(seqlens: list[int], reps: int, out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -109,16 +118,7 @@ def worker(seqlens: list[int], reps: int, out: Path) -> None:
                 q = torch.randn(1, HEADS, local, HEAD_DIM, requires_grad=True)
                 k, v = (torch.randn(1, KV_HEADS, local, HEAD_DIM, requires_grad=True)
                         for _ in range(2))
-                if mode == "ulysses":
-                    def run():
-                        return ulysses_attention(chunked_causal_attention, q, k, v, CHUNK,
-                                                 **rule)
-                elif mode == "one process":
-                    def run():
-                        return chunked_causal_attention(q, k, v, CHUNK, **rule)
-                else:
-                    def run():
-                        return chunk_sharded_attention(q, k, v, shards, **rule)
+                run = functools.partial(_layer, mode, q, k, v, shards, rule)
                 sent, times = _Sent(rank), []
                 for i in range(reps + 1):
                     dist.barrier()

@@ -65,6 +65,19 @@ def check_chunks(name, shards, shapes, rule, rank):
           lambda x: shards.shard(x, rank), shapes)
 
 
+def check_nan(name, whole, parallel, split, shapes, token):
+    """A NaN in the keys at ``token`` reaches exactly the outputs it reaches in one
+    process, and no other."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(s, generator=g) for s in shapes)
+    k[..., token, 0] = float("nan")
+    expected = whole(q, k, v).isnan()
+    assert expected.any() and not expected.all(), f"{name}: a NaN case that tests nothing"
+    got = parallel(*(split(x) for x in (q, k, v))).isnan()
+    assert torch.equal(got, split(expected)), \
+        f"{name}: the NaN reaches other outputs than in one process"
+
+
 def refused(name, call, match, rank):
     try:
         call()
@@ -119,6 +132,18 @@ def main():
                  ((B, H, 19, D), (B, H_kv, 19, D), (B, H_kv, 19, D)), {}, rank)
     check_chunks("packed, straddling", ChunkShards.packed(cu, 8, world), packed,
                  dict(window_chunks=2, sink_tokens=3), rank)
+
+    # NaN in a key of a middle chunk and of the first chunk, past the sinks: seen by its own
+    # and the next chunk's queries only.
+    rule = dict(window_chunks=2, sink_tokens=5)
+    for token in (3 * 8 + 2, 6):
+        check_nan(f"chunk shards, NaN at {token}", lambda *xs: chunked_causal_attention(
+            *xs, 8, **rule), lambda *xs: chunk_sharded_attention(*xs, zigzag, **rule),
+            lambda x: zigzag.shard(x, rank), padded, token)
+        check_nan(f"ulysses, NaN at {token}", lambda *xs: chunked_causal_attention(
+            *xs, 8, **rule), lambda *xs: ulysses_attention(chunked_causal_attention, *xs, 8,
+                                                            **rule),
+            lambda x: _shard(x, 2, rank, world), padded, token)
 
     q, k = torch.randn(B, H, 8, D), torch.randn(B, H_kv, 8, D)
     if world > 1:

@@ -146,10 +146,11 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, mode):
                                                  *(["--fsdp"] if mode == "fsdp" else [])))
 
 
-@pytest.mark.parametrize("nproc", [2, 4])
-def test_context_parallel_matches_one_process(tmp_path, nproc):
+@pytest.mark.parametrize("nproc, fsdp", [(2, False), (4, False), (4, True)])
+def test_context_parallel_matches_one_process(tmp_path, nproc, fsdp):
     """--context-parallel 2: each clip's chunks shared by 2 ranks in the A/V model, alone
-    (2 processes) and under DDP over a (data 2, context 2) mesh (4 processes)."""
+    (2 processes) and under DDP or FSDP2 over a (data 2, context 2) mesh (4 processes)."""
     one_losses, one = _torchrun(tmp_path, "one", 1)
     _assert_same_run(one_losses, one, *_torchrun(tmp_path, f"context-{nproc}", nproc,
-                                                 "--context-parallel", "2"))
+                                                 "--context-parallel", "2",
+                                                 *(["--fsdp"] if fsdp else [])))
