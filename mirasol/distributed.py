@@ -189,9 +189,14 @@ class ChunkShards:
         """Rank ``rank``'s tokens (int64 indices into the sequences' order), in order."""
         return torch.from_numpy(np.flatnonzero(self._tokens == rank))
 
+    @cached_property
+    def counts(self) -> tuple[int, ...]:
+        """How many tokens each rank holds (per sample of a padded batch)."""
+        return tuple(np.bincount(self._tokens, minlength=self.world).tolist())
+
     def count(self, rank: int) -> int:
         """How many tokens rank ``rank`` holds (per sample of a padded batch)."""
-        return int((self._tokens == rank).sum())
+        return self.counts[rank]
 
     def shard(self, x: Tensor, rank: int, dim: int | None = None) -> Tensor:
         """Rank ``rank``'s tokens of a whole tensor along ``dim``; by default padded (B, H,
@@ -277,8 +282,7 @@ class ContextShard:
         """The whole tensor from every rank's ``x`` (this rank's tokens along ``dim``), on
         every rank: one all-gather (autograd: the backward sums the ranks' gradients into
         each shard), shards of unequal counts padded to the longest for it."""
-        world = self.shards.world
-        counts = [self.shards.count(r) for r in range(world)]
+        world, counts = self.shards.world, self.shards.counts
         most = max(counts)
         if x.shape[dim] < most:
             pad = list(x.shape)
@@ -397,11 +401,10 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
                          f"{len(shards.seqlens)}; pack the batch for several")
     for name in rows:
         held = [e[name] for e in every]
-        if held != [shards.count(r) for r in range(world)]:
+        if held != list(shards.counts):
             raise ValueError(f"{caller}: {name.split()[0]} holds {held} rows on ranks "
-                             f"0..{world - 1}, but the shards give "
-                             f"{[shards.count(r) for r in range(world)]}: pass each rank "
-                             "shards.shard(whole, rank)")
+                             f"0..{world - 1}, but the shards give {list(shards.counts)}: "
+                             "pass each rank shards.shard(whole, rank)")
     rule = dict(window_chunks=window_chunks, sink_tokens=sink_tokens, scale=scale,
                 backend=backend)
     if world == 1:

@@ -119,7 +119,8 @@ def gpu_plan(quick: bool = False, deadline_s: float | None = None,
              started_at: float | None = None) -> Plan:
     """The GPU plan, in order of value: bf16 parity of every op (does each kernel work on
     the card?), the headline chunked table, the text decoder's cross-attention, the
-    block-causal family's headline (Wan's window with sinks) and Mirasol's decode step
+    block-causal family's headline (Wan's window with sinks, and both context-parallel modes
+    at world size 1 on it) and Mirasol's decode step
     (split-KV against one split), parity in the other dtypes, then the other tables (the
     rest of the family at Wan's shapes among them). Estimates (seconds, cold, never measured: see
     the module docstring) count Triton's compiles (about 1-2 s each) and FlexAttention's
@@ -142,8 +143,8 @@ def gpu_plan(quick: bool = False, deadline_s: float | None = None,
 
     # The block-causal family at its users' shapes: a Wan chunk is 3 frames of 1,560 tokens,
     # 21 frames a clip; Mirasol's A/V model decodes 32-token chunks against 4,096 latents.
-    wan_window = family("Wan, window 3 + 1 sink frame", 32760, 4680, 80.0, window_chunks=3,
-                        sink_tokens=1560)
+    wan_window = family("Wan, window 3 + 1 sink frame", 32760, 4680, 90.0, window_chunks=3,
+                        sink_tokens=1560, context_parallel=True)
     decode = family("Mirasol decode, split-KV vs one split", 32, 32, 30.0, heads=16,
                     cached=4064, modes=("fwd",), unsplit_too=True)
     wan_rest = (family("Wan chunk vs its cache", 4680, 4680, 50.0, cached=28080),
@@ -180,7 +181,8 @@ def rehearsal_plan(deadline_s: float = 60.0, started_at: float | None = None) ->
     fp32 = (torch.float32,)
     steps = (ParityStep("token_pool", fp32, 4.0),
              *(ParityStep(op, fp32, 1.0, backends=("torch",)) for op in attention),
-             TableStep(benchmark.ChunkedProblem(seqlen=48, chunk_size=16, setting=s), 5.0),
+             TableStep(benchmark.ChunkedProblem(seqlen=48, chunk_size=16, setting=s,
+                                                context_parallel=True), 5.0),
              TableStep(benchmark.CrossProblem("tiny", (5, 0, 9), (12, 7, 3), s), 4.0),
              TableStep(benchmark.TokenPoolProblem("tiny", (10, 0, 7), tokens=4, dim=16,
                                                   setting=s), 1.0),

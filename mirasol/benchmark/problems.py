@@ -4,6 +4,7 @@ optional :mod:`~mirasol.benchmark.rivals`). Every mask comes from :mod:`mirasol.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class ChunkedProblem:
     # On CUDA, also mirasol with its forward kept in one split (the split-KV forward's
     # comparison: a decode step's few queries against a long cache).
     unsplit_too: bool = False
+    # Also mirasol through each context-parallel mode (mirasol.distributed) at world size 1,
+    # in a process group of this one process: their overhead over the plain op.
+    context_parallel: bool = False
 
     @property
     def k_len(self) -> int:
@@ -149,6 +153,8 @@ class ChunkedProblem:
             rows.append(Variant("mirasol triton, one split", self._call, self.inputs,
                                 "the split-KV forward off", sync_free=True,
                                 context=_one_split))
+        if self.context_parallel:
+            rows += self._context_parallel_rows()
         dense = Variant("SDPA dense mask",
                         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                         self.inputs, f"{'N x N' if not self.cached else 'Nq x Nk'} bool mask"
@@ -170,6 +176,31 @@ class ChunkedProblem:
         built, skipped = rivals.build(rivals.FAMILY_RIVALS, self)
         by_backend, not_here = rivals.sdpa_backends(sdpa, s.device)
         return Lineup(sdpa[0].name, rows + sdpa + by_backend + built, not_here + skipped)
+
+
+    def _context_parallel_rows(self) -> list[Variant]:
+        from mirasol.distributed import ChunkShards, chunk_sharded_attention, ulysses_attention
+
+        rule = dict(window_chunks=self.window_chunks, sink_tokens=self.sink_tokens,
+                    backend=self.setting.backend)
+        shards = ChunkShards(self.chunk_size, (self.seqlen,), 1)
+        note = "world size 1: the plain op's overhead"
+        return [Variant(f"mirasol {self.setting.backend}, Ulysses", lambda q, k, v:
+                        ulysses_attention(chunked_causal_attention, q, k, v, self.chunk_size,
+                                          **rule), self.inputs, note, sync_free=True,
+                        context=_one_process_group),
+                Variant(f"mirasol {self.setting.backend}, chunk shards", lambda q, k, v:
+                        chunk_sharded_attention(q, k, v, shards, **rule), self.inputs, note,
+                        sync_free=True, context=_one_process_group)]
+
+
+def _one_process_group():
+    """A process group of this process alone (left in place for the next row)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return contextlib.nullcontext()
 
 
 def _one_split():
