@@ -8,7 +8,7 @@ by side, per rank (the worst rank where ranks differ):
   dispatch mode sees every ``_c10d_functional.all_to_all_single``), beside the formula: Ulysses
   sends ``(R - 1) / R`` of q, k, v and the output; chunk shards send each rank the keys and
   values of other ranks' chunks that its queries' masks see (counted chunk by chunk from
-  the rule, not from the plan);
+  the rule, not from the plan), and their gradients back (the ring: the keys once more);
 * work balance: visible (query, key) pairs per rank, max / min;
 * fwd+bwd wall time, median per rank, the slowest rank (R processes share this machine's
   cores: a balance check, not a speed-up).
@@ -42,7 +42,10 @@ from mirasol.distributed import ChunkShards, chunk_sharded_attention, ulysses_at
 RESULTS = Path(__file__).parent / "results"
 HEADS, KV_HEADS, HEAD_DIM, CHUNK = 8, 4, 64, 256
 MASKS = {"chunk-causal": {}, "window 4 + sinks 256": dict(window_chunks=4, sink_tokens=256)}
-MODES = ("ulysses", "chunks, contiguous", "chunks, zigzag")
+# Chunk shards: (balance, exchange); the ring serves attention without a window only.
+MODES = {"ulysses": None, "chunks, contiguous, gather": ("contiguous", "gather"),
+         "chunks, zigzag, gather": ("zigzag", "gather"), "chunks, zigzag, ring": ("zigzag",
+                                                                                  "ring")}
 
 
 class _Sent(TorchDispatchMode):
@@ -53,9 +56,16 @@ class _Sent(TorchDispatchMode):
         self.rank, self.phase, self.bytes = rank, "fwd", {"fwd": 0, "bwd": 0}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # The functional all-to-all (input, output splits, input splits, group) and
+        # torch.distributed's (output, input, group, output splits, input splits, ...).
+        x, splits = None, None
         if func is torch.ops._c10d_functional.all_to_all_single.default:
             x, splits = args[0], args[2]
+        elif func is torch.ops.c10d.alltoall_base_.default:
+            x, splits = args[1], args[4]
+        if x is not None:
             row = x.nbytes // max(x.shape[0], 1)
+            splits = splits or [x.shape[0] // dist.get_world_size()] * dist.get_world_size()
             self.bytes[self.phase] += row * (sum(splits) - splits[self.rank])
         return func(*args, **(kwargs or {}))
 
@@ -101,7 +111,7 @@ def _layer(mode: str, q, k, v, shards: ChunkShards, rule: dict) -> torch.Tensor:
         return ulysses_attention(chunked_causal_attention, q, k, v, CHUNK, **rule)
     if mode == "one process":
         return chunked_causal_attention(q, k, v, CHUNK, **rule)
-    return chunk_sharded_attention(q, k, v, shards, **rule)
+    return chunk_sharded_attention(q, k, v, shards, exchange=MODES[mode][1], **rule)
 
 
 def worker(seqlens: list[int], reps: int, out: Path) -> None:
@@ -112,8 +122,9 @@ def worker(seqlens: list[int], reps: int, out: Path) -> None:
     for n in seqlens:
         for mask, rule in MASKS.items():
             for mode in (MODES if world > 1 else ("one process",)):
-                shards = ChunkShards(CHUNK, (n,), world,
-                                     "contiguous" if "contiguous" in mode else "zigzag")
+                if mode.endswith("ring") and "window_chunks" in rule:
+                    continue
+                shards = ChunkShards(CHUNK, (n,), world, (MODES.get(mode) or ("zigzag",))[0])
                 local = n // world if mode == "ulysses" else shards.count(rank)
                 q = torch.randn(1, HEADS, local, HEAD_DIM, requires_grad=True)
                 k, v = (torch.randn(1, KV_HEADS, local, HEAD_DIM, requires_grad=True)
@@ -133,16 +144,18 @@ def worker(seqlens: list[int], reps: int, out: Path) -> None:
                         first = dict(sent.bytes)
                 item = 4  # fp32
                 if mode == "ulysses":
-                    formula = (world - 1) * local // world * (2 * HEADS + 2 * KV_HEADS) \
-                        * HEAD_DIM * item
+                    formula = 2 * (world - 1) * local // world * (2 * HEADS + 2 * KV_HEADS) \
+                        * HEAD_DIM * item  # the backward sends as much as the forward
                     pairs = shards.visible_pairs(**rule)
                     work = sum(pairs) // world  # every rank: 1/R of the heads, all pairs
                 else:
                     remote, work = _chunk_sets(shards, rank, rule)
-                    formula = remote * 2 * KV_HEADS * HEAD_DIM * item
+                    # The ring sends the keys again in the backward, beside the gradients.
+                    formula = remote * 2 * KV_HEADS * HEAD_DIM * item * (
+                        3 if mode.endswith("ring") else 2)
                 rows.append(dict(n=n, mask=mask, mode=mode, rank=rank, saved=saved,
                                  sent_fwd=first["fwd"], sent_bwd=first["bwd"],
-                                 formula=2 * formula, work=work,  # bwd sends as much back
+                                 formula=formula, work=work,
                                  seconds=statistics.median(times[1:])))
     (out / f"rank{rank}.json").write_text(json.dumps(rows))
     dist.barrier()

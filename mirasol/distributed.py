@@ -41,7 +41,11 @@ from torch import Tensor
 from torch.distributed import _functional_collectives as _fc
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 
-from mirasol.ops.chunked_attention import chunked_causal_attention
+from mirasol.ops import _pieces
+from mirasol.ops._checks import attention_call, default_scale
+from mirasol.ops._op import segment_maxima
+from mirasol.ops.chunked_attention import OP as CHUNKED, chunked_causal_attention
+from mirasol.ops.cross_attention import PACKED as CROSS
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -91,6 +95,7 @@ def _heads_to_sequence(x: Tensor, seq: int, world: int, group) -> Tensor:
 
 
 BALANCES = ("zigzag", "contiguous")
+EXCHANGES = ("auto", "gather", "ring")
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,11 @@ class ChunkShards:
     """Which rank holds which chunks: ``world`` ranks sharing sequences of ``seqlens``
     tokens cut into chunks of ``chunk_size`` (the last of a sequence may be shorter).
 
-    ``balance="zigzag"`` cuts each sequence's chunks into ``2 world`` runs of (nearly)
-    equal counts and gives rank ``r`` runs ``r`` and ``2 world - 1 - r``: under the
-    chunk-causal mask, chunk ``c`` costs ``c + 1`` chunks of keys, and the pairs of runs
-    cost alike (equal when ``2 world`` divides the chunk count). ``"contiguous"`` gives
+    ``balance="zigzag"`` gives rank ``r`` one run of each sequence's chunks from the front
+    and one from the back, the ``r``-th from either end: under the chunk-causal mask,
+    chunk ``c`` costs ``c + 1`` chunks of keys, and the cuts are placed by that cost, so
+    the ranks' work is equal when ``2 world`` divides the chunk count and within 10% from
+    ``8 world`` chunks (``16 world`` at 8 ranks; :meth:`visible_pairs`). ``"contiguous"`` gives
     rank ``r`` the ``r``-th of ``world`` runs: fewer keys to send, the last rank doing
     about ``2 world - 1`` times the first's work without a window; under a window the work
     per chunk is flat and contiguous shards are balanced too.
@@ -184,6 +190,15 @@ class ChunkShards:
         """Each token's rank, in the sequences' order."""
         return np.concatenate([np.repeat(o, self.chunk_size)[:n]
                                for o, n in zip(self._owner, self.seqlens)])
+
+    @cached_property
+    def _local(self) -> np.ndarray:
+        """Each token's row in its rank's shard."""
+        local = np.empty_like(self._tokens)
+        for r in range(self.world):
+            mine = self._tokens == r
+            local[mine] = np.arange(int(mine.sum()))
+        return local
 
     def tokens(self, rank: int) -> Tensor:
         """Rank ``rank``'s tokens (int64 indices into the sequences' order), in order."""
@@ -321,11 +336,7 @@ class _Plan:
 
 @lru_cache(maxsize=32)
 def _plan(shards: ChunkShards, window: int | None, sinks: int) -> _Plan:
-    world, owner = shards.world, shards._tokens
-    local = np.empty_like(owner)  # each token's row in its rank's shard
-    for r in range(world):
-        mine = owner == r
-        local[mine] = np.arange(int(mine.sum()))
+    world, owner, local = shards.world, shards._tokens, shards._local
     segments = [[(s, a, b, shards._keys(s, a, b, window, sinks)) for s, a, b in shards._runs(r)]
                 for r in range(world)]
     # needs[r][src]: the tokens rank r reads from src != r, each once, in order.
@@ -357,13 +368,214 @@ def _plan(shards: ChunkShards, window: int | None, sinks: int) -> _Plan:
     return _Plan(send, send_splits, recv_splits, cu_q, cu_k, gather)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One step of the ring for one rank: ``send`` its rows that the rank ``step`` places
+    after it sees, ``recv`` rows from the rank ``step`` places before it; ``rows`` its
+    query rows of the runs that see some of them, with ``cu_q`` / ``cu_k`` the runs'
+    segments and ``keys`` each segment's rows of what it received."""
+    send: np.ndarray
+    recv: int
+    rows: np.ndarray
+    cu_q: list[int]
+    cu_k: list[int]
+    keys: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Ring:
+    """A rank's part of the ring without a window: its runs against its own keys (each
+    run's packed segment: its sequence's earlier chunks held here, whole chunks, then the
+    run's own), then one :class:`_Step` per other rank."""
+    cu_q: list[int]
+    cu_k: list[int]
+    keys: np.ndarray
+    steps: list[_Step]
+
+
+@lru_cache(maxsize=32)
+def _ring(shards: ChunkShards) -> list[_Ring]:
+    """Every rank's ring (host data, the same on every rank). Without a window, a run
+    sees every earlier chunk of its sequence whole and its own chunks chunk-causally; its
+    own chunks are on its rank, so whatever another rank sends it is seen whole."""
+    world, cs, owner, local = shards.world, shards.chunk_size, shards._tokens, shards._local
+    seq = np.repeat(np.arange(len(shards.seqlens)), shards.seqlens)
+    chunk = np.concatenate([np.arange(n) // cs for n in shards.seqlens])
+    runs = [shards._runs(r) for r in range(world)]
+
+    def before(src: int, s: int, a: int) -> np.ndarray:
+        """src's tokens of sequence s in chunks before a (global indices, in order)."""
+        return np.flatnonzero((owner == src) & (seq == s) & (chunk < a))
+
+    rings = []
+    for r in range(world):
+        own = [np.concatenate([before(r, s, a), np.flatnonzero((seq == s) & (chunk >= a)
+                                                               & (chunk < b))])
+               for s, a, b in runs[r]]
+        steps = []
+        for step in range(1, world):
+            src, dst = (r - step) % world, (r + step) % world
+            send = _union([before(r, s, a) for s, a, _ in runs[dst]])
+            seen = [(i, before(src, s, a)) for i, (s, a, _) in enumerate(runs[r])]
+            seen = [(i, keys) for i, keys in seen if keys.size]
+            received = _union([keys for _, keys in seen])
+            rows = [local[np.flatnonzero((seq == runs[r][i][0]) & (chunk >= runs[r][i][1])
+                                         & (chunk < runs[r][i][2]))] for i, _ in seen]
+            steps.append(_Step(local[send], received.size, _cat(rows),
+                               np.cumsum([0] + [t.size for t in rows]).tolist(),
+                               np.cumsum([0] + [k.size for _, k in seen]).tolist(),
+                               np.searchsorted(received, _cat([k for _, k in seen]))))
+        rings.append(_Ring(np.cumsum([0] + [min(b * cs, shards.seqlens[s]) - a * cs
+                                            for s, a, b in runs[r]]).tolist(),
+                           np.cumsum([0] + [o.size for o in own]).tolist(),
+                           local[_cat(own)], steps))
+    return rings
+
+
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+
+
+def _union(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.unique(_cat(arrays))
+
+
+def _op_view(x: Tensor) -> Tensor:
+    """Token-major rows (m, B, h, D) as the ops' packed 4-D view (1, h, B m, D), sample-major."""
+    return x.transpose(0, 1).flatten(0, 1).unsqueeze(0).transpose(1, 2)
+
+
+def _token_major(x: Tensor, batch: int) -> Tensor:
+    """The inverse of :func:`_op_view`."""
+    return x.transpose(1, 2).squeeze(0).unflatten(0, (batch, -1)).transpose(0, 1)
+
+
+def _exchange(x: Tensor, send: np.ndarray | None, recv: int, to: int, frm: int, group,
+              rows: int | None = None) -> Tensor:
+    """Rows ``x[send]`` (all of ``x`` when ``send`` is None) to rank ``to``, ``recv`` rows
+    from rank ``frm``: one all-to-all whose other splits are empty."""
+    world = dist.get_world_size(group)
+    out_x = x if send is None else x.index_select(0, torch.from_numpy(send).to(x.device))
+    splits_in, splits_out = [0] * world, [0] * world
+    splits_in[to], splits_out[frm] = out_x.shape[0], recv
+    received = x.new_empty(recv, *x.shape[1:])
+    dist.all_to_all_single(received, out_x.contiguous(), splits_out, splits_in, group=group)
+    return received
+
+
+class _RingFunction(torch.autograd.Function):
+    """Chunk shards without a window, one other rank's keys at a time (token-major q, k, v:
+    (n, B, h, D)). The forward merges each step's partial attention into (out, lse) by
+    their log-sum-exp; the backward receives the keys again, step by step, runs each
+    piece's backward from the merged (out, lse), and returns the keys' gradients to their
+    owners. Saved: this rank's q, k, v, out and lse only."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, ring: _Ring, group, chunk: int, scale: float,
+                backends: tuple[str, str]):
+        batch, n = q.shape[1], q.shape[0]
+        acc = torch.promote_types(q.dtype, torch.float32)
+        out = q.new_zeros(1, q.shape[2], 0, q.shape[3], dtype=acc)
+        lse = q.new_zeros(1, q.shape[2], 0, dtype=acc)
+        if n:  # (a rank without chunks still takes part in every exchange)
+            out, lse = torch.ops.mirasol.chunked_attention_fwd(
+                _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)),
+                *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
+                backends[0])
+        out = out.to(acc)
+        kv = torch.stack([k, v], 2)
+        for step, (to, frm) in _ring_steps(ring, group):
+            received = _exchange(kv, step.send, step.recv, to, frm, group)
+            if not step.rows.size:
+                continue
+            rows, call = _remote_call(step, batch, n, q.device)
+            o, l = torch.ops.mirasol.cross_attention_fwd(
+                _op_view(_rows(q, step.rows)), *(_op_view(x) for x in
+                                                 _rows(received, step.keys).unbind(2)),
+                *call, False, scale, backends[1])
+            out[:, :, rows], lse[:, :, rows] = _pieces.merge(out[:, :, rows], lse[:, :, rows],
+                                                             o.to(acc), l)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.rest = (ring, group, chunk, scale, backends)
+        return _token_major(out, batch)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        ring, group, chunk, scale, backends = ctx.rest
+        batch, n = q.shape[1], q.shape[0]
+        acc = torch.promote_types(q.dtype, torch.float32)
+        do = _op_view(grad)
+        dq = torch.zeros_like(do, dtype=acc)
+        dkv = torch.zeros(*k.shape[:2], 2, *k.shape[2:], dtype=acc, device=k.device)
+        if n:
+            dq_own, dk_own, dv_own = torch.ops.mirasol.chunked_attention_bwd(
+                do, _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)), out, lse,
+                *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
+                backends[0])
+            dq += dq_own
+            keys = torch.from_numpy(ring.keys).to(k.device)
+            dkv[:, :, 0].index_add_(0, keys, _token_major(dk_own, batch).to(acc))
+            dkv[:, :, 1].index_add_(0, keys, _token_major(dv_own, batch).to(acc))
+        kv = torch.stack([k, v], 2)
+        for step, (to, frm) in _ring_steps(ring, group):
+            received = _exchange(kv, step.send, step.recv, to, frm, group)
+            d_received = torch.zeros_like(received, dtype=acc)
+            if step.rows.size:
+                rows, call = _remote_call(step, batch, n, q.device)
+                ks, vs = _rows(received, step.keys).unbind(2)
+                dqs, dks, dvs = torch.ops.mirasol.cross_attention_bwd(
+                    do[:, :, rows], _op_view(_rows(q, step.rows)), _op_view(ks), _op_view(vs),
+                    out[:, :, rows], lse[:, :, rows], *call, False, scale, backends[1])
+                dq[:, :, rows] += dqs.to(acc)
+                index = torch.from_numpy(step.keys).to(k.device)
+                d_received[:, :, 0].index_add_(0, index, _token_major(dks, batch).to(acc))
+                d_received[:, :, 1].index_add_(0, index, _token_major(dvs, batch).to(acc))
+            # The keys' gradients go back the way the keys came.
+            back = _exchange(d_received, None, step.send.size, frm, to, group)
+            dkv.index_add_(0, torch.from_numpy(step.send).to(k.device), back)
+        dk, dv = dkv.to(k.dtype).unbind(2)
+        return _token_major(dq.to(q.dtype), batch), dk, dv, *(None,) * 5
+
+
+def _rows(x: Tensor, index: np.ndarray) -> Tensor:
+    return x.index_select(0, torch.from_numpy(index).to(x.device))
+
+
+def _ring_steps(ring: _Ring, group):
+    """Each step with the ranks this one sends to and receives from."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    for i, step in enumerate(ring.steps, 1):
+        yield step, ((rank + i) % world, (rank - i) % world)
+
+
+def _local_call(ring: _Ring, batch: int, device, chunk: int) -> tuple:
+    """(lengths, cu_q, cu_k, maxima) of the runs against this rank's own keys, every sample."""
+    cu_q, cu_k = (_repeated_bounds(cu, batch, device) for cu in (ring.cu_q, ring.cu_k))
+    return None, cu_q, cu_k, segment_maxima("chunked_causal_attention", cu_q, batch *
+                                             ring.cu_q[-1], None, cu_k, batch * ring.cu_k[-1],
+                                             None, queries_within_keys=True)
+
+
+def _remote_call(step: _Step, batch: int, n: int, device) -> tuple[Tensor, tuple]:
+    """The step's rows in the ops' view of all this rank's rows, and (cu_q, cu_k, k_lengths,
+    maxima) of its runs against what it received, every sample."""
+    rows = torch.from_numpy((np.arange(batch)[:, None] * n + step.rows[None]).ravel())
+    cu_q, cu_k = (_repeated_bounds(cu, batch, device) for cu in (step.cu_q, step.cu_k))
+    maxima = segment_maxima("cross_attention", cu_q, batch * step.cu_q[-1], None, cu_k,
+                            batch * step.cu_k[-1], None)
+    return rows.to(device), (cu_q, cu_k, None, maxima)
+
+
 def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, *,
                             window_chunks: int | None = None, sink_tokens: int = 0,
                             scale: float | None = None, backend: str = "auto",
+                            exchange: str = "auto",
                             group: dist.ProcessGroup | None = None) -> Tensor:
     """:func:`~mirasol.chunked_causal_attention` with the sequences' chunks sharded across
     ``group`` (default: the whole world) as ``shards`` assigns them; each rank receives
-    the keys and values its queries see, once, and runs the op on every head.
+    the keys and values its queries see and runs the op on every head.
 
     Args:
         q: this rank's tokens (``shards.shard(whole, rank)``): padded (B, H, n_r, D), the
@@ -373,6 +585,12 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
             (t_r, H_kv, D): self-attention, ``H % H_kv == 0``.
         shards: the assignment, the same on every rank, ``shards.world`` the group's size.
         window_chunks, sink_tokens, scale, backend: as the op's, for the whole sequences.
+        exchange: ``"gather"``: one all-to-all brings every key the rank's queries see, and
+            the op runs once (autograd returns the keys' gradients). ``"ring"`` (no window):
+            one other rank's keys at a time, merged by log-sum-exp and dropped, sent again
+            in the backward, so a rank holds its own tokens and one other rank's: about
+            ``1/R`` of the memory. ``"auto"``: ring without a window, gather with one (the
+            window's halo is small).
 
     Returns:
         This rank's tokens of the output, laid out like q. Forward and backward equal the
@@ -405,6 +623,12 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
             raise ValueError(f"{caller}: {name.split()[0]} holds {held} rows on ranks "
                              f"0..{world - 1}, but the shards give {list(shards.counts)}: "
                              "pass each rank shards.shard(whole, rank)")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"{caller}: exchange must be one of {EXCHANGES}, got {exchange!r}")
+    if exchange == "ring" and window_chunks is not None:
+        raise ValueError(f"{caller}: exchange='ring' is for attention without a window "
+                         f"(window_chunks={window_chunks}); a window's keys come in one "
+                         "gather (exchange='gather' or 'auto')")
     rule = dict(window_chunks=window_chunks, sink_tokens=sink_tokens, scale=scale,
                 backend=backend)
     if world == 1:
@@ -413,6 +637,8 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         return chunked_causal_attention(q, k, v, shards.chunk_size, cu_seqlens_q=cu,
                                         cu_seqlens_k=cu, **rule)
     group = dist.group.WORLD if group is None else group
+    if exchange == "ring" or (exchange == "auto" and window_chunks is None):
+        return _ring_attention(q, k, v, shards, scale, backend, group)
     rank = dist.get_rank(group)
     plan = _plan(shards, window_chunks, sink_tokens)
     # k and v travel together, token-major: (n, B, 2, H_kv, D), B = 1 when packed.
@@ -437,6 +663,21 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
     out = chunked_causal_attention(q_call, k_call, v_call, shards.chunk_size,
                                    cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **rule)
     return out if seq == 0 else out.unflatten(0, (batch, -1)).transpose(1, 2)
+
+
+def _ring_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, scale, backend: str,
+                    group) -> Tensor:
+    call = attention_call(q, k, v)
+    backends = (CHUNKED.choose(backend, call), CROSS.choose(backend, call))
+    if "reference" in backends:
+        raise ValueError("chunk_sharded_attention: exchange='ring' runs the triton or torch "
+                         "backend (the reference has no log-sum-exp to merge by)")
+    ring = _ring(shards)[dist.get_rank(group)]
+    token_major = (lambda x: x.unsqueeze(1)) if q.dim() == 3 else \
+        (lambda x: x.permute(2, 0, 1, 3))
+    out = _RingFunction.apply(*(token_major(x) for x in (q, k, v)), ring, group,
+                              shards.chunk_size, default_scale(q, scale), backends)
+    return out.squeeze(1) if q.dim() == 3 else out.permute(1, 2, 0, 3)
 
 
 def _repeated_bounds(cu: list[int], times: int, device) -> Tensor:

@@ -7,6 +7,7 @@ first failure."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -53,16 +54,21 @@ def check_ulysses(name, op, shapes, dim, kwargs, rank, world):
           lambda x: _shard(x, dim, rank, world), shapes)
 
 
-def check_chunks(name, shards, shapes, rule, rank):
-    """chunked_causal_attention through chunk_sharded_attention on ``shards``."""
+def check_chunks(name, shards, shapes, rule, rank, exchanges=("gather", "ring")):
+    """chunked_causal_attention through chunk_sharded_attention on ``shards``, by each
+    exchange (the ring: without a window only)."""
     cu = None
     if len(shapes[0]) == 3:
         cu = torch.tensor([0, *shards.seqlens], dtype=torch.int32).cumsum(0).int()
-    check(f"chunk shards: {name}",
-          lambda *xs: chunked_causal_attention(*xs, shards.chunk_size, cu_seqlens_q=cu,
-                                               cu_seqlens_k=cu, **rule),
-          lambda *xs: chunk_sharded_attention(*xs, shards, **rule),
-          lambda x: shards.shard(x, rank), shapes)
+    for exchange in exchanges:
+        if exchange == "ring" and rule.get("window_chunks") is not None:
+            continue
+        check(f"chunk shards ({exchange}): {name}",
+              lambda *xs: chunked_causal_attention(*xs, shards.chunk_size, cu_seqlens_q=cu,
+                                                   cu_seqlens_k=cu, **rule),
+              functools.partial(chunk_sharded_attention, shards=shards, exchange=exchange,
+                                **rule),
+              lambda x: shards.shard(x, rank), shapes)
 
 
 def check_nan(name, whole, parallel, split, shapes, token):
@@ -132,18 +138,26 @@ def main():
                  ((B, H, 19, D), (B, H_kv, 19, D), (B, H_kv, 19, D)), {}, rank)
     check_chunks("packed, straddling", ChunkShards.packed(cu, 8, world), packed,
                  dict(window_chunks=2, sink_tokens=3), rank)
+    check_chunks("packed, straddling, no window", ChunkShards.packed(cu, 8, world), packed,
+                 {}, rank)
+    check_chunks("unequal chunk counts, no window, contiguous",
+                 ChunkShards(8, (odd,), world, "contiguous"),
+                 ((1, H, odd, D), (1, H_kv, odd, D), (1, H_kv, odd, D)), {}, rank)
 
-    # NaN in a key of a middle chunk and of the first chunk, past the sinks: seen by its own
-    # and the next chunk's queries only.
-    rule = dict(window_chunks=2, sink_tokens=5)
-    for token in (3 * 8 + 2, 6):
-        check_nan(f"chunk shards, NaN at {token}", lambda *xs: chunked_causal_attention(
-            *xs, 8, **rule), lambda *xs: chunk_sharded_attention(*xs, zigzag, **rule),
-            lambda x: zigzag.shard(x, rank), padded, token)
-        check_nan(f"ulysses, NaN at {token}", lambda *xs: chunked_causal_attention(
-            *xs, 8, **rule), lambda *xs: ulysses_attention(chunked_causal_attention, *xs, 8,
-                                                            **rule),
-            lambda x: _shard(x, 2, rank, world), padded, token)
+    # NaN in a key of a middle chunk (and of the first chunk, past the sinks): under the
+    # window seen by its own and the next chunk's queries only, without one (the ring) by
+    # every later chunk's.
+    for rule, tokens in ((dict(window_chunks=2, sink_tokens=5), (3 * 8 + 2, 6)),
+                         ({}, (3 * 8 + 2,))):
+        for token in tokens:
+            check_nan(f"chunk shards, {rule}, NaN at {token}", functools.partial(
+                chunked_causal_attention, chunk_size=8, **rule), functools.partial(
+                chunk_sharded_attention, shards=zigzag, **rule),
+                lambda x: zigzag.shard(x, rank), padded, token)
+            check_nan(f"ulysses, {rule}, NaN at {token}", functools.partial(
+                chunked_causal_attention, chunk_size=8, **rule), functools.partial(
+                ulysses_attention, chunked_causal_attention, chunk_size=8, **rule),
+                lambda x: _shard(x, 2, rank, world), padded, token)
 
     q, k = torch.randn(B, H, 8, D), torch.randn(B, H_kv, 8, D)
     if world > 1:
@@ -166,6 +180,8 @@ def main():
         other = ChunkShards(4, (8 * world,), world + 1)
         refused("chunk shards: world", lambda: chunk_sharded_attention(q, k, k, other),
                 f"shards are for {world + 1} ranks", rank)
+        refused("chunk shards: ring with a window", lambda: chunk_sharded_attention(
+            q, k, k, shards, window_chunks=2, exchange="ring"), "exchange='ring' is for", rank)
         theirs = other if rank == 0 else shards
         refused("chunk shards: layouts", lambda: chunk_sharded_attention(q, k, k, theirs),
                 "disagree on shards.world", rank)
