@@ -9,19 +9,24 @@ one all-to-all gives each rank its shard of the output with every head back. Aut
 the same exchanges backwards (functional collectives). Each of q, k, v and the output
 crosses the group once; ``(R - 1) / R`` of it leaves the rank.
 
-**Chunk shards** (gathered K/V). Each rank holds whole chunks of every sequence, assigned
-by :class:`ChunkShards` (zigzag: the chunks cut into ``2R`` runs, rank ``r`` holding runs
-``r`` and ``2R - 1 - r``, so each rank has as many early, cheap chunks as late, dear ones;
-or contiguous). One all-to-all gives each rank exactly the keys and values its queries'
-masks can see (earlier chunks, the window, the sinks of their own sequence), each once;
-the op then runs once on this rank's queries as a packed batch, one segment per run of
-chunks against the keys that run sees, with every head. Autograd sends the keys' and
-values' gradients back to their owners through the same exchange reversed.
+**Chunk shards.** Each rank holds whole chunks of every sequence, assigned by
+:class:`ChunkShards` (zigzag: a run from the front and one from the back of each
+sequence, cut so that early, cheap chunks and late, dear ones even out; or contiguous),
+and every head. A rank is sent exactly the keys and values its queries' masks can see
+(earlier chunks, the window, the sinks of their own sequence), never others:
 
-Ulysses keeps ``1/R`` of the attention's memory on each rank and serves every op and mask;
-chunk shards keep every head on each rank (no limit from the head count) and send only
-visible keys: little beyond a window's halo under a window, up to the sequence's keys to
-the rank holding the last chunks without one (docs/distributed.md compares them).
+* *gather*: one all-to-all brings them all, each once, and the op runs once on this
+  rank's queries as a packed batch, one segment per run of chunks against the keys that
+  run sees; autograd returns the keys' gradients through the same exchange reversed;
+* *ring* (no window, where those keys can be most of the sequence): ``R - 1`` steps, each
+  bringing one other rank's keys, which every query of a run sees whole (its own chunks
+  are on its rank): one unmasked call merged into the output by log-sum-exp, then
+  dropped; the backward receives them again and sends their gradients back. A rank holds
+  its own tokens only.
+
+Ulysses serves every op and mask with ``1/R`` of the attention's memory, the heads
+divided among the ranks. Chunk shards need no head count divisible by ``R`` and, under a
+window, send little beyond its halo (docs/distributed.md compares them).
 
 A group of size 1 is the plain op. Shapes, dtypes and devices are agreed across the group
 in one small all-gather before any exchange, so a rank that disagrees raises the same
@@ -329,10 +334,6 @@ class _Plan:
     cu_k: list[list[int]]
     gather: list[np.ndarray]
 
-    def sent_rows(self) -> list[int]:
-        """Rows each rank sends to others (each of k and v)."""
-        return [int(sum(splits)) for splits in self.send_splits]
-
 
 @lru_cache(maxsize=32)
 def _plan(shards: ChunkShards, window: int | None, sinks: int) -> _Plan:
@@ -450,8 +451,8 @@ def _token_major(x: Tensor, batch: int) -> Tensor:
     return x.transpose(1, 2).squeeze(0).unflatten(0, (batch, -1)).transpose(0, 1)
 
 
-def _exchange(x: Tensor, send: np.ndarray | None, recv: int, to: int, frm: int, group,
-              rows: int | None = None) -> Tensor:
+def _exchange(x: Tensor, send: np.ndarray | None, recv: int, to: int, frm: int,
+              group) -> Tensor:
     """Rows ``x[send]`` (all of ``x`` when ``send`` is None) to rank ``to``, ``recv`` rows
     from rank ``frm``: one all-to-all whose other splits are empty."""
     world = dist.get_world_size(group)
