@@ -119,13 +119,16 @@ class ChunkShards:
 
     A rank's tokens are its chunks' in the sequences' order (padded: positions along N,
     every sample alike; packed: rows of the packed batch): :meth:`shard` takes them from a
-    whole tensor, :meth:`unshard` puts every rank's back.
+    whole tensor, :meth:`unshard` puts every rank's back. ``teacher_forcing``: one length
+    ``2L``, ``L`` clean then ``L`` noisy tokens; the chunks of ``L`` are assigned, a rank
+    holding clean and noisy chunk ``c`` alike.
     """
 
     chunk_size: int
     seqlens: tuple[int, ...]
     world: int
     balance: str = "zigzag"
+    teacher_forcing: bool = False
 
     def __post_init__(self):
         for name, value in (("chunk_size", self.chunk_size), ("world", self.world)):
@@ -139,6 +142,10 @@ class ChunkShards:
         if self.balance not in BALANCES:
             raise ValueError(f"ChunkShards: balance must be one of {BALANCES}, got "
                              f"{self.balance!r}")
+        if self.teacher_forcing and (len(lens) != 1 or lens[0] % 2):
+            raise ValueError(f"ChunkShards: teacher_forcing takes one sequence length 2L (L "
+                             f"clean then L noisy tokens, a padded batch), got seqlens "
+                             f"{lens}")
         object.__setattr__(self, "seqlens", lens)
 
     @classmethod
@@ -149,10 +156,15 @@ class ChunkShards:
         return cls(chunk_size, tuple(np.diff(cu).tolist()), world, balance)
 
     @cached_property
+    def _chunked(self) -> tuple[int, ...]:
+        """The length each sequence's chunks cut: the sequence, or teacher forcing's half."""
+        return tuple(n // 2 if self.teacher_forcing else n for n in self.seqlens)
+
+    @cached_property
     def _owner(self) -> list[np.ndarray]:
         """Per sequence, each chunk's rank."""
         return [self._zigzag(n) if self.balance == "zigzag" else self._contiguous(n)
-                for n in self.seqlens]
+                for n in self._chunked]
 
     def _contiguous(self, n: int) -> np.ndarray:
         owner = np.empty(-(-n // self.chunk_size), dtype=np.int64)
@@ -193,8 +205,9 @@ class ChunkShards:
     @cached_property
     def _tokens(self) -> np.ndarray:
         """Each token's rank, in the sequences' order."""
-        return np.concatenate([np.repeat(o, self.chunk_size)[:n]
-                               for o, n in zip(self._owner, self.seqlens)])
+        halves = 2 if self.teacher_forcing else 1
+        return np.concatenate([np.tile(np.repeat(o, self.chunk_size)[:n], halves)
+                               for o, n in zip(self._owner, self._chunked)])
 
     @cached_property
     def _local(self) -> np.ndarray:
@@ -264,12 +277,14 @@ class ChunkShards:
     def visible_pairs(self, window_chunks: int | None = None, sink_tokens: int = 0) -> list[int]:
         """Per rank, the (query, key) pairs its queries' masks see: its share of the work."""
         cs, pairs = self.chunk_size, [0] * self.world
-        for n, owner in zip(self.seqlens, self._owner):
+        for n, owner in zip(self._chunked, self._owner):
             for c, rank in enumerate(owner.tolist()):
                 rows = min(cs, n - c * cs)
                 first = 0 if window_chunks is None else max(0, c - window_chunks + 1)
-                keys = c * cs + rows - first * cs + min(sink_tokens, n, first * cs)
-                pairs[rank] += rows * keys
+                # The window's earlier chunks and the sinks before them; then its own chunk
+                # (teacher forcing's noisy rows: their own noisy chunk).
+                earlier = (c - first) * cs + min(sink_tokens, n, first * cs)
+                pairs[rank] += rows * (earlier + rows) * (2 if self.teacher_forcing else 1)
         return pairs
 
 
@@ -387,11 +402,13 @@ class _Step:
 class _Ring:
     """A rank's part of the ring without a window: its runs against its own keys (each
     run's packed segment: its sequence's earlier chunks held here, whole chunks, then the
-    run's own), then one :class:`_Step` per other rank."""
+    run's own; teacher forcing: all its clean then noisy tokens, as one sequence of whole
+    chunks), then one :class:`_Step` per other rank."""
     cu_q: list[int]
     cu_k: list[int]
     keys: np.ndarray
     steps: list[_Step]
+    teacher_forcing: bool = False
 
 
 @lru_cache(maxsize=32)
@@ -400,19 +417,30 @@ def _ring(shards: ChunkShards) -> list[_Ring]:
     sees every earlier chunk of its sequence whole and its own chunks chunk-causally; its
     own chunks are on its rank, so whatever another rank sends it is seen whole."""
     world, cs, owner, local = shards.world, shards.chunk_size, shards._tokens, shards._local
+    halves = 2 if shards.teacher_forcing else 1
     seq = np.repeat(np.arange(len(shards.seqlens)), shards.seqlens)
-    chunk = np.concatenate([np.arange(n) // cs for n in shards.seqlens])
+    # Each token's chunk of its half and its half (teacher forcing: 0 clean, 1 noisy).
+    chunk = np.concatenate([np.tile(np.arange(n) // cs, halves) for n in shards._chunked])
+    half = np.concatenate([np.repeat(np.arange(halves), n) for n in shards._chunked])
     runs = [shards._runs(r) for r in range(world)]
 
     def before(src: int, s: int, a: int) -> np.ndarray:
-        """src's tokens of sequence s in chunks before a (global indices, in order)."""
-        return np.flatnonzero((owner == src) & (seq == s) & (chunk < a))
+        """src's (clean) tokens of sequence s in chunks before a: what a run from chunk a
+        sees of src, whole (global indices, in order)."""
+        return np.flatnonzero((owner == src) & (seq == s) & (chunk < a) & (half == 0))
+
+    def run_rows(r: int, s: int, a: int, b: int) -> np.ndarray:
+        """The run's rows (local, in order; teacher forcing: clean then noisy)."""
+        return local[np.flatnonzero((seq == s) & (chunk >= a) & (chunk < b))]
 
     rings = []
     for r in range(world):
-        own = [np.concatenate([before(r, s, a), np.flatnonzero((seq == s) & (chunk >= a)
-                                                               & (chunk < b))])
-               for s, a, b in runs[r]]
+        if shards.teacher_forcing:
+            own = [np.flatnonzero(owner == r)]
+        else:
+            own = [np.concatenate([before(r, s, a), np.flatnonzero((seq == s) & (chunk >= a)
+                                                                   & (chunk < b))])
+                   for s, a, b in runs[r]]
         steps = []
         for step in range(1, world):
             src, dst = (r - step) % world, (r + step) % world
@@ -420,16 +448,15 @@ def _ring(shards: ChunkShards) -> list[_Ring]:
             seen = [(i, before(src, s, a)) for i, (s, a, _) in enumerate(runs[r])]
             seen = [(i, keys) for i, keys in seen if keys.size]
             received = _union([keys for _, keys in seen])
-            rows = [local[np.flatnonzero((seq == runs[r][i][0]) & (chunk >= runs[r][i][1])
-                                         & (chunk < runs[r][i][2]))] for i, _ in seen]
+            rows = [run_rows(r, *runs[r][i]) for i, _ in seen]
             steps.append(_Step(local[send], received.size, _cat(rows),
                                np.cumsum([0] + [t.size for t in rows]).tolist(),
                                np.cumsum([0] + [k.size for _, k in seen]).tolist(),
                                np.searchsorted(received, _cat([k for _, k in seen]))))
-        rings.append(_Ring(np.cumsum([0] + [min(b * cs, shards.seqlens[s]) - a * cs
-                                            for s, a, b in runs[r]]).tolist(),
+        cu_q = [0] + [run_rows(r, *run).size for run in runs[r]]
+        rings.append(_Ring(np.cumsum(cu_q).tolist(),
                            np.cumsum([0] + [o.size for o in own]).tolist(),
-                           local[_cat(own)], steps))
+                           local[_cat(own)], steps, shards.teacher_forcing))
     return rings
 
 
@@ -449,6 +476,21 @@ def _op_view(x: Tensor) -> Tensor:
 def _token_major(x: Tensor, batch: int) -> Tensor:
     """The inverse of :func:`_op_view`."""
     return x.transpose(1, 2).squeeze(0).unflatten(0, (batch, -1)).transpose(0, 1)
+
+
+def _padded(x: Tensor) -> Tensor:
+    """Token-major rows (n, B, h, D) as the padded (B, h, n, D) view."""
+    return x.permute(1, 2, 0, 3)
+
+
+def _viewed(x: Tensor) -> Tensor:
+    """A padded (B, h, n, ...) output as the ops' packed view (1, h, B n, ...)."""
+    return x.transpose(0, 1).flatten(1, 2).unsqueeze(0)
+
+
+def _unviewed(x: Tensor, batch: int) -> Tensor:
+    """The inverse of :func:`_viewed`."""
+    return x.squeeze(0).unflatten(1, (batch, -1)).transpose(0, 1)
 
 
 def _exchange(x: Tensor, send: np.ndarray | None, recv: int, to: int, frm: int,
@@ -479,10 +521,15 @@ class _RingFunction(torch.autograd.Function):
         out = q.new_zeros(1, q.shape[2], 0, q.shape[3], dtype=acc)
         lse = q.new_zeros(1, q.shape[2], 0, dtype=acc)
         if n:  # (a rank without chunks still takes part in every exchange)
-            out, lse = torch.ops.mirasol.chunked_attention_fwd(
-                _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)),
-                *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
-                backends[0])
+            if ring.teacher_forcing:  # its clean then noisy tokens: one padded sequence
+                out, lse = (_viewed(t) for t in torch.ops.mirasol.chunked_attention_fwd(
+                    *(_padded(x) for x in (q, k, v)), None, None, None, None, chunk, None, 0,
+                    True, scale, backends[0]))
+            else:
+                out, lse = torch.ops.mirasol.chunked_attention_fwd(
+                    _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)),
+                    *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
+                    backends[0])
         out = out.to(acc)
         kv = torch.stack([k, v], 2)
         for step, (to, frm) in _ring_steps(ring, group):
@@ -510,7 +557,15 @@ class _RingFunction(torch.autograd.Function):
         do = _op_view(grad)
         dq = torch.zeros_like(do, dtype=acc)
         dkv = torch.zeros(*k.shape[:2], 2, *k.shape[2:], dtype=acc, device=k.device)
-        if n:
+        if n and ring.teacher_forcing:
+            dq_own, dk_own, dv_own = torch.ops.mirasol.chunked_attention_bwd(
+                _unviewed(do, batch), *(_padded(x) for x in (q, k, v)),
+                _unviewed(out, batch), _unviewed(lse, batch), None, None, None, None, chunk,
+                None, 0, True, scale, backends[0])
+            dq += _viewed(dq_own)
+            dkv[:, :, 0] += dk_own.permute(2, 0, 1, 3)
+            dkv[:, :, 1] += dv_own.permute(2, 0, 1, 3)
+        elif n:
             dq_own, dk_own, dv_own = torch.ops.mirasol.chunked_attention_bwd(
                 do, _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)), out, lse,
                 *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
@@ -597,15 +652,28 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         This rank's tokens of the output, laid out like q. Forward and backward equal the
         op's on the whole sequences, under the parity rule.
 
-    Teacher forcing, ``lengths`` and cross-attention are :func:`ulysses_attention`'s
-    (lengths: or pack the batch).
+    Teacher forcing follows ``shards.teacher_forcing`` (ring, no window, padded). Lengths
+    and cross-attention are :func:`ulysses_attention`'s (lengths: or pack the batch).
     """
     caller = "chunk_sharded_attention"
     if not isinstance(shards, ChunkShards):
         raise TypeError(f"{caller}: shards must be a ChunkShards, got {type(shards).__name__}")
+    if exchange not in EXCHANGES:
+        raise ValueError(f"{caller}: exchange must be one of {EXCHANGES}, got {exchange!r}")
+    if exchange == "ring" and window_chunks is not None:
+        raise ValueError(f"{caller}: exchange='ring' is for attention without a window "
+                         f"(window_chunks={window_chunks}); a window's keys come in one "
+                         "gather (exchange='gather' or 'auto')")
+    if shards.teacher_forcing and (window_chunks is not None or exchange == "gather"
+                                   or q.dim() != 4):
+        raise ValueError(f"{caller}: teacher forcing runs by ring, without a window, on a "
+                         f"padded batch (got window_chunks={window_chunks}, exchange="
+                         f"{exchange!r}, q {tuple(q.shape)}); ulysses_attention serves "
+                         "every form of it")
     seq = _sequence_dim(q)
     layout = {"shards.chunk_size": shards.chunk_size, "shards.world": shards.world,
               "shards.balance": BALANCES.index(shards.balance),
+              "shards.teacher_forcing": int(shards.teacher_forcing),
               "shards.seqlens": hash(shards.seqlens) % (1 << 62)}
     rows = {f"{name} rows": x.shape[seq] if x.dim() == q.dim() else -1
             for name, x in (("q", q), ("k", k), ("v", v))}
@@ -624,19 +692,14 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
             raise ValueError(f"{caller}: {name.split()[0]} holds {held} rows on ranks "
                              f"0..{world - 1}, but the shards give {list(shards.counts)}: "
                              "pass each rank shards.shard(whole, rank)")
-    if exchange not in EXCHANGES:
-        raise ValueError(f"{caller}: exchange must be one of {EXCHANGES}, got {exchange!r}")
-    if exchange == "ring" and window_chunks is not None:
-        raise ValueError(f"{caller}: exchange='ring' is for attention without a window "
-                         f"(window_chunks={window_chunks}); a window's keys come in one "
-                         "gather (exchange='gather' or 'auto')")
     rule = dict(window_chunks=window_chunks, sink_tokens=sink_tokens, scale=scale,
                 backend=backend)
     if world == 1:
         cu = None if seq else torch.tensor(np.cumsum([0, *shards.seqlens]), dtype=torch.int32,
                                            device=q.device)
         return chunked_causal_attention(q, k, v, shards.chunk_size, cu_seqlens_q=cu,
-                                        cu_seqlens_k=cu, **rule)
+                                        cu_seqlens_k=cu, teacher_forcing=shards.teacher_forcing,
+                                        **rule)
     group = dist.group.WORLD if group is None else group
     if exchange == "ring" or (exchange == "auto" and window_chunks is None):
         return _ring_attention(q, k, v, shards, scale, backend, group)

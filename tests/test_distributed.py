@@ -16,7 +16,7 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 from mirasol import chunked_causal_attention
-from mirasol.distributed import (BALANCES, ChunkShards, _plan, chunk_sharded_attention,
+from mirasol.distributed import (BALANCES, ChunkShards, _plan, _ring, chunk_sharded_attention,
                                  ulysses_attention)
 from mirasol.masks import Rule
 
@@ -56,6 +56,18 @@ def _mask_pairs(shards: ChunkShards, rule: Rule) -> list[int]:
     return pairs
 
 
+def _seen_elsewhere(shards: ChunkShards, rule: Rule, rank: int) -> list[int]:
+    """The tokens of other ranks that some query of ``rank`` sees (global, sorted)."""
+    owner, starts, seen = shards._tokens, np.cumsum([0, *shards.seqlens]), set()
+    for s, n in enumerate(shards.seqlens):
+        mine = np.flatnonzero(owner[starts[s]:starts[s] + n] == rank)
+        if mine.size:
+            p = torch.from_numpy(mine)[:, None]
+            keys = rule.admits(p, torch.arange(n)[None], n).any(0).nonzero()[:, 0]
+            seen |= {int(starts[s] + j) for j in keys if owner[starts[s] + j] != rank}
+    return sorted(seen)
+
+
 @settings(max_examples=60, deadline=None)
 @given(world=st.integers(1, 5), chunk=st.integers(1, 9),
        seqlens=st.lists(st.integers(0, 90), min_size=1, max_size=3),
@@ -63,11 +75,11 @@ def _mask_pairs(shards: ChunkShards, rule: Rule) -> list[int]:
        balance=st.sampled_from(BALANCES))
 @example(world=4, chunk=8, seqlens=[19], window=None, sinks=0, balance="zigzag")
 @example(world=2, chunk=8, seqlens=[64], window=2, sinks=11, balance="contiguous")
-def test_chunk_shards_send_each_rank_exactly_what_its_queries_see(world, chunk, seqlens,
-                                                                   window, sinks, balance):
-    """Every token belongs to one rank, each rank's runs are whole chunks, shard/unshard
-    round-trip, visible_pairs counts what the mask admits, and the plan sends a rank
-    exactly the other ranks' keys that some query of it sees, each once."""
+def test_the_gather_sends_each_rank_exactly_what_its_queries_see(world, chunk, seqlens,
+                                                                  window, sinks, balance):
+    """shard/unshard round-trip over every token, visible_pairs counts what the mask
+    admits, and the gather's plan sends a rank exactly the other ranks' keys that some
+    query of it sees, each once."""
     shards = ChunkShards(chunk, tuple(seqlens), world, balance)
     rule = Rule(chunk, window, sinks)
     total = sum(seqlens)
@@ -76,23 +88,44 @@ def test_chunk_shards_send_each_rank_exactly_what_its_queries_see(world, chunk, 
     assert sum(p.shape[0] for p in parts) == total
     assert torch.equal(shards.unshard(parts), x)
     assert shards.visible_pairs(window, sinks) == _mask_pairs(shards, rule)
-    plan = _plan(shards, window, sinks)
-    owner, starts = shards._tokens, np.cumsum([0, *seqlens])
+    plan, owner = _plan(shards, window, sinks), shards._tokens
     for rank in range(world):
-        seen = set()
-        for s, n in enumerate(seqlens):
-            mine = np.flatnonzero(owner[starts[s]:starts[s] + n] == rank)
-            if mine.size:
-                p = torch.from_numpy(mine)[:, None]
-                keys = rule.admits(p, torch.arange(n)[None], n).any(0).nonzero()[:, 0]
-                seen |= {int(starts[s] + j) for j in keys if owner[starts[s] + j] != rank}
         received = []
         for src in range(world):  # what src sends rank, as global token indices
             at = sum(plan.send_splits[src][:rank])
             rows = plan.send[src][at:at + plan.send_splits[src][rank]]
             received += np.flatnonzero(owner == src)[rows].tolist()
-        assert sorted(received) == sorted(seen) and len(set(received)) == len(received)
+        assert sorted(received) == _seen_elsewhere(shards, rule, rank)
+        assert len(set(received)) == len(received)
         assert plan.recv_splits[rank] == [plan.send_splits[src][rank] for src in range(world)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(world=st.integers(1, 5), chunk=st.integers(1, 9),
+       seqlens=st.lists(st.integers(0, 90), min_size=1, max_size=3),
+       balance=st.sampled_from(BALANCES), teacher_forcing=st.booleans())
+@example(world=4, chunk=8, seqlens=[19], balance="zigzag", teacher_forcing=True)
+def test_the_ring_sends_each_rank_exactly_what_its_queries_see(world, chunk, seqlens, balance,
+                                                               teacher_forcing):
+    """Without a window: over the ring's steps each rank receives exactly the other ranks'
+    keys that some query of it sees, each once, as many rows as its source sends (teacher
+    forcing: 2L tokens, L clean then noisy, chunks of L assigned); visible_pairs counts
+    what the mask admits."""
+    if teacher_forcing:
+        seqlens = [2 * seqlens[0]]
+    shards = ChunkShards(chunk, tuple(seqlens), world, balance, teacher_forcing)
+    rule = Rule(chunk, teacher_forcing=teacher_forcing)
+    assert shards.visible_pairs() == _mask_pairs(shards, rule)
+    rings, owner = _ring(shards), shards._tokens
+    for rank in range(world):
+        received = []
+        for i, step in enumerate(rings[rank].steps, 1):
+            src = (rank - i) % world
+            sent = rings[src].steps[i - 1].send  # src's step i goes to (src + i) % world
+            assert step.recv == sent.size
+            received += np.flatnonzero(owner == src)[sent].tolist()
+        assert sorted(received) == _seen_elsewhere(shards, rule, rank)
+        assert len(set(received)) == len(received)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4, 8])
