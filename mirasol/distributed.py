@@ -261,7 +261,7 @@ class ChunkShards:
         the sinks, padded to whole chunks. Shifting chunks by ``c - sink chunks`` keeps the
         rule's chunk differences; the padding lies ``window`` chunks or more behind every
         query, so nothing sees it."""
-        n, cs = self.seqlens[s], self.chunk_size
+        n, cs = self._chunked[s], self.chunk_size
         start = sum(self.seqlens[:s])
         c = 0 if window is None else max(0, a - window + 1)
         sink_chunks = -(-min(sinks, n) // cs)
@@ -273,6 +273,25 @@ class ChunkShards:
         sink_keys = np.arange(sink_chunks * cs)
         sink_keys = np.where(sink_keys < min(sinks, n), sink_keys + start, -1)
         return np.concatenate([sink_keys, window_keys])
+
+    def _segments(self, rank: int, window: int | None, sinks: int
+                  ) -> list[tuple[int, np.ndarray]]:
+        """The gather's packed call on ``rank``: (query rows, key token indices) of each
+        segment, in the order of its rows. A run of chunks against :meth:`_keys`; under
+        teacher forcing the runs are the clean rows, then each noisy chunk ``x`` is a
+        segment of its own: the clean keys it sees (those a clean chunk ``x`` would see,
+        but its own) and its noisy chunk, last, so that the plain rule gives each its
+        window."""
+        cs, runs = self.chunk_size, self._runs(rank)
+        segments = [(min(b * cs, self._chunked[s]) - a * cs, self._keys(s, a, b, window, sinks))
+                    for s, a, b in runs]
+        if self.teacher_forcing:
+            (n,) = self._chunked
+            for x in (x for _, a, b in runs for x in range(a, b)):
+                noisy = n + np.arange(x * cs, min((x + 1) * cs, n))
+                segments.append((noisy.size, np.concatenate([self._keys(0, x, x, window,
+                                                                        sinks), noisy])))
+        return segments
 
     def visible_pairs(self, window_chunks: int | None = None, sink_tokens: int = 0) -> list[int]:
         """Per rank, the (query, key) pairs its queries' masks see: its share of the work."""
@@ -353,34 +372,29 @@ class _Plan:
 @lru_cache(maxsize=32)
 def _plan(shards: ChunkShards, window: int | None, sinks: int) -> _Plan:
     world, owner, local = shards.world, shards._tokens, shards._local
-    segments = [[(s, a, b, shards._keys(s, a, b, window, sinks)) for s, a, b in shards._runs(r)]
-                for r in range(world)]
+    segments = [shards._segments(r, window, sinks) for r in range(world)]
     # needs[r][src]: the tokens rank r reads from src != r, each once, in order.
     needs = []
     for r in range(world):
-        keys = [k for *_, k in segments[r]]
-        wanted = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
+        wanted = _union([keys for _, keys in segments[r]])
         wanted = wanted[wanted >= 0]
         needs.append([wanted[owner[wanted] == src] if src != r else wanted[:0]
                       for src in range(world)])
     send, send_splits, recv_splits, cu_q, cu_k, gather = [], [], [], [], [], []
     for r in range(world):
         to = [needs[dst][r] for dst in range(world)]
-        send.append(local[np.concatenate(to)] if to else np.empty(0, np.int64))
+        send.append(local[_cat(to)])
         send_splits.append([t.size for t in to])
         recv_splits.append([t.size for t in needs[r]])
-        received = np.concatenate(needs[r])
+        received = _cat(needs[r])
         where = np.full(owner.size + 1, -1, dtype=np.int64)  # token (or -1) -> source row
         mine = np.flatnonzero(owner == r)
         where[mine] = local[mine]
         where[received] = mine.size + np.arange(received.size)
         where[-1] = mine.size + received.size
-        keys = [k for *_, k in segments[r]]
-        gather.append(where[np.concatenate(keys)] if keys else np.empty(0, np.int64))
-        cu_q.append(np.cumsum([0] + [min(b * shards.chunk_size, shards.seqlens[s])
-                                     - a * shards.chunk_size
-                                     for s, a, b, _ in segments[r]]).tolist())
-        cu_k.append(np.cumsum([0] + [k.size for k in keys]).tolist())
+        gather.append(where[_cat([keys for _, keys in segments[r]])])
+        cu_q.append(np.cumsum([0] + [rows for rows, _ in segments[r]]).tolist())
+        cu_k.append(np.cumsum([0] + [keys.size for _, keys in segments[r]]).tolist())
     return _Plan(send, send_splits, recv_splits, cu_q, cu_k, gather)
 
 
@@ -652,8 +666,8 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         This rank's tokens of the output, laid out like q. Forward and backward equal the
         op's on the whole sequences, under the parity rule.
 
-    Teacher forcing follows ``shards.teacher_forcing`` (ring, no window, padded). Lengths
-    and cross-attention are :func:`ulysses_attention`'s (lengths: or pack the batch).
+    Teacher forcing follows ``shards.teacher_forcing`` (a padded batch). Lengths and
+    cross-attention are :func:`ulysses_attention`'s (lengths: or pack the batch).
     """
     caller = "chunk_sharded_attention"
     if not isinstance(shards, ChunkShards):
@@ -664,12 +678,9 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         raise ValueError(f"{caller}: exchange='ring' is for attention without a window "
                          f"(window_chunks={window_chunks}); a window's keys come in one "
                          "gather (exchange='gather' or 'auto')")
-    if shards.teacher_forcing and (window_chunks is not None or exchange == "gather"
-                                   or q.dim() != 4):
-        raise ValueError(f"{caller}: teacher forcing runs by ring, without a window, on a "
-                         f"padded batch (got window_chunks={window_chunks}, exchange="
-                         f"{exchange!r}, q {tuple(q.shape)}); ulysses_attention serves "
-                         "every form of it")
+    if shards.teacher_forcing and q.dim() != 4:
+        raise ValueError(f"{caller}: teacher forcing takes a padded batch (B, H, 2L, D), got "
+                         f"q {tuple(q.shape)}")
     seq = _sequence_dim(q)
     layout = {"shards.chunk_size": shards.chunk_size, "shards.world": shards.world,
               "shards.balance": BALANCES.index(shards.balance),

@@ -143,10 +143,11 @@ def main():
     check_chunks("packed, straddling, no window", ChunkShards.packed(cu, 8, world), packed,
                  {}, rank)
     for L, batch in ((N, B), (N + 5, 1)):  # teacher forcing: 2L tokens, L clean then noisy
-        check_chunks(f"teacher forcing, L={L}", ChunkShards(8, (2 * L,), world,
-                                                            teacher_forcing=True),
-                     ((batch, H, 2 * L, D), (batch, H_kv, 2 * L, D), (batch, H_kv, 2 * L, D)),
-                     {}, rank, exchanges=("ring",))
+        forcing = ChunkShards(8, (2 * L,), world, teacher_forcing=True)
+        shapes = ((batch, H, 2 * L, D), (batch, H_kv, 2 * L, D), (batch, H_kv, 2 * L, D))
+        check_chunks(f"teacher forcing, L={L}", forcing, shapes, {}, rank)
+        check_chunks(f"teacher forcing, window + sinks, L={L}", forcing, shapes,
+                     dict(window_chunks=3, sink_tokens=11), rank)
     check_chunks("unequal chunk counts, no window, contiguous",
                  ChunkShards(8, (odd,), world, "contiguous"),
                  ((1, H, odd, D), (1, H_kv, odd, D), (1, H_kv, odd, D)), {}, rank)
@@ -189,9 +190,6 @@ def main():
                 f"shards are for {world + 1} ranks", rank)
         refused("chunk shards: ring with a window", lambda: chunk_sharded_attention(
             q, k, k, shards, window_chunks=2, exchange="ring"), "exchange='ring' is for", rank)
-        forcing = ChunkShards(4, (8 * world,), world, teacher_forcing=True)
-        refused("chunk shards: teacher forcing with a window", lambda: chunk_sharded_attention(
-            q, k, k, forcing, window_chunks=2), "teacher forcing runs by ring", rank)
         theirs = other if rank == 0 else shards
         refused("chunk shards: layouts", lambda: chunk_sharded_attention(q, k, k, theirs),
                 "disagree on shards.world", rank)

@@ -68,20 +68,27 @@ def _seen_elsewhere(shards: ChunkShards, rule: Rule, rank: int) -> list[int]:
     return sorted(seen)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(world=st.integers(1, 5), chunk=st.integers(1, 9),
        seqlens=st.lists(st.integers(0, 90), min_size=1, max_size=3),
        window=st.one_of(st.none(), st.integers(1, 4)), sinks=st.integers(0, 12),
-       balance=st.sampled_from(BALANCES))
-@example(world=4, chunk=8, seqlens=[19], window=None, sinks=0, balance="zigzag")
-@example(world=2, chunk=8, seqlens=[64], window=2, sinks=11, balance="contiguous")
+       balance=st.sampled_from(BALANCES), teacher_forcing=st.booleans())
+@example(world=4, chunk=8, seqlens=[19], window=None, sinks=0, balance="zigzag",
+         teacher_forcing=False)
+@example(world=2, chunk=8, seqlens=[64], window=2, sinks=11, balance="contiguous",
+         teacher_forcing=False)
+@example(world=3, chunk=4, seqlens=[29], window=3, sinks=6, balance="zigzag",
+         teacher_forcing=True)
 def test_the_gather_sends_each_rank_exactly_what_its_queries_see(world, chunk, seqlens,
-                                                                  window, sinks, balance):
+                                                                  window, sinks, balance,
+                                                                  teacher_forcing):
     """shard/unshard round-trip over every token, visible_pairs counts what the mask
     admits, and the gather's plan sends a rank exactly the other ranks' keys that some
-    query of it sees, each once."""
-    shards = ChunkShards(chunk, tuple(seqlens), world, balance)
-    rule = Rule(chunk, window, sinks)
+    query of it sees, each once (teacher forcing: 2L tokens, L clean then noisy)."""
+    if teacher_forcing:
+        seqlens = [2 * seqlens[0]]
+    shards = ChunkShards(chunk, tuple(seqlens), world, balance, teacher_forcing)
+    rule = Rule(chunk, window, sinks, teacher_forcing)
     total = sum(seqlens)
     x = torch.arange(total, dtype=torch.float32)[:, None]
     parts = [shards.shard(x, r) for r in range(world)]
