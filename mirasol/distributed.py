@@ -50,7 +50,7 @@ from mirasol.ops import _pieces
 from mirasol.ops._checks import attention_call, default_scale
 from mirasol.ops._op import segment_maxima
 from mirasol.ops.chunked_attention import OP as CHUNKED, chunked_causal_attention
-from mirasol.ops.cross_attention import PACKED as CROSS
+from mirasol.ops.cross_attention import PACKED as CROSS, cross_attention_padded
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -682,27 +682,15 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         raise ValueError(f"{caller}: teacher forcing takes a padded batch (B, H, 2L, D), got "
                          f"q {tuple(q.shape)}")
     seq = _sequence_dim(q)
-    layout = {"shards.chunk_size": shards.chunk_size, "shards.world": shards.world,
-              "shards.balance": BALANCES.index(shards.balance),
-              "shards.teacher_forcing": int(shards.teacher_forcing),
-              "shards.seqlens": hash(shards.seqlens) % (1 << 62)}
     rows = {f"{name} rows": x.shape[seq] if x.dim() == q.dim() else -1
             for name, x in (("q", q), ("k", k), ("v", v))}
-    world, every = _agree(caller, group, q.device, _tensor_fields(q, k, v, skip=seq) | layout,
-                          rows)
-    if world != shards.world:
-        raise ValueError(f"{caller}: shards are for {shards.world} ranks but the group has "
-                         f"{world}")
+    world, every = _agree(caller, group, q.device,
+                          _tensor_fields(q, k, v, skip=seq) | _layout(shards), rows)
     if q.dim() == 4 and len(shards.seqlens) != 1:
         raise ValueError(f"{caller}: padded q (B, H, n, D) takes shards of one sequence "
                          f"length N (every sample alike), got seqlens of "
                          f"{len(shards.seqlens)}; pack the batch for several")
-    for name in rows:
-        held = [e[name] for e in every]
-        if held != list(shards.counts):
-            raise ValueError(f"{caller}: {name.split()[0]} holds {held} rows on ranks "
-                             f"0..{world - 1}, but the shards give {list(shards.counts)}: "
-                             "pass each rank shards.shard(whole, rank)")
+    _check_rows(caller, shards, world, every, rows)
     rule = dict(window_chunks=window_chunks, sink_tokens=sink_tokens, scale=scale,
                 backend=backend)
     if world == 1:
@@ -740,6 +728,44 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
     return out if seq == 0 else out.unflatten(0, (batch, -1)).transpose(1, 2)
 
 
+def chunk_sharded_cross_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, *,
+                                  k_lengths: Tensor | None = None, scale: float | None = None,
+                                  backend: str = "auto",
+                                  group: dist.ProcessGroup | None = None) -> Tensor:
+    """:func:`~mirasol.cross_attention_padded` with the keys' chunks sharded across
+    ``group`` as ``shards`` assigns them (e.g. a video's latents) and each rank's own
+    queries (any rows: its shard of the text, its questions). Every query sees every key,
+    so the keys and values are gathered, in one all-gather, and the op runs on this rank's
+    queries; autograd sums every rank's gradients into each rank's keys.
+
+    Args:
+        q: this rank's queries, (B, H, Lq_r, D) (``Lq_r`` may differ between ranks).
+        k, v: this rank's keys and values, ``shards.shard(whole, rank)`` of (B, H_kv, Lk, D),
+            ``shards.seqlens == (Lk,)``.
+        k_lengths, scale, backend: as the op's, for the whole keys.
+
+    Returns:
+        (B, H, Lq_r, D): this rank's queries' output.
+    """
+    caller = "chunk_sharded_cross_attention"
+    if any(x.dim() != 4 for x in (q, k, v)):
+        raise ValueError(f"{caller}: q, k, v must be padded (B, H, L, D), got "
+                         f"{[tuple(x.shape) for x in (q, k, v)]}")
+    if not isinstance(shards, ChunkShards) or len(shards.seqlens) != 1 \
+            or shards.teacher_forcing:
+        raise TypeError(f"{caller}: shards must be a ChunkShards of one key length (Lk,), "
+                        f"got {shards!r}")
+    world, every = _agree(caller, group, q.device, _tensor_fields(q, k, v, skip=2)
+                          | _layout(shards),
+                          {"k rows": k.shape[2] if k.dim() == 4 else -1,
+                           "v rows": v.shape[2] if v.dim() == 4 else -1})
+    _check_rows(caller, shards, world, every, ("k rows", "v rows"))
+    if world > 1:
+        kv = ContextShard(shards, group).gather(torch.stack([k, v], 2), 3)
+        k, v = kv.unbind(2)
+    return cross_attention_padded(q, k, v, k_lengths=k_lengths, scale=scale, backend=backend)
+
+
 def _ring_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, scale, backend: str,
                     group) -> Tensor:
     call = attention_call(q, k, v)
@@ -753,6 +779,28 @@ def _ring_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, scale,
     out = _RingFunction.apply(*(token_major(x) for x in (q, k, v)), ring, group,
                               shards.chunk_size, default_scale(q, scale), backends)
     return out.squeeze(1) if q.dim() == 3 else out.permute(1, 2, 0, 3)
+
+
+def _layout(shards: ChunkShards) -> dict[str, int]:
+    """The shards as fields the ranks must agree on."""
+    return {"shards.chunk_size": shards.chunk_size, "shards.world": shards.world,
+            "shards.balance": BALANCES.index(shards.balance),
+            "shards.teacher_forcing": int(shards.teacher_forcing),
+            "shards.seqlens": hash(shards.seqlens) % (1 << 62)}
+
+
+def _check_rows(caller: str, shards: ChunkShards, world: int, every: list[dict[str, int]],
+                names) -> None:
+    """The group is the shards' and every rank holds the rows they give it."""
+    if world != shards.world:
+        raise ValueError(f"{caller}: shards are for {shards.world} ranks but the group has "
+                         f"{world}")
+    for name in names:
+        held = [e[name] for e in every]
+        if held != list(shards.counts):
+            raise ValueError(f"{caller}: {name.split()[0]} holds {held} rows on ranks "
+                             f"0..{world - 1}, but the shards give {list(shards.counts)}: "
+                             "pass each rank shards.shard(whole, rank)")
 
 
 def _repeated_bounds(cu: list[int], times: int, device) -> Tensor:

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 from mirasol import chunked_causal_attention, cross_attention, cross_attention_padded
-from mirasol.distributed import ChunkShards, chunk_sharded_attention, ulysses_attention
+from mirasol.distributed import (ChunkShards, chunk_sharded_attention,
+                                 chunk_sharded_cross_attention, ulysses_attention)
 from mirasol.testing import assert_parity, parity_report
 
 
@@ -23,10 +24,11 @@ def _shard(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
     return x.narrow(dim, rank * n, n)
 
 
-def check(name, whole, parallel, split, shapes):
+def check(name, whole, parallel, split, shapes, split_kv=None):
     """``whole(q, k, v)`` on the whole tensors (in fp32 and fp64) and ``parallel`` on this
-    rank's shards (``split`` of each); outputs and gradients compared on this rank's
-    shard."""
+    rank's shards (``split`` of each; of k and v, ``split_kv`` if given); outputs and
+    gradients compared on this rank's shard."""
+    splits = (split, split_kv or split, split_kv or split)
     g = torch.Generator().manual_seed(0)
     inputs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     grad_out = None
@@ -37,8 +39,8 @@ def check(name, whole, parallel, split, shapes):
         if grad_out is None:
             grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
         out.backward(grad_out.to(dtype))
-        runs[label] = [split(t) for t in (out, *(x.grad for x in xs))]
-    shards = [split(x).float().requires_grad_() for x in inputs]
+        runs[label] = [split(out), *(f(x.grad) for f, x in zip(splits, xs))]
+    shards = [f(x).float().requires_grad_() for f, x in zip(splits, inputs)]
     out = parallel(*shards)
     out.backward(split(grad_out).float())
     actual = [out, *(x.grad for x in shards)]
@@ -142,6 +144,18 @@ def main():
                  dict(window_chunks=2, sink_tokens=3), rank)
     check_chunks("packed, straddling, no window", ChunkShards.packed(cu, 8, world), packed,
                  {}, rank)
+    # Cross-attention: each rank's queries (a contiguous share here) against keys sharded by
+    # chunks (zigzag, a partial last chunk), with key lengths.
+    Lk = N + 3
+    keys = ChunkShards(8, (Lk,), world)
+    k_lengths = torch.tensor([Lk, 13], dtype=torch.int32)
+    check("chunk shards: cross-attention, key lengths",
+          functools.partial(cross_attention_padded, k_lengths=k_lengths),
+          functools.partial(chunk_sharded_cross_attention, shards=keys, k_lengths=k_lengths),
+          lambda x: _shard(x, 2, rank, world),
+          ((B, H, 6 * world, D), (B, H_kv, Lk, D), (B, H_kv, Lk, D)),
+          split_kv=lambda x: keys.shard(x, rank))
+
     for L, batch in ((N, B), (N + 5, 1)):  # teacher forcing: 2L tokens, L clean then noisy
         forcing = ChunkShards(8, (2 * L,), world, teacher_forcing=True)
         shapes = ((batch, H, 2 * L, D), (batch, H_kv, 2 * L, D), (batch, H_kv, 2 * L, D))
