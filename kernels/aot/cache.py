@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -74,8 +75,9 @@ def stored(key: str, name: str, compute: Callable[[], dict]) -> dict:
         return value
 
 
-def source_version(module_file: str) -> str:
-    """A short hash of a module's source: part of the name of what it stores, so that a
-    change to the code that computes a result never serves an old one."""
-    with open(module_file, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+def code_version(*parts) -> str:
+    """A short hash of the code that computes a result (functions' source, or strings such
+    as a pattern): part of the name of what it stores, so that a change to that code never
+    serves an old result, while edits elsewhere in its module (a docstring) keep it."""
+    text = "\0".join(p if isinstance(p, str) else inspect.getsource(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

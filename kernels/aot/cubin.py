@@ -21,7 +21,6 @@ from .occupancy import Occupancy, occupancy
 # Tensor-core matrix instructions by generation: mma.sync (HMMA) from sm_80, warpgroup
 # wgmma (HGMMA) on sm_90, tcgen05 (UTCHMMA and friends) on sm_100.
 _TENSOR_CORE_OPS = re.compile(r"\b(HMMA|HGMMA|UTC\w*MMA|IMMA|DMMA)\b")
-_VERSION = cache.source_version(__file__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,10 @@ def _read(compiled) -> dict:
     return dict(registers=field("REG"), shared_bytes=field("SHARED") + compiled.metadata.shared,
                 stack_bytes=field("STACK"), local_bytes=field("LOCAL"),
                 tensor_core_ops=dict(Counter(_TENSOR_CORE_OPS.findall(sass))))
+
+
+# The reader's version, in every compile key: what reads the resources off a cubin.
+_VERSION = cache.code_version(cuobjdump, _read, _TENSOR_CORE_OPS.pattern)
 
 
 def resources(launch: Launch, arch: int, known: dict[str, dict] | None = None) -> Resources:
