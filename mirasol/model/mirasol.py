@@ -81,9 +81,9 @@ class Mirasol(nn.Module):
         off) in the A/V model, the long sequence: each rank runs its blocks on its chunks
         (:func:`~mirasol.distributed.chunk_sharded_attention`) and the latents are gathered
         for the text decoder and the losses, which every rank of the group computes alike.
-        The ranks of a group pass the same clips. Under data parallelism over all ranks
-        (DDP, FSDP2), the mean of the ranks' gradients is the data-parallel mean: each
-        group's ranks hold ``1/R`` shares of ``R`` times the clip's gradient."""
+        The ranks of a group pass the same clips. Summed over a group's ``R`` ranks, the
+        gradients are ``R`` times the clip's, so under data parallelism over all ranks
+        (DDP, FSDP2) the mean of the ranks' gradients is the data-parallel mean."""
         self.av.context_group = group
         return self
 
