@@ -48,7 +48,6 @@ from torch.distributed._functional_collectives import all_to_all_single_autograd
 
 from mirasol.ops import _pieces
 from mirasol.ops._checks import attention_call, default_scale
-from mirasol.ops._op import segment_maxima
 from mirasol.ops.chunked_attention import OP as CHUNKED, chunked_causal_attention
 from mirasol.ops.cross_attention import PACKED as CROSS, cross_attention_padded
 
@@ -482,14 +481,15 @@ def _union(arrays: list[np.ndarray]) -> np.ndarray:
     return np.unique(_cat(arrays))
 
 
-def _op_view(x: Tensor) -> Tensor:
-    """Token-major rows (m, B, h, D) as the ops' packed 4-D view (1, h, B m, D), sample-major."""
-    return x.transpose(0, 1).flatten(0, 1).unsqueeze(0).transpose(1, 2)
+def _token_rows(x: Tensor) -> Tensor:
+    """A rank's q, k or v as token-major rows (n, B, h, D): padded (B, h, n, D), or packed
+    (t, h, D) as one sample."""
+    return x.unsqueeze(1) if x.dim() == 3 else x.permute(2, 0, 1, 3)
 
 
-def _token_major(x: Tensor, batch: int) -> Tensor:
-    """The inverse of :func:`_op_view`."""
-    return x.transpose(1, 2).squeeze(0).unflatten(0, (batch, -1)).transpose(0, 1)
+def _untoken_rows(x: Tensor, like: Tensor) -> Tensor:
+    """The inverse of :func:`_token_rows`, to ``like``'s layout."""
+    return x.squeeze(1) if like.dim() == 3 else x.permute(1, 2, 0, 3)
 
 
 def _padded(x: Tensor) -> Tensor:
@@ -498,13 +498,23 @@ def _padded(x: Tensor) -> Tensor:
 
 
 def _viewed(x: Tensor) -> Tensor:
-    """A padded (B, h, n, ...) output as the ops' packed view (1, h, B n, ...)."""
+    """A padded (B, h, n, ...) output as the ops' packed view (1, h, B n, ...), sample-major."""
     return x.transpose(0, 1).flatten(1, 2).unsqueeze(0)
 
 
 def _unviewed(x: Tensor, batch: int) -> Tensor:
     """The inverse of :func:`_viewed`."""
     return x.squeeze(0).unflatten(1, (batch, -1)).transpose(0, 1)
+
+
+def _op_view(x: Tensor) -> Tensor:
+    """Token-major rows (m, B, h, D) as the ops' packed 4-D view (1, h, B m, D)."""
+    return _viewed(_padded(x))
+
+
+def _token_major(x: Tensor, batch: int) -> Tensor:
+    """The inverse of :func:`_op_view`."""
+    return _unviewed(x, batch).permute(2, 0, 1, 3)
 
 
 def _exchange(x: Tensor, send: np.ndarray | None, recv: int, to: int, frm: int,
@@ -532,25 +542,28 @@ class _RingFunction(torch.autograd.Function):
                 backends: tuple[str, str]):
         batch, n = q.shape[1], q.shape[0]
         acc = torch.promote_types(q.dtype, torch.float32)
+        # The calls' bounds, built once from host data for the forward and the backward.
+        local = _local_call(ring, batch, q.device) if n else None
+        remote = [_remote_call(step, batch, n, q.device) if step.rows.size else None
+                  for step in ring.steps]
         out = q.new_zeros(1, q.shape[2], 0, q.shape[3], dtype=acc)
         lse = q.new_zeros(1, q.shape[2], 0, dtype=acc)
         if n:  # (a rank without chunks still takes part in every exchange)
             if ring.teacher_forcing:  # its clean then noisy tokens: one padded sequence
                 out, lse = (_viewed(t) for t in torch.ops.mirasol.chunked_attention_fwd(
-                    *(_padded(x) for x in (q, k, v)), None, None, None, None, chunk, None, 0,
-                    True, scale, backends[0]))
+                    *(_padded(x) for x in (q, k, v)), *local, chunk, None, 0, True, scale,
+                    backends[0]))
             else:
                 out, lse = torch.ops.mirasol.chunked_attention_fwd(
-                    _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)),
-                    *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
-                    backends[0])
+                    _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)), *local,
+                    chunk, None, 0, False, scale, backends[0])
         out = out.to(acc)
         kv = torch.stack([k, v], 2)
-        for step, (to, frm) in _ring_steps(ring, group):
+        for (step, (to, frm)), at in zip(_ring_steps(ring, group), remote):
             received = _exchange(kv, step.send, step.recv, to, frm, group)
-            if not step.rows.size:
+            if at is None:
                 continue
-            rows, call = _remote_call(step, batch, n, q.device)
+            rows, call = at
             o, l = torch.ops.mirasol.cross_attention_fwd(
                 _op_view(_rows(q, step.rows)), *(_op_view(x) for x in
                                                  _rows(received, step.keys).unbind(2)),
@@ -559,13 +572,13 @@ class _RingFunction(torch.autograd.Function):
                                                              o.to(acc), l)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.rest = (ring, group, chunk, scale, backends)
+        ctx.rest = (ring, group, chunk, scale, backends, local, remote)
         return _token_major(out, batch)
 
     @staticmethod
     def backward(ctx, grad):
         q, k, v, out, lse = ctx.saved_tensors
-        ring, group, chunk, scale, backends = ctx.rest
+        ring, group, chunk, scale, backends, local, remote = ctx.rest
         batch, n = q.shape[1], q.shape[0]
         acc = torch.promote_types(q.dtype, torch.float32)
         do = _op_view(grad)
@@ -574,26 +587,25 @@ class _RingFunction(torch.autograd.Function):
         if n and ring.teacher_forcing:
             dq_own, dk_own, dv_own = torch.ops.mirasol.chunked_attention_bwd(
                 _unviewed(do, batch), *(_padded(x) for x in (q, k, v)),
-                _unviewed(out, batch), _unviewed(lse, batch), None, None, None, None, chunk,
-                None, 0, True, scale, backends[0])
+                _unviewed(out, batch), _unviewed(lse, batch), *local, chunk, None, 0, True,
+                scale, backends[0])
             dq += _viewed(dq_own)
             dkv[:, :, 0] += dk_own.permute(2, 0, 1, 3)
             dkv[:, :, 1] += dv_own.permute(2, 0, 1, 3)
         elif n:
             dq_own, dk_own, dv_own = torch.ops.mirasol.chunked_attention_bwd(
                 do, _op_view(q), *(_op_view(_rows(x, ring.keys)) for x in (k, v)), out, lse,
-                *_local_call(ring, batch, q.device, chunk), chunk, None, 0, False, scale,
-                backends[0])
+                *local, chunk, None, 0, False, scale, backends[0])
             dq += dq_own
             keys = torch.from_numpy(ring.keys).to(k.device)
             dkv[:, :, 0].index_add_(0, keys, _token_major(dk_own, batch).to(acc))
             dkv[:, :, 1].index_add_(0, keys, _token_major(dv_own, batch).to(acc))
         kv = torch.stack([k, v], 2)
-        for step, (to, frm) in _ring_steps(ring, group):
+        for (step, (to, frm)), at in zip(_ring_steps(ring, group), remote):
             received = _exchange(kv, step.send, step.recv, to, frm, group)
             d_received = torch.zeros_like(received, dtype=acc)
-            if step.rows.size:
-                rows, call = _remote_call(step, batch, n, q.device)
+            if at is not None:
+                rows, call = at
                 ks, vs = _rows(received, step.keys).unbind(2)
                 dqs, dks, dvs = torch.ops.mirasol.cross_attention_bwd(
                     do[:, :, rows], _op_view(_rows(q, step.rows)), _op_view(ks), _op_view(vs),
@@ -620,22 +632,27 @@ def _ring_steps(ring: _Ring, group):
         yield step, ((rank + i) % world, (rank - i) % world)
 
 
-def _local_call(ring: _Ring, batch: int, device, chunk: int) -> tuple:
-    """(lengths, cu_q, cu_k, maxima) of the runs against this rank's own keys, every sample."""
-    cu_q, cu_k = (_repeated_bounds(cu, batch, device) for cu in (ring.cu_q, ring.cu_k))
-    return None, cu_q, cu_k, segment_maxima("chunked_causal_attention", cu_q, batch *
-                                             ring.cu_q[-1], None, cu_k, batch * ring.cu_k[-1],
-                                             None, queries_within_keys=True)
+def _local_call(ring: _Ring, batch: int, device) -> tuple:
+    """(lengths, cu_q, cu_k, maxima) of the runs against this rank's own keys, every
+    sample (teacher forcing's one padded sequence: none of them)."""
+    if ring.teacher_forcing:
+        return None, None, None, None
+    return None, *_segment_bounds(ring.cu_q, ring.cu_k, batch, device)
 
 
 def _remote_call(step: _Step, batch: int, n: int, device) -> tuple[Tensor, tuple]:
     """The step's rows in the ops' view of all this rank's rows, and (cu_q, cu_k, k_lengths,
     maxima) of its runs against what it received, every sample."""
     rows = torch.from_numpy((np.arange(batch)[:, None] * n + step.rows[None]).ravel())
-    cu_q, cu_k = (_repeated_bounds(cu, batch, device) for cu in (step.cu_q, step.cu_k))
-    maxima = segment_maxima("cross_attention", cu_q, batch * step.cu_q[-1], None, cu_k,
-                            batch * step.cu_k[-1], None)
+    cu_q, cu_k, maxima = _segment_bounds(step.cu_q, step.cu_k, batch, device)
     return rows.to(device), (cu_q, cu_k, None, maxima)
+
+
+def _segment_bounds(cu_q: list[int], cu_k: list[int], batch: int, device) -> tuple:
+    """cu_seqlens_q/_k of ``batch`` copies of the segments and their maxima: the longest
+    segments, from these host bounds (no read of the device tensors)."""
+    maxima = torch.tensor([int(np.diff(cu).max()) for cu in (cu_q, cu_k)], dtype=torch.int64)
+    return (*(_repeated_bounds(cu, batch, device) for cu in (cu_q, cu_k)), maxima)
 
 
 def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, *,
@@ -705,8 +722,7 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
     rank = dist.get_rank(group)
     plan = _plan(shards, window_chunks, sink_tokens)
     # k and v travel together, token-major: (n, B, 2, H_kv, D), B = 1 when packed.
-    kv = torch.stack([k, v], 1).unsqueeze(1) if seq == 0 else \
-        torch.stack([k, v], 2).permute(3, 0, 2, 1, 4)
+    kv = torch.stack([_token_rows(k), _token_rows(v)], 2)
     sent = kv.index_select(0, torch.from_numpy(plan.send[rank]).to(q.device))
     received = all_to_all_single_autograd(sent.contiguous(), plan.recv_splits[rank],
                                           plan.send_splits[rank], group)
@@ -717,15 +733,15 @@ def chunk_sharded_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards
         return q + received.sum()
     source = torch.cat([kv, received, kv.new_zeros(1, *kv.shape[1:])])
     keys = source.index_select(0, torch.from_numpy(plan.gather[rank]).to(q.device))
-    batch = 1 if seq == 0 else q.shape[0]
+    batch = kv.shape[1]
     # One packed call: every sample's runs, sample-major, each against its key segment.
-    k_call, v_call = (x.transpose(0, 1).flatten(0, 1) for x in keys.unbind(2))
-    q_call = q if seq == 0 else q.transpose(1, 2).flatten(0, 1)
+    q_call, k_call, v_call = (x.transpose(0, 1).flatten(0, 1)
+                              for x in (_token_rows(q), *keys.unbind(2)))
     cu_q, cu_k = (_repeated_bounds(cu, batch, q.device)
                   for cu in (plan.cu_q[rank], plan.cu_k[rank]))
     out = chunked_causal_attention(q_call, k_call, v_call, shards.chunk_size,
                                    cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **rule)
-    return out if seq == 0 else out.unflatten(0, (batch, -1)).transpose(1, 2)
+    return _untoken_rows(out.unflatten(0, (batch, -1)).transpose(0, 1), q)
 
 
 def chunk_sharded_cross_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, *,
@@ -774,11 +790,9 @@ def _ring_attention(q: Tensor, k: Tensor, v: Tensor, shards: ChunkShards, scale,
         raise ValueError("chunk_sharded_attention: exchange='ring' runs the triton or torch "
                          "backend (the reference has no log-sum-exp to merge by)")
     ring = _ring(shards)[dist.get_rank(group)]
-    token_major = (lambda x: x.unsqueeze(1)) if q.dim() == 3 else \
-        (lambda x: x.permute(2, 0, 1, 3))
-    out = _RingFunction.apply(*(token_major(x) for x in (q, k, v)), ring, group,
+    out = _RingFunction.apply(*(_token_rows(x) for x in (q, k, v)), ring, group,
                               shards.chunk_size, default_scale(q, scale), backends)
-    return out.squeeze(1) if q.dim() == 3 else out.permute(1, 2, 0, 3)
+    return _untoken_rows(out, q)
 
 
 def _layout(shards: ChunkShards) -> dict[str, int]:
